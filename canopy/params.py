@@ -1,0 +1,143 @@
+"""params.yaml: one validated schema for every stage.
+
+`load_params(path)` returns a frozen `CanopyParams` or raises `UserError` with one line naming
+the key's path and the allowed values, e.g.
+
+    params.yaml: schedule: Input should be 'linear', 'cosine' or 'sigmoid' (got 'cosin')
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from canopy.errors import UserError
+from canopy.schema import StrictModel
+from etl.params import EtlParams
+from evaluate.params import EvaluateParams
+from sample.params import SampleParams
+from train.params import DiffusionParams, ModelParams, TrainParams
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class CanopyParams(StrictModel):
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    schedule: Literal["linear", "cosine", "sigmoid"] = "linear"
+    etl: EtlParams = Field(default_factory=EtlParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    diffusion: DiffusionParams = Field(default_factory=DiffusionParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    sample: SampleParams = Field(default_factory=SampleParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+    @model_validator(mode="after")
+    def _tile_fits_network(self) -> CanopyParams:
+        factor = self.model.downsample_factor
+        if self.etl.tile_size % factor:
+            raise ValueError(
+                f"etl.tile_size {self.etl.tile_size} is not divisible by {factor}, the U-Net's "
+                f"down-sampling factor for model.dim_mults {self.model.dim_mults}: "
+                f"use a tile_size that is a multiple of {factor} or fewer dim_mults"
+            )
+        if self.sample.steps > self.diffusion.timesteps:
+            raise ValueError(
+                f"sample.steps ({self.sample.steps}) exceeds diffusion.timesteps "
+                f"({self.diffusion.timesteps}); use at most {self.diffusion.timesteps}"
+            )
+        return self
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> CanopyParams:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"params file {path} not found: run from the repository root or pass --params PATH"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of keys at the top level")
+    return parse_params(raw, source=str(path))
+
+
+def parse_params(raw: dict[str, Any], source: str = "params") -> CanopyParams:
+    try:
+        return CanopyParams.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(f"{source}: " + format_validation_error(err, CanopyParams)) from None
+
+
+def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
+    """One line per problem, joined: `key.path: message (got value)`."""
+    lines = []
+    for problem in err.errors(include_url=False):
+        loc = [part for part in problem["loc"] if not _is_union_tag(part)]
+        key = ".".join(str(part) for part in loc) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            lines.append(_unknown_key_message(root, loc))
+            continue
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+            continue
+        if message.startswith(key + "."):
+            lines.append(message)  # a cross-key check already names its keys
+            continue
+        got = problem.get("input")
+        suffix = "" if isinstance(got, dict) or "got" in message else f" (got {got!r})"
+        lines.append(f"{key}: {message}{suffix}")
+    return "; ".join(lines)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic adds the tried member type to the location of union errors ("int", "str",
+    # "list[str]"...): noise for a user who wrote a key, not a type.
+    return isinstance(part, str) and (part in {"int", "str", "float", "bool"} or "[" in part)
+
+
+def _unknown_key_message(root: type[BaseModel], loc: list[Any]) -> str:
+    *parents, name = loc
+    model: Any = root
+    for part in parents:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            model = None
+            break
+        model = _model_of(field.annotation)
+    key = ".".join(str(part) for part in loc)
+    allowed = sorted(model.model_fields) if model is not None else []
+    hint = difflib.get_close_matches(str(name), allowed, n=1)
+    did_you_mean = f"; did you mean '{hint[0]}'?" if hint else ""
+    return f"{key}: unknown key{did_you_mean} allowed keys: {', '.join(allowed)}"
+
+
+def _model_of(annotation: Any) -> Any:
+    """The BaseModel class inside an annotation like `AoiParams`, `list[AoiParams]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def section_hash(params: CanopyParams, *sections: str) -> str:
+    """Hash of the named sections (and top-level keys), for resume and manifest checks."""
+    from canopy.hashing import sha256_json
+
+    dumped = params.model_dump(mode="json")
+    return sha256_json({name: dumped[name] for name in sections})

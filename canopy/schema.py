@@ -1,0 +1,11 @@
+"""Base class for every params section: unknown keys are errors, values are checked."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StrictModel(BaseModel):
+    """A params section. A typo in a key fails instead of being silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)

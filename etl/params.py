@@ -1,0 +1,144 @@
+"""The `etl` section of params.yaml (documented key by key in README.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from canopy.schema import StrictModel
+
+BandRef = int | str  # 1-based band index, or a band name (GDAL description)
+
+
+class LocalParams(StrictModel):
+    # Files or globs. An entry that is itself a list of single-band files is stacked into one
+    # scene, in the order given (e.g. Landsat [B3, B2, B1]).
+    paths: list[str | list[str]] = Field(default_factory=list)
+    # Red, green, blue: 1-based band indexes or band names.
+    bands: list[BandRef] = Field(default_factory=lambda: [1, 2, 3])
+    # Near-infrared band for NDVI vegetation masking; null = use the RGB greenness index.
+    nir_band: BandRef | None = None
+    # How values become 8-bit: none (already 8-bit display values), reflectance (fixed
+    # `etl.reflectance_range`), percentile (per-scene stretch), auto (by dtype: uint8 -> none,
+    # float -> reflectance, other integers -> percentile).
+    scale: Literal["auto", "none", "reflectance", "percentile"] = "auto"
+
+    @field_validator("bands")
+    @classmethod
+    def _three_bands(cls, bands: list[BandRef]) -> list[BandRef]:
+        if len(bands) != 3:
+            raise ValueError(f"give exactly 3 bands (red, green, blue), got {len(bands)}")
+        for band in bands:
+            if isinstance(band, int) and band < 1:
+                raise ValueError(f"band indexes are 1-based, got {band}")
+        return bands
+
+
+class AoiParams(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    bbox: tuple[float, float, float, float]  # min_lon, min_lat, max_lon, max_lat (WGS84)
+    time: tuple[dt.date, dt.date]  # first and last day, inclusive
+    max_cloud: float = Field(0.2, ge=0.0, le=1.0)
+
+    @field_validator("bbox")
+    @classmethod
+    def _valid_bbox(cls, bbox: tuple[float, float, float, float]) -> tuple[float, ...]:
+        min_lon, min_lat, max_lon, max_lat = bbox
+        for lon in (min_lon, max_lon):
+            if not -180.0 <= lon <= 180.0:
+                raise ValueError(f"longitude {lon} is outside [-180, 180]")
+        for lat in (min_lat, max_lat):
+            if not -90.0 <= lat <= 90.0:
+                raise ValueError(f"latitude {lat} is outside [-90, 90]")
+        if min_lon >= max_lon or min_lat >= max_lat:
+            raise ValueError(
+                f"bbox {list(bbox)} must be [min_lon, min_lat, max_lon, max_lat] "
+                "with min < max (are two coordinates swapped?)"
+            )
+        return bbox
+
+    @field_validator("time")
+    @classmethod
+    def _ordered_time(cls, time: tuple[dt.date, dt.date]) -> tuple[dt.date, dt.date]:
+        if time[0] > time[1]:
+            raise ValueError(f"time interval {time[0]} .. {time[1]} is reversed")
+        return time
+
+
+class SentinelHubParams(StrictModel):
+    # Copernicus Data Space Ecosystem by default (free accounts); any Sentinel Hub deployment
+    # works by changing both URLs. Credentials never go here: SH_CLIENT_ID/SH_CLIENT_SECRET
+    # or the sentinelhub config profile.
+    base_url: str = "https://sh.dataspace.copernicus.eu"
+    token_url: str = (
+        "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token"
+    )
+    profile: str | None = None  # sentinelhub config profile name (credentials only)
+    resolution: float = Field(10.0, gt=0.0)  # metres per pixel
+    aois: list[AoiParams] = Field(default_factory=list)
+    cache_dir: str = "data/cache/sentinelhub"
+    max_retries: int = Field(4, ge=0, le=20)  # on 429 and 5xx answers
+
+    @field_validator("base_url", "token_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("https://", "http://")):
+            raise ValueError(f"{url!r} is not an http(s) URL")
+        return url.rstrip("/")
+
+
+class SyntheticParams(StrictModel):
+    # Procedural forest-like scenes for the offline demo. Output is labelled synthetic.
+    scenes: int = Field(2, ge=1, le=1000)
+    width: int = Field(1024, ge=16, le=20000)
+    height: int = Field(1024, ge=16, le=20000)
+
+
+class EtlParams(StrictModel):
+    source: Literal["sentinelhub", "local", "synthetic"] = "synthetic"
+    tile_size: int = Field(128, ge=8, le=4096)
+    stride: int = Field(128, ge=1)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    shard_size: int = Field(1000, ge=1)  # tiles per tar shard
+    min_valid_fraction: float = Field(0.9, ge=0.0, le=1.0)  # 0 disables the filter
+    min_vegetation_fraction: float = Field(0.5, ge=0.0, le=1.0)  # 0 disables the filter
+    # Vegetation tests (see README "Vegetation"): NDVI > ndvi_threshold when a NIR band is
+    # given, else the RGB Green Leaf Index GLI = (2G - R - B) / (2G + R + B) > gli_threshold.
+    ndvi_threshold: float = Field(0.3, ge=-1.0, le=1.0)
+    gli_threshold: float = Field(0.02, ge=-1.0, le=1.0)
+    # Scaling to 8-bit (see README "Scaling"). reflectance_range is in the data's own units
+    # (e.g. [0, 3000] for Sentinel-2 L2A stored as uint16 x 10000).
+    reflectance_range: tuple[float, float] = (0.0, 0.3)
+    gamma: float = Field(1.0, gt=0.0, le=5.0)  # applied after the linear map: out = x ** (1/gamma)
+    percentile_range: tuple[float, float] = (2.0, 98.0)
+    workers: int = Field(0, ge=0, le=256)  # PNG encoding processes; 0 = all cores
+    preview_tiles: int = Field(64, ge=0, le=1024)
+    local: LocalParams = Field(default_factory=LocalParams)
+    sentinelhub: SentinelHubParams = Field(default_factory=SentinelHubParams)
+    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EtlParams:
+        if self.stride > self.tile_size:
+            raise ValueError(
+                f"etl.stride ({self.stride}) is larger than etl.tile_size ({self.tile_size}): "
+                "pixels between tiles would be skipped; use stride <= tile_size"
+            )
+        lo, hi = self.reflectance_range
+        if not lo < hi:
+            raise ValueError(f"etl.reflectance_range {[lo, hi]} must be [low, high] with low < high")
+        plo, phi = self.percentile_range
+        if not 0.0 <= plo < phi <= 100.0:
+            raise ValueError(
+                f"etl.percentile_range {[plo, phi]} must satisfy 0 <= low < high <= 100"
+            )
+        if self.source == "local" and not self.local.paths:
+            raise ValueError("etl.source is 'local' but etl.local.paths is empty: list files or globs")
+        if self.source == "sentinelhub" and not self.sentinelhub.aois:
+            raise ValueError(
+                "etl.source is 'sentinelhub' but etl.sentinelhub.aois is empty: "
+                "add {name, bbox, time, max_cloud} entries"
+            )
+        return self

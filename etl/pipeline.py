@@ -1,0 +1,302 @@
+"""The etl stage: scenes from the chosen source -> filtered tiles -> shards + manifest.
+
+Output is built in a staging folder beside the target and swapped in at the end, so an
+interrupted or failed run leaves no partial output and the previous good output untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from PIL import Image, ImageDraw
+from rasterio.errors import NotGeoreferencedWarning
+from tqdm import tqdm
+
+import canopy
+from canopy.errors import UserError
+from canopy.fsutil import atomic_dir
+from canopy.params import CanopyParams, section_hash
+from etl.params import EtlParams
+from etl.png import encode_png
+from etl.scene import GDAL_ENV, BandSource, SceneReader, SceneSpec, slug
+from etl.shards import FORMAT_VERSION, SPLITS, ShardWriter, read_member, split_of, write_manifest
+from etl.tiling import Candidate, count_tiles, scene_candidates
+
+
+SENTINELHUB_REFLECTANCE_SCALE = 10000  # the evalscript returns reflectance x 10000 as uint16
+
+
+@dataclass
+class FilterCounts:
+    candidates: int = 0
+    dropped_invalid: int = 0
+    dropped_vegetation: int = 0
+    kept: int = 0
+
+
+@dataclass
+class EtlResult:
+    out: Path
+    counts: dict[str, int]
+    filters: FilterCounts
+    scenes: int
+    synthetic: bool
+    shards: list[dict] = field(default_factory=list)
+
+
+def run_etl(params: CanopyParams, out: Path, *, progress: bool = True) -> EtlResult:
+    with warnings.catch_warnings(), rasterio.Env(**GDAL_ENV), \
+             tempfile.TemporaryDirectory(prefix="canopy-etl-") as work:
+        # Plain PNG/JPEG and synthetic scenes have no georeference on purpose (crs: null).
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        scenes = collect_scenes(params, Path(work), progress)
+        check_scene_sizes(scenes, params.etl.tile_size)
+        with atomic_dir(out) as staging:
+            result = write_tiles(scenes, params, staging, progress)
+            result.out = out
+    return result
+
+
+def collect_scenes(params: CanopyParams, workdir: Path, progress: bool) -> list[SceneSpec]:
+    etl = params.etl
+    if etl.source == "local":
+        from etl.sources.local import local_scenes
+
+        return local_scenes(etl)
+    if etl.source == "synthetic":
+        from etl.sources.synthetic import synthetic_scenes
+
+        return synthetic_scenes(etl, params.seed, workdir)
+    from etl.sources.sentinelhub import fetch_scenes
+
+    return [sentinelhub_spec(fetched, etl)
+            for fetched in fetch_scenes(etl.sentinelhub, progress=progress)]
+
+
+def sentinelhub_spec(fetched, etl: EtlParams) -> SceneSpec:
+    """A cached Sentinel Hub GeoTIFF: bands B04, B03, B02 (reflectance x 10000), dataMask, SCL."""
+    path = str(fetched.path)
+    low, high = etl.reflectance_range
+    return SceneSpec(
+        scene_id=slug(fetched.scene_id),
+        source="sentinelhub",
+        rgb=(BandSource(path, 1), BandSource(path, 2), BandSource(path, 3)),
+        mask=BandSource(path, 4),
+        scl=BandSource(path, 5),
+        scale_mode="reflectance",
+        reflectance_range=(low * SENTINELHUB_REFLECTANCE_SCALE, high * SENTINELHUB_REFLECTANCE_SCALE),
+        acquired=fetched.time_interval,
+        extra={"aoi": fetched.aoi},
+    )
+
+
+def check_scene_sizes(scenes: list[SceneSpec], tile_size: int) -> None:
+    for scene in scenes:
+        with rasterio.open(scene.rgb[0].path) as dataset:
+            width, height = dataset.width, dataset.height
+        if width < tile_size or height < tile_size:
+            raise UserError(
+                f"{scene.rgb[0].path} is {width}x{height} pixels, smaller than one "
+                f"{tile_size}x{tile_size} tile; remove it or lower etl.tile_size"
+            )
+
+
+def write_tiles(scenes: list[SceneSpec], params: CanopyParams, root: Path,
+                progress: bool) -> EtlResult:
+    etl = params.etl
+    writers = {split: ShardWriter(root, split, etl.shard_size) for split in SPLITS}
+    filters = FilterCounts()
+    placed: list[tuple[str, str]] = []  # (shard file, PNG member) of each kept tile, in order
+    scene_reports = []
+    with TileEncoder(etl.workers) as encoder:
+        for scene in tqdm(scenes, desc="scenes", unit="scene", disable=not progress):
+            report = _tile_scene(scene, etl, encoder, writers, filters, placed, progress)
+            scene_reports.append(report)
+    shards = [shard for split in SPLITS for shard in writers[split].close()]
+    if filters.kept == 0:
+        raise UserError(_nothing_kept_message(filters, etl))
+    counts = {split: sum(s.tiles for s in shards if s.split == split) for split in SPLITS}
+    synthetic = any(scene.source == "synthetic" for scene in scenes)
+    if etl.preview_tiles:
+        write_preview(root, placed, etl.preview_tiles, synthetic)
+    shard_entries = [vars(shard) for shard in shards]
+    write_manifest(root / "manifest.json", {
+        "format_version": FORMAT_VERSION,
+        "canopy_version": canopy.__version__,
+        "synthetic": synthetic,
+        "tile_size": etl.tile_size,
+        "stride": etl.stride,
+        "counts": counts,
+        "shards": shard_entries,
+        "filters": {**vars(filters), "min_valid_fraction": etl.min_valid_fraction,
+                    "min_vegetation_fraction": etl.min_vegetation_fraction},
+        "sources": scene_reports,
+        "params_hash": section_hash(params, "etl", "seed"),
+    })
+    return EtlResult(root, counts, filters, len(scenes), synthetic, shard_entries)
+
+
+def _tile_scene(scene, etl: EtlParams, encoder, writers, filters, placed, progress) -> dict:
+    scene_filters = FilterCounts()
+    with SceneReader(scene, gamma=etl.gamma, percentile_range=etl.percentile_range,
+                     ndvi_threshold=etl.ndvi_threshold, gli_threshold=etl.gli_threshold) as reader:
+        total = count_tiles(reader.width, reader.height, etl.tile_size, etl.stride)
+        bar = tqdm(total=total, desc=scene.scene_id, unit="tile", leave=False, disable=not progress)
+        kept = _filtered(scene_candidates(reader, etl.tile_size, etl.stride), etl, scene_filters, bar)
+        for candidate, png in encoder.encode(kept):
+            key = f"{scene.scene_id}_{candidate.row:06d}_{candidate.col:06d}"
+            split = split_of(key, etl.val_fraction)
+            placed.append(writers[split].add(key, png, _tile_metadata(key, scene, reader, candidate)))
+        bar.close()
+        for name in vars(filters):
+            setattr(filters, name, getattr(filters, name) + getattr(scene_filters, name))
+        return _scene_report(scene, reader, scene_filters)
+
+
+def _filtered(candidates: Iterable[Candidate], etl: EtlParams, counts: FilterCounts,
+              bar: tqdm) -> Iterator[Candidate]:
+    for candidate in candidates:
+        counts.candidates += 1
+        bar.update(1)
+        if candidate.valid_fraction < etl.min_valid_fraction:
+            counts.dropped_invalid += 1
+        elif candidate.vegetation_fraction < etl.min_vegetation_fraction:
+            counts.dropped_vegetation += 1
+        else:
+            counts.kept += 1
+            yield candidate
+
+
+# --- parallel PNG encoding ---------------------------------------------------------------
+
+class TileEncoder:
+    """PNG-encode tiles on `workers` processes, yielding them in input order.
+
+    At most 4 tiles per worker are in flight, so memory stays bounded however many tiles a
+    scene has. With one worker, tiles are encoded in this process (same bytes, no start-up).
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers or available_cores()
+        self._pool = ProcessPoolExecutor(self.workers) if self.workers > 1 else None
+
+    def __enter__(self) -> TileEncoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+    def encode(self, candidates: Iterable[Candidate]) -> Iterator[tuple[Candidate, bytes]]:
+        if self._pool is None:
+            for candidate in candidates:
+                yield candidate, encode_png(candidate.rgb)
+            return
+        queue: deque[tuple[Candidate, Future]] = deque()
+        for candidate in candidates:
+            queue.append((candidate, self._pool.submit(encode_png, candidate.rgb)))
+            if len(queue) >= 4 * self.workers:
+                done, future = queue.popleft()
+                yield done, future.result()
+        while queue:
+            done, future = queue.popleft()
+            yield done, future.result()
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+# --- metadata, preview, messages ---------------------------------------------------------
+
+def _tile_metadata(key: str, scene: SceneSpec, reader: SceneReader, candidate: Candidate) -> dict:
+    size = candidate.rgb.shape[0]
+    metadata = {
+        "key": key,
+        "source": scene.source,
+        "scene": scene.scene_id,
+        "files": scene.provenance,
+        "crs": reader.crs,
+        "window": {"col": candidate.col, "row": candidate.row, "width": size, "height": size},
+        "acquired": scene.acquired,
+        "valid_fraction": round(candidate.valid_fraction, 6),
+        "vegetation_fraction": round(candidate.vegetation_fraction, 6),
+        "vegetation_method": scene.vegetation_method,
+    }
+    if reader.crs is not None:
+        left, top = reader.transform * (candidate.col, candidate.row)
+        right, bottom = reader.transform * (candidate.col + size, candidate.row + size)
+        metadata["bounds"] = [left, min(top, bottom), right, max(top, bottom)]
+    if scene.source == "synthetic":
+        metadata["synthetic"] = True
+    return metadata
+
+
+def _scene_report(scene: SceneSpec, reader: SceneReader, counts: FilterCounts) -> dict:
+    scaling = reader.scaling
+    return {
+        "scene": scene.scene_id,
+        "source": scene.source,
+        "files": scene.provenance,
+        "crs": reader.crs,
+        "width": reader.width,
+        "height": reader.height,
+        "dtype": str(reader.dtype),
+        "acquired": scene.acquired,
+        "scaling": {"mode": scene.scale_mode, "low": list(scaling.low),
+                    "high": list(scaling.high), "gamma": scaling.gamma},
+        "vegetation_method": scene.vegetation_method,
+        **vars(counts),
+        **scene.extra,
+    }
+
+
+def _nothing_kept_message(filters: FilterCounts, etl: EtlParams) -> str:
+    if filters.candidates == 0:
+        return "no tile could be cut from the input; check the rasters and etl.tile_size"
+    return (
+        f"no tile passed the filters: of {filters.candidates} tiles, {filters.dropped_invalid} "
+        f"had a valid fraction under etl.min_valid_fraction={etl.min_valid_fraction} (nodata, "
+        f"mask, cloud/shadow/snow) and {filters.dropped_vegetation} a vegetation fraction under "
+        f"etl.min_vegetation_fraction={etl.min_vegetation_fraction}; lower the threshold that "
+        "dropped them (0 disables it) or choose other imagery"
+    )
+
+
+def write_preview(root: Path, placed: list[tuple[str, str]], limit: int, synthetic: bool) -> None:
+    """A contact sheet of up to `limit` tiles spread evenly over the output."""
+    count = min(limit, len(placed))
+    picks = [placed[int(i * len(placed) / count)] for i in range(count)]
+    tiles = [np.asarray(Image.open(_png_stream(root, shard, member)).convert("RGB"))
+             for shard, member in picks]
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    size, gap = tiles[0].shape[0], 2
+    banner = 18 if synthetic else 0
+    sheet = Image.new("RGB", (columns * (size + gap) + gap, banner + rows * (size + gap) + gap),
+                      (255, 255, 255))
+    for index, tile in enumerate(tiles):
+        r, c = divmod(index, columns)
+        sheet.paste(Image.fromarray(tile), (gap + c * (size + gap), banner + gap + r * (size + gap)))
+    if synthetic:
+        ImageDraw.Draw(sheet).text((4, 3), "SYNTHETIC DEMO DATA - not real imagery", fill=(200, 0, 0))
+    sheet.save(root / "preview.png", format="PNG")
+
+
+def _png_stream(root: Path, shard: str, member: str):
+    import io
+
+    return io.BytesIO(read_member(root / shard, member))

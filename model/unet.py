@@ -1,0 +1,224 @@
+"""The denoising U-Net of our reference design (The Annotated Diffusion Model, Rogge & Rasul 2022,
+after Ho et al. 2020), with ConvNeXt blocks (Liu et al. 2022, "A ConvNet for the 2020s").
+
+    stem 7x7 conv -> [2 ConvNeXt blocks, down-sample] per level -> 2 middle blocks
+    -> [2 ConvNeXt blocks over skip concatenations, up-sample] per level
+    -> 1 ConvNeXt block over (x, stem output) -> 1x1 conv
+
+No attention layers: the reference shape (dim 64, dim_mults (1, 2, 4, 8), 3 channels) has
+62.7 M parameters. Pure math: no files, no params import.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class SinusoidalTimeEmbedding(nn.Module):
+    """Transformer position encoding (Vaswani et al. 2017) of the timestep t:
+
+        emb(t) = [sin(t * w_0 .. t * w_{d/2-1}), cos(t * w_0 .. t * w_{d/2-1})],
+        w_i = 10000 ** (-i / (d/2 - 1))
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if dim % 2 or dim < 4:
+            raise ValueError(f"time embedding width must be an even number >= 4, got {dim}")
+        half = dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / (half - 1))
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        # Always fp32: under bf16, timesteps near 1000 would round to multiples of 4.
+        args = t.float()[:, None] * self.freqs[None, :]
+        return torch.cat((args.sin(), args.cos()), dim=-1)
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of each pixel (the norm of the ConvNeXt paper)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # a free view for channels_last tensors
+        x = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def make_norm(kind: str, groups: int, channels: int) -> nn.Module:
+    """`group`: GroupNorm(groups, C) (groups=1, the reference, normalises over C, H and W);
+    `layer`: LayerNorm over C at each pixel."""
+    if kind == "group":
+        if channels % groups:
+            raise ValueError(
+                f"norm_groups={groups} does not divide a layer of {channels} channels: "
+                "use a norm_groups that divides dim and init_dim (1 always works)"
+            )
+        return nn.GroupNorm(groups, channels)
+    if kind == "layer":
+        return ChannelLayerNorm(channels)
+    raise ValueError(f"unknown norm {kind!r}: use 'group' or 'layer'")
+
+
+class ConvNextBlock(nn.Module):
+    """x -> dwconv7x7 (+ time MLP) -> norm -> conv3x3 (out*mult) -> GELU -> norm -> conv3x3 (out),
+    plus a 1x1 residual conv when the width changes."""
+
+    def __init__(
+        self, dim: int, dim_out: int, time_dim: int, mult: int, norm: str, groups: int
+    ) -> None:
+        super().__init__()
+        self.time_mlp = nn.Sequential(nn.GELU(), nn.Linear(time_dim, dim))
+        self.ds_conv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.net = nn.Sequential(
+            make_norm(norm, groups, dim),
+            nn.Conv2d(dim, dim_out * mult, 3, padding=1),
+            nn.GELU(),
+            make_norm(norm, groups, dim_out * mult),
+            nn.Conv2d(dim_out * mult, dim_out, 3, padding=1),
+        )
+        self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        h = self.ds_conv(x) + self.time_mlp(t_emb)[:, :, None, None]
+        return self.net(h) + self.res_conv(x)
+
+
+def downsample(dim: int, dim_out: int) -> nn.Module:
+    """Halve H and W without strided convs or pooling: pixel-unshuffle, then a 1x1 conv."""
+    return nn.Sequential(PixelUnshuffle2(), nn.Conv2d(dim * 4, dim_out, 1))
+
+
+class PixelUnshuffle2(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(x, "b c (h p1) (w p2) -> b (c p1 p2) h w", p1=2, p2=2)
+
+
+def upsample(dim: int, dim_out: int) -> nn.Module:
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(dim, dim_out, 3, padding=1))
+
+
+class Unet(nn.Module):
+    """Predicts the noise (or v) in x_t given t. Input H and W must be multiples of
+    `downsample_factor` = 2 ** (len(dim_mults) - 1)."""
+
+    def __init__(
+        self,
+        dim: int = 64,
+        init_dim: int | None = None,
+        dim_mults: Sequence[int] = (1, 2, 4, 8),
+        channels: int = 3,
+        convnext_mult: int = 2,
+        norm: str = "group",
+        norm_groups: int = 1,
+    ) -> None:
+        super().__init__()
+        init_dim = init_dim or dim
+        _check_shape(dim, init_dim, dim_mults, channels)
+        self.channels = channels
+        self.downsample_factor = 2 ** (len(dim_mults) - 1)
+        block = _block_factory(convnext_mult, norm, norm_groups, time_dim=4 * dim)
+
+        self.init_conv = nn.Conv2d(channels, init_dim, 7, padding=3)
+        self.time_mlp = nn.Sequential(
+            SinusoidalTimeEmbedding(dim),
+            nn.Linear(dim, 4 * dim),
+            nn.GELU(),
+            nn.Linear(4 * dim, 4 * dim),
+        )
+        dims = [init_dim, *(dim * m for m in dim_mults)]
+        in_out = list(zip(dims[:-1], dims[1:]))
+        self.downs = nn.ModuleList()
+        for i, (d_in, d_out) in enumerate(in_out):
+            last = i == len(in_out) - 1
+            self.downs.append(nn.ModuleList([
+                block(d_in, d_in),
+                block(d_in, d_in),
+                nn.Conv2d(d_in, d_out, 3, padding=1) if last else downsample(d_in, d_out),
+            ]))
+        self.mid_block1 = block(dims[-1], dims[-1])
+        self.mid_block2 = block(dims[-1], dims[-1])
+        self.ups = nn.ModuleList()
+        for i, (d_in, d_out) in enumerate(reversed(in_out)):
+            last = i == len(in_out) - 1
+            self.ups.append(nn.ModuleList([
+                block(d_out + d_in, d_out),
+                block(d_out + d_in, d_out),
+                nn.Conv2d(d_out, d_in, 3, padding=1) if last else upsample(d_out, d_in),
+            ]))
+        self.final_block = block(2 * init_dim, dim)
+        self.final_conv = nn.Conv2d(dim, channels, 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x: (B, channels, H, W); t: (B,) integer timesteps, or one timestep for the batch
+        (shape () or (1,)) whose embedding is computed once and broadcast, so every image of a
+        batch gets bit-identical conditioning whatever the batch size."""
+        self._check_input(x)
+        t = t.reshape(-1)
+        t_emb = self.time_mlp(t)
+        if t_emb.shape[0] == 1 and x.shape[0] != 1:
+            t_emb = t_emb.expand(x.shape[0], -1)
+
+        x = self.init_conv(x)
+        stem = x
+        skips = []
+        for block1, block2, down in self.downs:
+            x = block1(x, t_emb)
+            skips.append(x)
+            x = block2(x, t_emb)
+            skips.append(x)
+            x = down(x)
+        x = self.mid_block1(x, t_emb)
+        x = self.mid_block2(x, t_emb)
+        for block1, block2, up in self.ups:
+            x = block1(torch.cat((x, skips.pop()), dim=1), t_emb)
+            x = block2(torch.cat((x, skips.pop()), dim=1), t_emb)
+            x = up(x)
+        x = self.final_block(torch.cat((x, stem), dim=1), t_emb)
+        return self.final_conv(x)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"expected images of shape (B, {self.channels}, H, W), got {tuple(x.shape)}"
+            )
+        f = self.downsample_factor
+        if x.shape[-2] % f or x.shape[-1] % f:
+            raise ValueError(
+                f"image size {tuple(x.shape[-2:])} is not a multiple of {f}, the U-Net's "
+                "down-sampling factor: use a multiple of it or fewer dim_mults"
+            )
+
+
+def _block_factory(mult: int, norm: str, groups: int, time_dim: int):
+    def block(d_in: int, d_out: int) -> ConvNextBlock:
+        return ConvNextBlock(d_in, d_out, time_dim, mult, norm, groups)
+
+    return block
+
+
+def _check_shape(dim: int, init_dim: int, dim_mults: Sequence[int], channels: int) -> None:
+    # The sinusoidal embedding splits `dim` into sin and cos halves; an odd width cannot.
+    if dim < 4 or dim % 2:
+        raise ValueError(f"dim must be an even number >= 4 (sin/cos halves), got {dim}")
+    if init_dim < 1:
+        raise ValueError(f"init_dim must be positive, got {init_dim}")
+    if not dim_mults or any(int(m) != m or m < 1 for m in dim_mults):
+        raise ValueError(f"dim_mults must be positive integers, got {list(dim_mults)}")
+    if channels < 1:
+        raise ValueError(f"channels must be positive, got {channels}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
