@@ -12,10 +12,34 @@ from canopy.schema import StrictModel
 BandRef = int | str  # 1-based band index, or a band name (GDAL description)
 
 
+class LocalEntry(StrictModel):
+    """A `paths` entry with its own settings, for inputs that need other bands or scaling."""
+
+    files: str | list[str]  # a file or glob, or a list of single-band files to stack
+    bands: list[BandRef] | None = None  # default: etl.local.bands
+    nir_band: BandRef | None = None  # default: etl.local.nir_band
+    scale: Literal["auto", "none", "reflectance", "percentile"] | None = None  # default: etl.local.scale
+
+    @field_validator("bands")
+    @classmethod
+    def _three_bands(cls, bands: list[BandRef] | None) -> list[BandRef] | None:
+        return None if bands is None else check_rgb_bands(bands)
+
+
+def check_rgb_bands(bands: list[BandRef]) -> list[BandRef]:
+    if len(bands) != 3:
+        raise ValueError(f"give exactly 3 bands (red, green, blue), got {len(bands)}")
+    for band in bands:
+        if isinstance(band, int) and band < 1:
+            raise ValueError(f"band indexes are 1-based, got {band}")
+    return bands
+
+
 class LocalParams(StrictModel):
     # Files or globs. An entry that is itself a list of single-band files is stacked into one
-    # scene, in the order given (e.g. Landsat [B3, B2, B1]).
-    paths: list[str | list[str]] = Field(default_factory=list)
+    # scene, in the order given (e.g. Landsat [B3, B2, B1]). An entry may also be a mapping
+    # {files: ..., bands: ..., nir_band: ..., scale: ...} overriding the settings below.
+    paths: list[str | list[str] | LocalEntry] = Field(default_factory=list)
     # Red, green, blue: 1-based band indexes or band names.
     bands: list[BandRef] = Field(default_factory=lambda: [1, 2, 3])
     # Near-infrared band for NDVI vegetation masking; null = use the RGB greenness index.
@@ -28,12 +52,7 @@ class LocalParams(StrictModel):
     @field_validator("bands")
     @classmethod
     def _three_bands(cls, bands: list[BandRef]) -> list[BandRef]:
-        if len(bands) != 3:
-            raise ValueError(f"give exactly 3 bands (red, green, blue), got {len(bands)}")
-        for band in bands:
-            if isinstance(band, int) and band < 1:
-                raise ValueError(f"band indexes are 1-based, got {band}")
-        return bands
+        return check_rgb_bands(bands)
 
 
 class AoiParams(StrictModel):

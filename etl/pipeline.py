@@ -20,6 +20,8 @@ import numpy as np
 import rasterio
 from PIL import Image, ImageDraw
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+from rasterio.windows import bounds as window_bounds
 from tqdm import tqdm
 
 import canopy
@@ -237,9 +239,8 @@ def _tile_metadata(key: str, scene: SceneSpec, reader: SceneReader, candidate: C
         "vegetation_method": scene.vegetation_method,
     }
     if reader.crs is not None:
-        left, top = reader.transform * (candidate.col, candidate.row)
-        right, bottom = reader.transform * (candidate.col + size, candidate.row + size)
-        metadata["bounds"] = [left, min(top, bottom), right, max(top, bottom)]
+        window = Window(candidate.col, candidate.row, size, size)
+        metadata["bounds"] = list(window_bounds(window, reader.transform))  # left, bottom, right, top
     if scene.source == "synthetic":
         metadata["synthetic"] = True
     return metadata

@@ -3,27 +3,47 @@
 from __future__ import annotations
 
 import glob
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from canopy.errors import UserError
-from etl.params import BandRef, EtlParams
+from etl.params import BandRef, EtlParams, LocalEntry
 from etl.scene import BandSource, SceneSpec, open_raster, slug
 
 GLOB_CHARS = set("*?[")
 
 
+@dataclass(frozen=True)
+class EntrySettings:
+    bands: list[BandRef]
+    nir_band: BandRef | None
+    scale: str
+
+
 def local_scenes(params: EtlParams) -> list[SceneSpec]:
     """One SceneSpec per file, or per stacked list of single-band files, in params order."""
-    local = params.local
     scenes: list[SceneSpec] = []
-    for entry in local.paths:
-        if isinstance(entry, list):
-            scenes.append(_stacked_scene(entry, params))
+    for entry in params.local.paths:
+        files, settings = _entry_settings(entry, params)
+        if isinstance(files, list):
+            scenes.append(_stacked_scene(files, settings, params))
         else:
-            scenes.extend(_file_scene(path, params) for path in expand(entry))
+            scenes.extend(_file_scene(path, settings, params) for path in expand(files))
     return _unique_ids(scenes)
+
+
+def _entry_settings(entry, params: EtlParams) -> tuple[str | list[str], EntrySettings]:
+    local = params.local
+    defaults = EntrySettings(local.bands, local.nir_band, local.scale)
+    if not isinstance(entry, LocalEntry):
+        return entry, defaults
+    return entry.files, EntrySettings(
+        bands=entry.bands if entry.bands is not None else defaults.bands,
+        nir_band=entry.nir_band if entry.nir_band is not None else defaults.nir_band,
+        scale=entry.scale if entry.scale is not None else defaults.scale,
+    )
 
 
 def expand(pattern: str) -> list[str]:
@@ -38,19 +58,19 @@ def expand(pattern: str) -> list[str]:
     return [pattern]
 
 
-def _file_scene(path: str, params: EtlParams) -> SceneSpec:
+def _file_scene(path: str, settings: EntrySettings, params: EtlParams) -> SceneSpec:
     with open_raster(path) as dataset:
-        names = _band_names(dataset)
-        rgb = tuple(BandSource(path, _band_index(ref, names, path)) for ref in params.local.bands)
+        names = list(dataset.descriptions)
+        rgb = tuple(BandSource(path, _band_index(ref, names, path)) for ref in settings.bands)
         nir = None
-        if params.local.nir_band is not None:
-            nir = BandSource(path, _band_index(params.local.nir_band, names, path, key="nir_band"))
+        if settings.nir_band is not None:
+            nir = BandSource(path, _band_index(settings.nir_band, names, path, key="nir_band"))
         dtype = np.dtype(dataset.dtypes[rgb[0].band - 1])
         acquired = dataset.tags().get("TIFFTAG_DATETIME")
-    return _spec(Path(path).stem, rgb, nir, dtype, params, acquired)
+    return _spec(Path(path).stem, rgb, nir, dtype, settings, params, acquired)
 
 
-def _stacked_scene(paths: list[str], params: EtlParams) -> SceneSpec:
+def _stacked_scene(paths: list[str], settings: EntrySettings, params: EtlParams) -> SceneSpec:
     """Band i of the scene is band 1 of file i (e.g. Landsat [B3.TIF, B2.TIF, B1.TIF])."""
     if not paths:
         raise UserError("etl.local.paths: an empty list entry; list the band files to stack")
@@ -63,25 +83,28 @@ def _stacked_scene(paths: list[str], params: EtlParams) -> SceneSpec:
             if dataset.count != 1:
                 raise UserError(f"{path} has {dataset.count} bands; a stacked list entry "
                                 "takes single-band files")
-            description = dataset.descriptions[0]
-            names.append(description or Path(path).stem.rsplit("_", 1)[-1])
+            # Name a stacked band by its description, else by the file name's last part
+            # (LT5..._B3.TIF -> "B3"), so `bands: [B3, B2, B1]` works for Landsat.
+            names.append(dataset.descriptions[0] or Path(path).stem.rsplit("_", 1)[-1])
             dtypes.append(np.dtype(dataset.dtypes[0]))
     where = f"the stack {paths}"
-    rgb = tuple(BandSource(paths[_band_index(ref, names, where) - 1], 1) for ref in params.local.bands)
-    nir = None
-    if params.local.nir_band is not None:
-        nir = BandSource(paths[_band_index(params.local.nir_band, names, where, key="nir_band") - 1], 1)
-    stem = _common_prefix([Path(p).stem for p in paths]) or Path(paths[0]).stem
-    return _spec(stem, rgb, nir, dtypes[0], params, None)
+
+    def pick(ref: BandRef, key: str = "bands") -> BandSource:
+        return BandSource(paths[_band_index(ref, names, where, key) - 1], 1)
+
+    rgb = tuple(pick(ref) for ref in settings.bands)
+    nir = pick(settings.nir_band, "nir_band") if settings.nir_band is not None else None
+    stem = _common_stem([Path(p).stem for p in paths])
+    return _spec(stem, rgb, nir, dtypes[0], settings, params, None)
 
 
-def _spec(stem: str, rgb, nir, dtype: np.dtype, params: EtlParams, acquired) -> SceneSpec:
+def _spec(stem, rgb, nir, dtype, settings: EntrySettings, params: EtlParams, acquired) -> SceneSpec:
     return SceneSpec(
         scene_id=slug(stem),
         source="local",
         rgb=rgb,
         nir=nir,
-        scale_mode=_scale_mode(params.local.scale, dtype),
+        scale_mode=_scale_mode(settings.scale, dtype),
         reflectance_range=params.reflectance_range,
         acquired=acquired,
     )
@@ -94,10 +117,6 @@ def _scale_mode(scale: str, dtype: np.dtype) -> str:
     if dtype == np.uint8:
         return "none"
     return "reflectance" if dtype.kind == "f" else "percentile"
-
-
-def _band_names(dataset) -> list[str | None]:
-    return list(dataset.descriptions)
 
 
 def _band_index(ref: BandRef, names: list[str | None], where: str, key: str = "bands") -> int:
@@ -119,18 +138,20 @@ def _band_index(ref: BandRef, names: list[str | None], where: str, key: str = "b
     raise UserError(f"etl.local.{key}: no band named {ref!r} in {where}; band names: {known}")
 
 
-def _common_prefix(stems: list[str]) -> str:
+def _common_stem(stems: list[str]) -> str:
+    """The shared part of stacked file names, cut at a separator: LT5..._B3, _B2 -> LT5..."""
     prefix = stems[0]
     for stem in stems[1:]:
         while not stem.startswith(prefix):
             prefix = prefix[:-1]
-    return prefix.rstrip("_-. ")
+    if len(stems) > 1 and prefix != stems[0]:
+        cut = max(prefix.rfind(sep) for sep in "_-. ")
+        prefix = prefix[:cut] if cut > 0 else prefix
+    return prefix or stems[0]
 
 
 def _unique_ids(scenes: list[SceneSpec]) -> list[SceneSpec]:
     """Two files with the same stem get -2, -3... in params order (stable across runs)."""
-    from dataclasses import replace
-
     seen: dict[str, int] = {}
     unique = []
     for scene in scenes:

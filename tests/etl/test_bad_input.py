@@ -1,0 +1,117 @@
+"""Bad input: one clear line on stderr, exit code 2, no partial output, old output kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from canopy.cli import app
+from tests.etl.rasters import forest_rgb, write_raster
+
+AOI = {"name": "a", "bbox": [10.0, 50.0, 10.1, 50.1], "time": ["2024-06-01", "2024-06-30"]}
+
+
+def run_etl_cli(tmp_path, etl: dict, *extra):
+    params = {"model": {"dim_mults": [1, 2]}, "etl": {"tile_size": 16, "stride": 16, **etl}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return CliRunner().invoke(app, ["etl", "-q", "--params", str(tmp_path / "params.yaml"),
+                                    "--out", str(tmp_path / "out"), *extra])
+
+
+def local(paths, **settings):
+    return {"source": "local", "local": {"paths": paths, **settings}}
+
+
+def not_a_raster(tmp_path):
+    path = tmp_path / "notes.tif"
+    path.write_text("these are field notes, not an image\n")
+    return local([str(path)])
+
+
+def truncated_tiff(tmp_path):
+    path = write_raster(tmp_path / "cut.tif", forest_rgb(64, 64), compress="deflate")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return local([str(path)])
+
+
+def tiny_raster(tmp_path):
+    return local([str(write_raster(tmp_path / "tiny.tif", forest_rgb(8, 40)))])
+
+
+def single_band(tmp_path):
+    return local([str(write_raster(tmp_path / "pan.tif", forest_rgb(16, 16)[:1]))])
+
+
+def band_out_of_range(tmp_path):
+    return local([str(write_raster(tmp_path / "rgb.tif", forest_rgb(16, 16)))], bands=[1, 2, 5])
+
+
+def no_vegetation(tmp_path):
+    grey = np.full((3, 32, 32), 128, dtype=np.uint8)
+    return local([str(write_raster(tmp_path / "grey.tif", grey))])
+
+
+def all_nodata(tmp_path):
+    blank = np.zeros((3, 32, 32), dtype=np.uint8)
+    return local([str(write_raster(tmp_path / "blank.tif", blank, nodata=0))], scale="none")
+
+
+CASES = {
+    "missing path": (lambda t: local([str(t / "nope.tif")]), "nope.tif: no such file"),
+    "empty glob": (lambda t: local([str(t / "*.tif")]), "matches no file"),
+    "not a raster": (not_a_raster, "not a readable raster"),
+    "truncated tiff": (truncated_tiff, "truncated or corrupt"),
+    "raster smaller than a tile": (tiny_raster, "smaller than one 16x16 tile"),
+    "single band for rgb": (single_band, "has a single band"),
+    "band out of range": (band_out_of_range, "band 5 is out of range"),
+    "no vegetation survives": (no_vegetation, "min_vegetation_fraction"),
+    "all nodata": (all_nodata, "min_valid_fraction"),
+    "swapped bbox": (lambda t: {"source": "sentinelhub", "sentinelhub": {
+        "aois": [{**AOI, "bbox": [10.1, 50.0, 10.0, 50.1]}]}}, "swapped"),
+    "latitude out of range": (lambda t: {"source": "sentinelhub", "sentinelhub": {
+        "aois": [{**AOI, "bbox": [10.0, 50.0, 10.1, 95.0]}]}}, "outside [-90, 90]"),
+    "reversed time": (lambda t: {"source": "sentinelhub", "sentinelhub": {
+        "aois": [{**AOI, "time": ["2024-06-30", "2024-06-01"]}]}}, "reversed"),
+    "unknown source": (lambda t: {"source": "landsat"}, "'sentinelhub', 'local' or 'synthetic'"),
+    "typo in a key": (lambda t: {"min_valid_fractoin": 0.5}, "did you mean 'min_valid_fraction'"),
+    "local without paths": (lambda t: {"source": "local"}, "etl.local.paths is empty"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, case):
+    make_etl, expected = CASES[case]
+    result = run_etl_cli(tmp_path, make_etl(tmp_path))
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("canopy etl: error: ")
+    assert expected in lines[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_bad_input_leaves_previous_output_untouched(tmp_path):
+    good = write_raster(tmp_path / "good.tif", forest_rgb(32, 32))
+    assert run_etl_cli(tmp_path, local([str(good)])).exit_code == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    make_etl, _ = CASES["truncated tiff"]
+    assert run_etl_cli(tmp_path, make_etl(tmp_path)).exit_code == 2
+    after = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_missing_params_file_says_what_to_do(tmp_path):
+    result = CliRunner().invoke(app, ["etl", "--params", str(tmp_path / "absent.yaml")])
+    assert result.exit_code == 2
+    assert "not found: run from the repository root or pass --params PATH" in result.stderr
+
+
+def test_source_option_is_validated(tmp_path):
+    result = run_etl_cli(tmp_path, {}, "--source", "modis")
+    assert result.exit_code == 2
+    assert "etl.source" in result.stderr

@@ -1,0 +1,63 @@
+"""params.yaml: one schema; typos and bad values fail at load time naming key and choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from canopy.errors import UserError
+from canopy.params import load_params, parse_params
+from tests.conftest import REPO_ROOT
+
+
+def error_of(raw) -> str:
+    with pytest.raises(UserError) as info:
+        parse_params(raw)
+    return str(info.value)
+
+
+def test_repository_params_file_is_valid():
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert params.schedule in {"linear", "cosine", "sigmoid"}
+
+
+def test_defaults_follow_the_spec():
+    params = parse_params({})
+    assert (params.seed, params.schedule) == (0, "linear")
+    assert (params.etl.tile_size, params.etl.stride, params.etl.shard_size) == (128, 128, 1000)
+    assert params.etl.sentinelhub.base_url == "https://sh.dataspace.copernicus.eu"
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ({"schedule": "cosin"}, "schedule: Input should be 'linear', 'cosine' or 'sigmoid' (got 'cosin')"),
+    ({"etl": {"tile_sise": 64}}, "etl.tile_sise: unknown key; did you mean 'tile_size'?"),
+    ({"sed": 1}, "sed: unknown key; did you mean 'seed'?"),
+    ({"etl": {"source": "modis"}}, "etl.source: Input should be 'sentinelhub', 'local' or 'synthetic'"),
+    ({"etl": {"min_valid_fraction": 1.5}}, "etl.min_valid_fraction: Input should be less than or equal to 1"),
+    ({"etl": {"stride": 256}}, "etl.stride (256) is larger than etl.tile_size (128)"),
+    ({"etl": {"local": {"bands": [1, 2]}}}, "etl.local.bands: give exactly 3 bands"),
+    ({"etl": {"local": {"bands": [0, 1, 2]}}}, "band indexes are 1-based"),
+    ({"etl": {"sentinelhub": {"aois": [{"name": "a", "bbox": [1, 2, 3, 4], "time": ["2024-01-01", "2024-01-02"], "max_clod": 0.1}]}}},
+     "etl.sentinelhub.aois.0.max_clod: unknown key; did you mean 'max_cloud'?"),
+    ({"etl": {"tile_size": 100, "stride": 100}, "model": {"dim_mults": [1, 2, 4, 8]}}, "not divisible by 8"),
+])
+def test_bad_params_name_the_key(raw, expected):
+    assert expected in error_of(raw)
+
+
+def test_errors_are_one_line():
+    message = error_of({"schedule": "x", "etl": {"tile_sise": 1, "source": "y"}})
+    assert "\n" not in message
+    assert message.count(";") >= 2
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_params(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("etl: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML at line"):
+        load_params(bad)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_params(listed)
