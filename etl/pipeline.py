@@ -6,13 +6,14 @@ interrupted or failed run leaves no partial output and the previous good output 
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import tempfile
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from canopy.params import CanopyParams, section_hash
 from etl.params import EtlParams
 from etl.png import encode_png
 from etl.scene import GDAL_ENV, BandSource, SceneReader, SceneSpec, slug
-from etl.shards import FORMAT_VERSION, SPLITS, ShardWriter, read_member, split_of, write_manifest
+from etl.shards import FORMAT_VERSION, SPLITS, ShardWriter, TileLocation, split_of, write_manifest
 from etl.tiling import Candidate, count_tiles, scene_candidates
 
 
@@ -118,7 +119,7 @@ def write_tiles(scenes: list[SceneSpec], params: CanopyParams, root: Path,
     etl = params.etl
     writers = {split: ShardWriter(root, split, etl.shard_size) for split in SPLITS}
     filters = FilterCounts()
-    placed: list[tuple[str, str]] = []  # (shard file, PNG member) of each kept tile, in order
+    placed: list[TileLocation] = []  # where each kept tile's PNG is, in output order
     scene_reports = []
     with TileEncoder(etl.workers) as encoder:
         for scene in tqdm(scenes, desc="scenes", unit="scene", disable=not progress):
@@ -182,15 +183,16 @@ def _filtered(candidates: Iterable[Candidate], etl: EtlParams, counts: FilterCou
 # --- parallel PNG encoding ---------------------------------------------------------------
 
 class TileEncoder:
-    """PNG-encode tiles on `workers` processes, yielding them in input order.
+    """PNG-encode tiles on `workers` threads, yielding them in input order.
 
-    At most 4 tiles per worker are in flight, so memory stays bounded however many tiles a
-    scene has. With one worker, tiles are encoded in this process (same bytes, no start-up).
+    Threads, not processes: Pillow releases the GIL while compressing (1.7x on 2 cores,
+    measured), and tiles need no pickling. At most 4 tiles per worker are in flight, so memory
+    stays bounded however many tiles a scene has. With one worker, tiles are encoded inline.
     """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers or available_cores()
-        self._pool = ProcessPoolExecutor(self.workers) if self.workers > 1 else None
+        self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
 
     def __enter__(self) -> TileEncoder:
         return self
@@ -277,12 +279,12 @@ def _nothing_kept_message(filters: FilterCounts, etl: EtlParams) -> str:
     )
 
 
-def write_preview(root: Path, placed: list[tuple[str, str]], limit: int, synthetic: bool) -> None:
+def write_preview(root: Path, placed: list[TileLocation], limit: int, synthetic: bool) -> None:
     """A contact sheet of up to `limit` tiles spread evenly over the output."""
     count = min(limit, len(placed))
     picks = [placed[int(i * len(placed) / count)] for i in range(count)]
-    tiles = [np.asarray(Image.open(_png_stream(root, shard, member)).convert("RGB"))
-             for shard, member in picks]
+    tiles = [np.asarray(Image.open(io.BytesIO(location.read(root))).convert("RGB"))
+             for location in picks]
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     size, gap = tiles[0].shape[0], 2
@@ -296,8 +298,3 @@ def write_preview(root: Path, placed: list[tuple[str, str]], limit: int, synthet
         ImageDraw.Draw(sheet).text((4, 3), "SYNTHETIC DEMO DATA - not real imagery", fill=(200, 0, 0))
     sheet.save(root / "preview.png", format="PNG")
 
-
-def _png_stream(root: Path, shard: str, member: str):
-    import io
-
-    return io.BytesIO(read_member(root / shard, member))

@@ -1,4 +1,4 @@
-"""PNG encoding, run in worker processes (kept free of GDAL and of the rest of the stage)."""
+"""PNG encoding of tiles (Pillow releases the GIL while compressing, so threads scale)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import io
 import numpy as np
 from PIL import Image
 
-# zlib level 3: files within a few percent of level 6 on imagery, and about twice as fast to
-# write (see bench/bench_etl.py). Pillow writes no timestamp, so bytes depend only on pixels.
-PNG_COMPRESS_LEVEL = 3
+# zlib level 1: on forest imagery files are about 13% larger than at level 6 (and the same
+# size as level 3) for 1.75x faster writes, measured on 128 px tiles on this project's CPU.
+# Pillow writes no timestamp, so the bytes depend only on the pixels.
+PNG_COMPRESS_LEVEL = 1
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
@@ -128,53 +128,78 @@ class SceneReader:
 
     # --- reading -------------------------------------------------------------------------
 
-    def _read_band(self, band: BandSource, window: Window | None = None,
-                   out_shape: tuple[int, int] | None = None) -> np.ndarray:
-        dataset = self._datasets[band.path]
-        try:
+    def _read_bands(self, bands: Sequence[BandSource], window: Window | None = None,
+                    out_shape: tuple[int, int] | None = None) -> list[np.ndarray]:
+        """Read `bands` with one call per file: a pixel-interleaved compressed file then
+        decodes each block once, not once per band."""
+        wanted: dict[str, list[int]] = {}
+        for band in bands:
+            wanted.setdefault(band.path, [])
+            if band.band not in wanted[band.path]:
+                wanted[band.path].append(band.band)
+        arrays = {}
+        for path, indexes in wanted.items():
             kwargs = {"window": window}
             if out_shape is not None:
-                kwargs.update(out_shape=out_shape, resampling=Resampling.nearest)
-            return dataset.read(band.band, **kwargs)
-        except RasterioIOError as err:
-            raise UserError(f"{band.path}: cannot read band {band.band} ({err}); "
-                            "the file looks truncated or corrupt") from None
+                kwargs.update(out_shape=(len(indexes), *out_shape), resampling=Resampling.nearest)
+            try:
+                data = self._datasets[path].read(indexes, **kwargs)
+            except RasterioIOError as err:
+                raise UserError(f"{path}: cannot read ({str(err).splitlines()[0]}); "
+                                "the file looks truncated or corrupt") from None
+            arrays.update({(path, index): data[i] for i, index in enumerate(indexes)})
+        return [arrays[(band.path, band.band)] for band in bands]
 
-    def _read_mask(self, band: BandSource, window: Window | None = None,
-                   out_shape: tuple[int, int] | None = None) -> np.ndarray:
+    def _band_valid(self, band: BandSource, values: np.ndarray, window: Window | None,
+                    out_shape: tuple[int, int] | None) -> np.ndarray | None:
+        """Valid pixels of one band (None = all valid), from the data where GDAL would
+        otherwise read the band a second time to build a nodata mask."""
         dataset = self._datasets[band.path]
-        kwargs = {"window": window}
+        flags = dataset.mask_flag_enums[band.band - 1]
+        if flags == [MaskFlags.all_valid]:
+            return None
+        if MaskFlags.nodata in flags:
+            nodata = dataset.nodatavals[band.band - 1]
+            return ~np.isnan(values) if np.isnan(nodata) else values != nodata
+        kwargs = {"window": window}  # an internal mask or alpha band: ask GDAL
         if out_shape is not None:
             kwargs.update(out_shape=out_shape, resampling=Resampling.nearest)
         try:
             return dataset.read_masks(band.band, **kwargs) > 0
         except RasterioIOError as err:
-            raise UserError(f"{band.path}: cannot read ({err}); "
+            raise UserError(f"{band.path}: cannot read its mask ({str(err).splitlines()[0]}); "
                             "the file looks truncated or corrupt") from None
 
-    def _valid(self, raw: Sequence[np.ndarray], window: Window | None,
-               out_shape: tuple[int, int] | None) -> np.ndarray:
+    def _read(self, window: Window | None = None, out_shape: tuple[int, int] | None = None):
+        """Raw RGB arrays, the valid mask and the raw extra bands {'nir','mask','scl'}."""
+        extras = {name: band for name in ("nir", "mask", "scl")
+                  if (band := getattr(self.spec, name)) is not None}
+        arrays = self._read_bands([*self.spec.rgb, *extras.values()], window, out_shape)
+        raw, extra = arrays[:3], dict(zip(extras, arrays[3:]))
         # A pixel is nodata only where every RGB band says so: 8-bit RGB files often use 255
         # as nodata while real bright canopy pixels also reach 255 in one band.
         valid = np.zeros(raw[0].shape, dtype=bool)
-        for band in self.spec.rgb:
-            valid |= self._read_mask(band, window, out_shape)
+        for band, values in zip(self.spec.rgb, raw):
+            band_valid = self._band_valid(band, values, window, out_shape)
+            if band_valid is None:
+                valid[:] = True
+                break
+            valid |= band_valid
         if raw[0].dtype.kind == "f":
             for values in raw:
                 valid &= np.isfinite(values)
-        if self.spec.mask is not None:
-            valid &= self._read_band(self.spec.mask, window, out_shape) != 0
-        if self.spec.scl is not None:
-            valid &= ~np.isin(self._read_band(self.spec.scl, window, out_shape), SCL_INVALID)
-        return valid
+        if "mask" in extra:
+            valid &= extra["mask"] != 0
+        if "scl" in extra:
+            valid &= ~np.isin(extra["scl"], SCL_INVALID)
+        return raw, valid, extra
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rgb uint8 HxWx3, valid bool HxW, vegetation bool HxW) for `window`."""
-        raw = [self._read_band(band, window) for band in self.spec.rgb]
-        valid = self._valid(raw, window, None)
+        raw, valid, extra = self._read(window)
         rgb = self._to_uint8(raw)
         rgb[~valid] = 0
-        vegetation = self._vegetation(raw, rgb, window) & valid
+        vegetation = self._vegetation(raw, rgb, extra) & valid
         return rgb, valid, vegetation
 
     # --- scaling -------------------------------------------------------------------------
@@ -193,8 +218,7 @@ class SceneReader:
         """Per-band percentiles over the whole scene, from a decimated (bounded) read."""
         factor = max(1, int(np.ceil(max(self.width, self.height) / STATS_MAX_SIDE)))
         shape = (max(1, self.height // factor), max(1, self.width // factor))
-        raw = [self._read_band(band, out_shape=shape) for band in self.spec.rgb]
-        valid = self._valid(raw, None, shape)
+        raw, valid, _ = self._read(out_shape=shape)
         if not valid.any():
             raise UserError(f"scene {self.spec.scene_id}: every pixel is nodata or masked")
         lows, highs = [], []
@@ -224,12 +248,12 @@ class SceneReader:
 
     # --- vegetation ----------------------------------------------------------------------
 
-    def _vegetation(self, raw: Sequence[np.ndarray], rgb: np.ndarray, window: Window) -> np.ndarray:
-        if self.spec.scl is not None:
-            return self._read_band(self.spec.scl, window) == SCL_VEGETATION
-        if self.spec.nir is not None:
+    def _vegetation(self, raw: Sequence[np.ndarray], rgb: np.ndarray, extra: dict) -> np.ndarray:
+        if "scl" in extra:
+            return extra["scl"] == SCL_VEGETATION
+        if "nir" in extra:
             # NDVI = (NIR - red) / (NIR + red) (Rouse et al. 1974), on raw values.
-            nir = self._read_band(self.spec.nir, window).astype(np.float32)
+            nir = extra["nir"].astype(np.float32)
             red = raw[0].astype(np.float32)
             with np.errstate(divide="ignore", invalid="ignore"):
                 ndvi = (nir - red) / (nir + red)

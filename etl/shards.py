@@ -47,14 +47,14 @@ class ShardWriter:
     shards: list[ShardInfo] = field(default_factory=list)
     _tar: tarfile.TarFile | None = None
 
-    def add(self, key: str, png: bytes, metadata: dict) -> tuple[str, str]:
-        """Write one tile; return (shard file, member name of its PNG)."""
+    def add(self, key: str, png: bytes, metadata: dict) -> TileLocation:
+        """Write one tile; return where its PNG bytes are."""
         if self._tar is None or self.shards[-1].tiles >= self.shard_size:
             self._open_next()
-        _add_member(self._tar, f"{key}.png", png)
+        offset = _add_member(self._tar, f"{key}.png", png)
         _add_member(self._tar, f"{key}.json", tile_json(metadata))
         self.shards[-1].tiles += 1
-        return self.shards[-1].file, f"{key}.png"
+        return TileLocation(self.shards[-1].file, offset, len(png))
 
     def _open_next(self) -> None:
         self._close_current()
@@ -74,7 +74,22 @@ class ShardWriter:
         return self.shards
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+@dataclass(frozen=True)
+class TileLocation:
+    """Where a member's bytes are inside a shard, to read it back without scanning the tar."""
+
+    shard: str  # relative to the tiles folder
+    offset: int
+    size: int
+
+    def read(self, root: Path) -> bytes:
+        with open(root / self.shard, "rb") as handle:
+            handle.seek(self.offset)
+            return handle.read(self.size)
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
+    """Append a member with normalised header fields; return the offset of its data."""
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mtime = 0
@@ -82,14 +97,8 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     tar.addfile(info, io.BytesIO(data))
-
-
-def read_member(path: Path, name: str) -> bytes:
-    with tarfile.open(path) as tar:
-        member = tar.extractfile(name)
-        if member is None:
-            raise KeyError(name)
-        return member.read()
+    padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return tar.offset - padded
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
