@@ -7,8 +7,9 @@ For each size it writes a tiled, deflate-compressed 3-band uint8 GeoTIFF of fore
 texture (by blocks, so this script stays small), runs `canopy etl` on it in a child process
 while sampling the resident memory of the whole process tree, then times the PNG-encode
 bound: the same number of tiles, already in memory, encoded by the same worker pool with the
-same settings. The etl should run within 2x of that bound with a peak RSS that does not grow
-with the raster.
+same settings, before and after the etl run (the faster counts). The etl (whole command,
+interpreter start-up included) should run within 2x of that bound with a peak RSS that does not
+grow with the raster.
 """
 
 from __future__ import annotations
@@ -116,8 +117,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="canopy-bench-") as tmp:
             raster = Path(tmp) / f"forest-{size}.tif"
             write_big_raster(raster, size)
+            bound_before = encode_bound(raster, 1000)
             seconds, tiles, tree_mib, main_mib = run_etl(raster, Path(tmp))
-            bound = encode_bound(raster, tiles)
+            # The bound is timed before and after the etl; the faster is kept (the machine is
+            # shared: a slower bound would flatter the ratio).
+            bound = min(bound_before * tiles / 1000, encode_bound(raster, tiles))
             print(f"{size:>6}x{size:<6} {tiles:>6} {seconds:>7.1f} {tiles / seconds:>8.0f} "
                   f"{tiles / bound:>9.0f} {seconds / bound:>5.2f}x {tree_mib:>10.0f} MiB "
                   f"{main_mib:>4.0f} MiB")

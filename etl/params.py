@@ -100,6 +100,15 @@ class SentinelHubParams(StrictModel):
     cache_dir: str = "data/cache/sentinelhub"
     max_retries: int = Field(4, ge=0, le=20)  # on 429 and 5xx answers
 
+    @field_validator("aois")
+    @classmethod
+    def _unique_names(cls, aois: list[AoiParams]) -> list[AoiParams]:
+        names = [aoi.name for aoi in aois]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"AOI names must be unique (they name the tiles); repeated: {repeated}")
+        return aois
+
     @field_validator("base_url", "token_url")
     @classmethod
     def _http_url(cls, url: str) -> str:

@@ -36,6 +36,7 @@ from etl.shards import FORMAT_VERSION, SPLITS, ShardWriter, TileLocation, split_
 from etl.tiling import Candidate, count_tiles, scene_candidates
 
 
+IN_FLIGHT_PER_WORKER = 48  # about one row of 128 px tiles of a 6000 px wide raster
 SENTINELHUB_REFLECTANCE_SCALE = 10000  # the evalscript returns reflectance x 10000 as uint16
 
 
@@ -186,8 +187,10 @@ class TileEncoder:
     """PNG-encode tiles on `workers` threads, yielding them in input order.
 
     Threads, not processes: Pillow releases the GIL while compressing (1.7x on 2 cores,
-    measured), and tiles need no pickling. At most 4 tiles per worker are in flight, so memory
-    stays bounded however many tiles a scene has. With one worker, tiles are encoded inline.
+    measured), and tiles need no pickling. At most IN_FLIGHT_PER_WORKER tiles per worker are
+    queued, so memory stays bounded (a few MiB) however many tiles a scene has, yet the
+    encoders stay busy while the main thread reads and decodes the next row of tiles. With one
+    worker, tiles are encoded inline.
     """
 
     def __init__(self, workers: int) -> None:
@@ -209,7 +212,7 @@ class TileEncoder:
         queue: deque[tuple[Candidate, Future]] = deque()
         for candidate in candidates:
             queue.append((candidate, self._pool.submit(encode_png, candidate.rgb)))
-            if len(queue) >= 4 * self.workers:
+            if len(queue) >= IN_FLIGHT_PER_WORKER * self.workers:
                 done, future = queue.popleft()
                 yield done, future.result()
         while queue:

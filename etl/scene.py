@@ -260,11 +260,9 @@ class SceneReader:
             return np.nan_to_num(ndvi, nan=-1.0) > self.ndvi_threshold
         # Green Leaf Index GLI = (2G - R - B) / (2G + R + B) (Louhaichi et al. 2001), on the
         # 8-bit display values: true-colour only, so it is comparable across scenes.
-        r, g, b = (rgb[..., i].astype(np.int32) for i in range(3))
-        numerator = 2 * g - r - b
-        denominator = np.maximum(2 * g + r + b, 1)
-        return numerator > self.gli_threshold * denominator
-
+        r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))  # |2G - R - B| <= 1020
+        g2 = g + g
+        return (g2 - r - b) > np.float32(self.gli_threshold) * (g2 + r + b)
 
 def open_raster(path: str):
     """Open a raster or raise a one-line UserError that says what is wrong with it."""

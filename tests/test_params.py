@@ -38,6 +38,8 @@ def test_defaults_follow_the_spec():
     ({"etl": {"local": {"bands": [0, 1, 2]}}}, "band indexes are 1-based"),
     ({"etl": {"sentinelhub": {"aois": [{"name": "a", "bbox": [1, 2, 3, 4], "time": ["2024-01-01", "2024-01-02"], "max_clod": 0.1}]}}},
      "etl.sentinelhub.aois.0.max_clod: unknown key; did you mean 'max_cloud'?"),
+    ({"etl": {"sentinelhub": {"aois": [{"name": "a", "bbox": [1, 2, 3, 4], "time": ["2024-01-01", "2024-01-02"]}] * 2}}},
+     "AOI names must be unique"),
     ({"etl": {"tile_size": 100, "stride": 100}, "model": {"dim_mults": [1, 2, 4, 8]}}, "not divisible by 8"),
 ])
 def test_bad_params_name_the_key(raw, expected):
