@@ -30,7 +30,7 @@ from canopy.errors import UserError
 from canopy.fsutil import atomic_dir
 from canopy.params import CanopyParams, section_hash
 from etl.params import EtlParams
-from etl.png import encode_png
+from etl.png import PNG_COMPRESS_LEVEL, encode_png
 from etl.scene import GDAL_ENV, BandSource, SceneReader, SceneSpec, slug
 from etl.shards import FORMAT_VERSION, SPLITS, ShardWriter, TileLocation, split_of, write_manifest
 from etl.tiling import Candidate, count_tiles, scene_candidates
@@ -299,5 +299,5 @@ def write_preview(root: Path, placed: list[TileLocation], limit: int, synthetic:
         sheet.paste(Image.fromarray(tile), (gap + c * (size + gap), banner + gap + r * (size + gap)))
     if synthetic:
         ImageDraw.Draw(sheet).text((4, 3), "SYNTHETIC DEMO DATA - not real imagery", fill=(200, 0, 0))
-    sheet.save(root / "preview.png", format="PNG")
+    sheet.save(root / "preview.png", format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
