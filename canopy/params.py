@@ -135,6 +135,18 @@ def _model_of(annotation: Any) -> Any:
     return None
 
 
+def with_overrides(params: CanopyParams, section: str, values: dict[str, Any]) -> CanopyParams:
+    """`params` with command-line options (None = not given) merged into `section`,
+    validated like the file so a bad option fails the same way."""
+    given = {key: value for key, value in values.items() if value is not None}
+    if not given:
+        return params
+    merged = params.model_dump(mode="json")
+    merged[section] = {**merged[section], **given}
+    options = ", ".join(f"--{key.replace('_', '-')}" for key in given)
+    return parse_params(merged, source=f"command-line option ({options})")
+
+
 def section_hash(params: CanopyParams, *sections: str) -> str:
     """Hash of the named sections (and top-level keys), for resume and manifest checks."""
     from canopy.hashing import sha256_json

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from canopy.errors import user_errors
-from canopy.params import DEFAULT_PARAMS, load_params
+from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -30,8 +30,7 @@ def etl(
     """
     with user_errors("etl"):
         loaded = load_params(params)
-        if source is not None:
-            loaded = _override(loaded, {"etl": {"source": source}})
+        loaded = with_overrides(loaded, "etl", {"source": source})
         from etl.pipeline import run_etl
 
         progress = not quiet and sys.stderr.isatty()
@@ -47,12 +46,3 @@ def etl(
             print("etl: warning: no tile fell into val; evaluate needs val tiles "
                   "(add imagery or raise etl.val_fraction)", file=sys.stderr)
 
-
-def _override(params, changes: dict):
-    """Re-validate params with `changes` merged in, so an override is checked like the file."""
-    from canopy.params import parse_params
-
-    merged = params.model_dump(mode="json")
-    for section, values in changes.items():
-        merged[section] = {**merged[section], **values}
-    return parse_params(merged, source="--source")
