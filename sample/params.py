@@ -10,11 +10,16 @@ from canopy.schema import StrictModel
 
 
 class SampleParams(StrictModel):
-    n: int = Field(64, ge=1, le=1_000_000)
-    batch_size: int = Field(16, ge=1)
+    n: int = Field(64, ge=1, le=1_000_000)  # images to generate
+    batch_size: int = Field(16, ge=1, le=4096)  # images per network call (memory/speed only)
+    # ddpm: ancestral, all diffusion.timesteps steps (Ho et al. 2020); ddim: `steps` steps with
+    # trailing spacing and `eta` (Song et al. 2021; Lin et al. 2024).
     sampler: Literal["ddpm", "ddim"] = "ddim"
-    steps: int = Field(50, ge=1)
-    eta: float = Field(0.0, ge=0.0, le=1.0)
+    steps: int = Field(50, ge=1)  # ddim only; ddpm always takes every timestep
+    eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim only: 0 deterministic, 1 DDPM-like noise
+    weights: Literal["ema", "raw"] = "ema"  # raw: the latest training state's raw weights
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    models: str = "models"  # folder written by `canopy train`
     out: str = "data/samples"
+    grid_images: int = Field(64, ge=0, le=1024)  # images in grid.png

@@ -1,0 +1,48 @@
+"""`canopy sample`: models/ -> data/samples/ (generated tiles, manifest, grid)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from canopy.errors import user_errors
+from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback(invoke_without_command=True)
+def sample(
+    params: Path = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="params.yaml to read."),
+    n: int = typer.Option(None, "--n", help="Override sample.n: images to generate."),
+    out: Path = typer.Option(None, "--out", "-o", help="Override sample.out (replaced atomically)."),
+    sampler: str = typer.Option(None, "--sampler", help="Override sample.sampler: ddpm | ddim."),
+    steps: int = typer.Option(None, "--steps", help="Override sample.steps (ddim)."),
+    eta: float = typer.Option(None, "--eta", help="Override sample.eta (ddim)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Override sample.batch_size."),
+    weights: str = typer.Option(None, "--weights", help="Override sample.weights: ema | raw."),
+    models: Path = typer.Option(None, "--models", help="Override sample.models (train's output)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Generate sample.n forest tiles from the EMA weights that `canopy train` wrote.
+
+    Image i depends only on (seed, i, checkpoint, sampler settings): not on the batch size or
+    on how many images are asked for, and the same command writes byte-identical files.
+    Writes OUT/000000.png ..., OUT/manifest.json (sha256 of each image, settings, checkpoint
+    hash) and OUT/grid.png.
+    """
+    with user_errors("sample"):
+        loaded = load_params(params)
+        overrides = {"n": n, "out": str(out) if out else None, "sampler": sampler, "steps": steps,
+                     "eta": eta, "batch_size": batch_size, "weights": weights,
+                     "models": str(models) if models else None}
+        loaded = with_overrides(loaded, "sample", overrides)
+        from sample.run import run_sample
+
+        settings = loaded.sample
+        result = run_sample(loaded, Path(settings.out), Path(settings.models),
+                            progress=not quiet and sys.stderr.isatty())
+        print(f"sample: {result.n} images ({settings.sampler}, {result.steps} steps, "
+              f"{result.device} {result.precision}) -> {result.out}")

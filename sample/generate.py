@@ -1,0 +1,105 @@
+"""The sampling loop: reproducible per image, whatever the batch.
+
+Image i's starting noise and every per-step noise come from its own CPU generator seeded by
+(seed, i), then move to the device, so image i does not depend on how many images are asked
+for or on which others share its batch. Seeding alone is not enough: on CPU, fp32 oneDNN
+convolutions and any GEMM over the batch give results that differ in the last bits with the
+batch size, and 50-1000 denoising steps turn that into different pixels. So the timestep is
+embedded once for the whole batch (one row, broadcast), and fp32 convolutions on CPU run on
+ATen's per-image kernels instead of oneDNN's (measured: batch-invariant, and no slower for
+these shapes); oneDNN's bf16 path is batch-invariant as it is. tests/sample checks this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from model.ddim import DDIMScheduler
+from model.ddpm import DDPMScheduler
+from model.diffusion import GaussianDiffusion
+
+
+def image_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for image `index` of a set drawn with `seed`."""
+    digest = hashlib.sha256(f"canopy-sample:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class Step:
+    t: int  # timestep the network sees
+    t_prev: int  # where the step lands (-1 = the clean image)
+    noisy: bool  # whether the step adds fresh noise
+
+
+class Sampler:
+    """A uniform view of the schedulers in model/: the steps, and one update."""
+
+    def __init__(self, diffusion: GaussianDiffusion, name: str, steps: int, eta: float) -> None:
+        self.name = name
+        if name == "ddpm":
+            self._ddpm = DDPMScheduler(diffusion)
+            self.steps = [Step(t, t - 1, t > 0) for t in self._ddpm.timesteps]
+        elif name == "ddim":
+            self._ddim = DDIMScheduler(diffusion, steps, eta)
+            self.steps = [Step(t, prev, eta > 0 and prev >= 0) for t, prev in self._ddim.pairs()]
+        else:
+            raise ValueError(f"unknown sampler {name!r}: use ddpm or ddim")
+
+    def update(self, out: torch.Tensor, step: Step, x: torch.Tensor,
+               noise: torch.Tensor | None) -> torch.Tensor:
+        if self.name == "ddpm":
+            return self._ddpm.step(out, step.t, x, noise)
+        return self._ddim.step(out, step.t, step.t_prev, x, noise)
+
+
+def generate(net: torch.nn.Module, sampler: Sampler, indices: Sequence[int], seed: int,
+             shape: tuple[int, int, int], device: torch.device,
+             amp_dtype: torch.dtype | None, progress: bool = False) -> torch.Tensor:
+    """Images `indices` as a uint8 tensor (B, H, W, C) on the CPU."""
+    generators = [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
+
+    def noise() -> torch.Tensor:
+        return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+
+    x = noise()
+    bar = tqdm(sampler.steps, desc="steps", leave=False, disable=not progress)
+    with torch.inference_mode(), _batch_invariant_kernels(device, amp_dtype):
+        for step in bar:
+            t = torch.tensor([step.t], device=device)  # one row: embedded once, broadcast
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                out = net(x, t)
+            x = sampler.update(out.float(), step, x, noise() if step.noisy else None)
+    return to_uint8(x).cpu()
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] (B, C, H, W) -> uint8 (B, H, W, C), rounding half to even."""
+    scaled = ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round()
+    return scaled.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+@contextlib.contextmanager
+def _batch_invariant_kernels(device: torch.device, amp_dtype: torch.dtype | None) -> Iterator[None]:
+    if device.type == "cpu" and amp_dtype is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a note about Intel GPUs' TF32
+            with torch.backends.mkldnn.flags(enabled=False):
+                yield
+    elif device.type == "cuda":
+        previous = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous
+    else:
+        yield

@@ -1,0 +1,121 @@
+"""`canopy sample`: EMA weights in models/ -> data/samples/ (PNGs, manifest, grid)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from canopy.accelerator import pick_device, pick_precision, precision_name
+from canopy.errors import UserError
+from canopy.fsutil import atomic_dir
+from canopy.hashing import sha256_bytes
+from canopy.params import CanopyParams
+from sample.checkpoint import Checkpoint, load_checkpoint
+from sample.generate import Sampler, generate
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SampleResult:
+    out: Path
+    n: int
+    device: str
+    precision: str
+    steps: int
+
+
+def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool) -> SampleResult:
+    settings = params.sample
+    checkpoint = load_checkpoint(models, settings.weights)
+    check_matches_params(checkpoint, params)
+    timesteps = checkpoint.diffusion.timesteps
+    if settings.sampler == "ddim" and settings.steps > timesteps:
+        raise UserError(f"sample.steps ({settings.steps}) exceeds the model's "
+                        f"{timesteps} diffusion timesteps; use at most {timesteps}")
+    device = pick_device(settings.device, "sample.device")
+    amp_dtype = pick_precision(settings.precision, device, "sample.precision")
+    sampler = Sampler(checkpoint.diffusion, settings.sampler, settings.steps, settings.eta)
+    net = checkpoint.net.to(device)
+    checkpoint.diffusion.to(device)
+
+    with atomic_dir(out) as staging:
+        records = []
+        bar = tqdm(total=settings.n, desc="images", unit="img", disable=not progress)
+        for first in range(0, settings.n, settings.batch_size):
+            indices = list(range(first, min(settings.n, first + settings.batch_size)))
+            images = generate(net, sampler, indices, params.seed, checkpoint.image_shape, device,
+                              amp_dtype, progress)
+            for index, image in zip(indices, images.numpy()):
+                records.append(_write_png(staging / f"{index:06d}.png", image))
+            bar.update(len(indices))
+        bar.close()
+        if settings.grid_images:
+            write_grid(staging, settings.grid_images, settings.n)
+        _write_manifest(staging, params, checkpoint, sampler, device, amp_dtype, records)
+    return SampleResult(out, settings.n, str(device), precision_name(amp_dtype), len(sampler.steps))
+
+
+def check_matches_params(checkpoint: Checkpoint, params: CanopyParams) -> None:
+    """Refuse a checkpoint that params.yaml no longer describes (a stale models/)."""
+    config = checkpoint.config
+    wanted = {"model": params.model.unet_kwargs(), "schedule": params.schedule,
+              "timesteps": params.diffusion.timesteps, "objective": params.diffusion.objective}
+    found = {"model": config["model"], "schedule": config.get("schedule"),
+             "timesteps": config["diffusion"].get("timesteps"),
+             "objective": config["diffusion"].get("objective")}
+    changed = [f"{key} {found[key]!r} -> {wanted[key]!r}" for key in wanted if found[key] != wanted[key]]
+    if changed:
+        raise UserError(f"{checkpoint.path} was trained with other settings than params.yaml "
+                        f"({'; '.join(changed)}): re-run `canopy train` (or `dvc repro`)")
+
+
+def _write_png(path: Path, image: np.ndarray) -> dict:
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
+    data = buffer.getvalue()
+    path.write_bytes(data)
+    return {"file": path.name, "sha256": sha256_bytes(data)}
+
+
+def write_grid(folder: Path, limit: int, n: int) -> None:
+    count = min(limit, n)
+    tiles = [Image.open(folder / f"{i:06d}.png").convert("RGB") for i in range(count)]
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    size, gap = tiles[0].size[0], 2
+    sheet = Image.new("RGB", (columns * (size + gap) + gap, rows * (size + gap) + gap), (255, 255, 255))
+    for index, tile in enumerate(tiles):
+        r, c = divmod(index, columns)
+        sheet.paste(tile, (gap + c * (size + gap), gap + r * (size + gap)))
+    sheet.save(folder / "grid.png", format="PNG")
+
+
+def _write_manifest(folder: Path, params: CanopyParams, checkpoint: Checkpoint, sampler: Sampler,
+                    device: torch.device, amp_dtype, records: list[dict]) -> None:
+    settings = params.sample
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "n": settings.n,
+        "seed": params.seed,
+        "sampler": settings.sampler,
+        "steps": len(sampler.steps),
+        "eta": settings.eta if settings.sampler == "ddim" else 1.0,
+        "timestep_spacing": "trailing" if settings.sampler == "ddim" else "all",
+        "weights": settings.weights,
+        "checkpoint": {"file": checkpoint.path.name, "sha256": checkpoint.sha256,
+                       "step": checkpoint.config.get("step")},
+        "tile_size": checkpoint.image_shape[1],
+        "device": device.type,
+        "precision": precision_name(amp_dtype),
+        "images": records,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

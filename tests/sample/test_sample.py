@@ -1,0 +1,118 @@
+"""`canopy sample`: reproducible sets, the files of SPEC.md, clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from canopy.cli import app
+from tests.sample.conftest import MODEL, write_checkpoint, write_params
+
+
+def sample(workspace, *args):
+    return CliRunner().invoke(app, ["sample", "-q", "--params", str(workspace / "params.yaml"), *args])
+
+
+def images(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("[0-9]*.png"))}
+
+
+def test_writes_images_manifest_and_grid(workspace):
+    result = sample(workspace)
+    assert result.exit_code == 0, result.output
+    out = workspace / "samples"
+    files = images(out)
+    assert list(files) == [f"{i:06d}.png" for i in range(6)]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["n"] == 6 and manifest["seed"] == 3 and manifest["sampler"] == "ddim"
+    assert manifest["steps"] == 5 and manifest["timestep_spacing"] == "trailing"
+    assert manifest["checkpoint"]["sha256"] == hashlib.sha256(
+        (workspace / "models" / "ema.safetensors").read_bytes()).hexdigest()
+    for record in manifest["images"]:
+        assert hashlib.sha256(files[record["file"]]).hexdigest() == record["sha256"]
+    assert (out / "grid.png").is_file()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0)])
+def test_image_i_does_not_depend_on_batch_size_or_n(workspace, precision, sampler, eta):
+    write_params(workspace, precision=precision, sampler=sampler, eta=eta)
+    runs = {}
+    for n, batch in [(6, 4), (6, 1), (3, 5)]:
+        out = workspace / f"s-{n}-{batch}"
+        result = sample(workspace, "--n", str(n), "--batch-size", str(batch), "--out", str(out))
+        assert result.exit_code == 0, result.output
+        runs[(n, batch)] = images(out)
+    assert runs[(6, 4)] == runs[(6, 1)]
+    assert runs[(3, 5)] == {k: v for k, v in runs[(6, 4)].items() if int(k[:6]) < 3}
+    assert len(set(runs[(6, 4)].values())) == 6  # six different images
+
+
+def test_rerun_is_byte_identical_and_seed_matters(workspace):
+    assert sample(workspace, "--out", str(workspace / "a")).exit_code == 0
+    assert sample(workspace, "--out", str(workspace / "b")).exit_code == 0
+    a, b = workspace / "a", workspace / "b"
+    for name in ["manifest.json", "grid.png", *images(a)]:
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    params = (workspace / "params.yaml").read_text().replace("seed: 3", "seed: 4")
+    (workspace / "params.yaml").write_text(params)
+    assert sample(workspace, "--out", str(workspace / "c")).exit_code == 0
+    assert images(workspace / "c") != images(a)
+
+
+def test_ddpm_takes_every_timestep(workspace):
+    result = sample(workspace, "--sampler", "ddpm", "--n", "1")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((workspace / "samples" / "manifest.json").read_text())
+    assert manifest["steps"] == 20 and manifest["sampler"] == "ddpm"
+
+
+def corrupt(workspace):
+    path = workspace / "models" / "ema.safetensors"
+    path.write_bytes(path.read_bytes()[:300])
+
+
+def other_shape(workspace):
+    """Weights of a wider network under a config that says dim 8."""
+    write_checkpoint(workspace / "tmp", model={**MODEL, "dim": 16})
+    (workspace / "tmp" / "ema.safetensors").replace(workspace / "wide.safetensors")
+    import json as _json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(workspace / "models" / "ema.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    save_file(load_file(str(workspace / "wide.safetensors")),
+              str(workspace / "models" / "ema.safetensors"), metadata=metadata)
+    assert _json.loads(metadata["config"])["model"]["dim"] == 8
+
+
+BAD = {
+    "missing checkpoint": (lambda w: (w / "models" / "ema.safetensors").unlink(), [],
+                           "not found: train a model first"),
+    "corrupt checkpoint": (corrupt, [], "corrupt"),
+    "other model shape": (other_shape, [], "weights of another model shape"),
+    "n <= 0": (None, ["--n", "0"], "sample.n"),
+    "steps > timesteps": (None, ["--steps", "50"], "exceeds"),
+    "unknown sampler": (None, ["--sampler", "euler"], "'ddpm' or 'ddim'"),
+    "params changed since training": (
+        lambda w: (w / "params.yaml").write_text((w / "params.yaml").read_text().replace(
+            "schedule: linear", "schedule: cosine")), [], "re-run `canopy train`"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_gives_one_line_and_exit_code_2(workspace, case):
+    prepare, args, expected = BAD[case]
+    if prepare:
+        prepare(workspace)
+    result = sample(workspace, *args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("canopy sample: error: "), result.stderr
+    assert expected in lines[0]
+    assert not (workspace / "samples").exists()
