@@ -1,0 +1,302 @@
+"""The evaluate stage: data/samples/ and data/tiles/ -> metrics/evaluate.json (+ _details.json).
+
+What is compared with what (SPEC.md "metrics/"):
+  - the samples (first `max_samples` NNNNNN.png) against the held-out val tiles (a seeded subset
+    of `max_real`): `swd`, `fid`, `kid`, with counts `n_samples`, `n_real`;
+  - the real-vs-real floor, `*_floor`: as many train tiles as there are samples (a seeded
+    subset) against the same val tiles, with the same metric code, the same val patches and
+    directions (SWD) and the same val features (FID/KID). It is what a perfect model, one that
+    samples the training distribution, would score with these counts: small sets inflate FID
+    and SWD, and the floor is inflated the same way, so read the model's distance from it;
+  - memorisation: each sample's distance to its nearest train tile (all train tiles are
+    searched, `n_train`); `memorised_fraction` is the fraction of samples that are near-copies,
+    and `memorised_fraction_floor` the same for the val tiles (which are never copies).
+
+Every random choice comes from `seed`, so the same inputs give byte-identical JSON files (the
+values are rounded to 6 significant digits, well above the float noise).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from canopy.errors import UserError
+from canopy.fsutil import atomic_write_text
+from canopy.hashing import sha256_file
+from canopy.params import CanopyParams
+from evaluate import images as images_io
+from evaluate import memorisation as mem
+from evaluate import swd as swd_mod
+
+# Independent random streams derived from the seed.
+_VAL_SUBSET, _FLOOR_SUBSET, _KID, _KID_FLOOR = 1, 2, 3, 4
+_TRAIN_BLOCK = 256  # train tiles decoded and searched at a time
+_NEAR_COPIES_LISTED = 50
+
+
+@dataclass
+class EvaluateResult:
+    metrics: dict[str, float | int]
+    details: dict[str, Any]
+    out: Path
+    details_out: Path
+    notes: list[str] = field(default_factory=list)
+
+
+def details_path(out: Path) -> Path:
+    """metrics/evaluate.json -> metrics/evaluate_details.json."""
+    return out.with_name(f"{out.stem}_details{out.suffix or '.json'}")
+
+
+def sig(value: float, digits: int = 6) -> float:
+    """Round to `digits` significant digits, so float noise never changes the JSON bytes."""
+    return float(f"{value:.{digits}g}")
+
+
+@contextmanager
+def _bar(progress: bool, total: int, desc: str) -> Iterator[Callable[[int], None]]:
+    if not progress:
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="img", leave=False, file=sys.stderr) as bar:
+        yield bar.update
+
+
+def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: Path,
+                 progress: bool = False, note: Callable[[str], None] = lambda s: None
+                 ) -> EvaluateResult:
+    ev = params.evaluate
+    seed = params.seed
+
+    # --- inputs -------------------------------------------------------------------------
+    manifest = images_io.read_tiles_manifest(tiles_dir)
+    tile_size = manifest["tile_size"]
+    if tile_size < ev.swd_patch_size:
+        raise UserError(f"the tiles are {tile_size}px, smaller than evaluate.swd_patch_size "
+                        f"({ev.swd_patch_size}); lower it or use larger tiles")
+    sample_paths = images_io.list_samples(samples_dir)
+    val_refs = images_io.list_tiles(tiles_dir, "val")
+    if not val_refs:
+        raise UserError(f"no val tiles in {tiles_dir / 'val'}: evaluate compares samples with "
+                        "held-out tiles; raise etl.val_fraction or add imagery, then re-run "
+                        "`canopy etl`")
+    train_refs = images_io.list_tiles(tiles_dir, "train")
+    if not train_refs:
+        raise UserError(f"no train tiles in {tiles_dir / 'train'}: the floor and the "
+                        "memorisation check need them; re-run `canopy etl`")
+
+    # Before the slow work: a missing weights file or device fails now.
+    weights, no_weights_why, device = _locate_weights(params)
+
+    used_samples = sample_paths[: ev.max_samples]
+    with _bar(progress, len(used_samples), "read samples") as tick:
+        reads = (images_io.read_sample(path, tile_size) for path in used_samples)
+        samples = images_io.stack(_ticked(reads, tick), len(used_samples), tile_size)
+    val_pick = images_io.seeded_subset(len(val_refs), ev.max_real,
+                                       np.random.default_rng([seed, _VAL_SUBSET]))
+    used_val = [val_refs[i] for i in val_pick]
+    with _bar(progress, len(used_val), "read val tiles") as tick:
+        reads = images_io.iter_tiles(used_val, tile_size)
+        val = images_io.stack(_ticked(reads, tick), len(used_val), tile_size)
+
+    # --- memorisation, and the floor's train subset, in one pass over the train tiles ----
+    floor_pick = images_io.seeded_subset(len(train_refs), len(samples),
+                                         np.random.default_rng([seed, _FLOOR_SUBSET]))
+    floor_set = set(floor_pick.tolist())
+    train_floor = np.empty((len(floor_pick), tile_size, tile_size, 3), dtype=np.uint8)
+    size = min(ev.memorisation_size, tile_size)
+    sample_search = mem.NearestNeighbours(
+        mem.query_features(samples, size, ev.memorisation_dihedral))
+    val_search = mem.NearestNeighbours(mem.query_features(val, size, ev.memorisation_dihedral))
+    kept = 0
+    with _bar(progress, len(train_refs), "search train tiles") as tick:
+        for start in range(0, len(train_refs), _TRAIN_BLOCK):
+            block = np.stack([images_io.read_tile(ref, tile_size)
+                              for ref in train_refs[start:start + _TRAIN_BLOCK]])
+            for offset, image in enumerate(block):
+                if start + offset in floor_set:
+                    train_floor[kept] = image
+                    kept += 1
+            features = mem.downscale(block, size)
+            sample_search.update(features)
+            val_search.update(features)
+            tick(len(block))
+    sample_dist, val_dist = sample_search.distances(), val_search.distances()
+
+    # --- SWD ------------------------------------------------------------------------------
+    config = swd_mod.SwdConfig(ev.swd_patch_size, ev.swd_patches_per_image, ev.swd_projections,
+                               ev.swd_repeats, ev.swd_min_resolution)
+    levels = len(swd_mod.pyramid_resolutions(tile_size, config.min_resolution))
+    total = levels * (len(val) + len(samples) + len(train_floor))
+    with _bar(progress, total, "SWD patches") as tick:
+        swd_samples, swd_floor = swd_mod.swd([samples, train_floor], val, config, seed, tick)
+
+    n_samples, n_real, n_floor = len(samples), len(val), len(train_floor)
+    metrics: dict[str, float | int] = {
+        "swd": sig(swd_mod.mean_over_levels(swd_samples)),
+        "swd_floor": sig(swd_mod.mean_over_levels(swd_floor)),
+        "memorised_fraction": sig(mem.memorised_fraction(sample_dist, ev.memorisation_threshold)),
+        "memorised_fraction_floor": sig(mem.memorised_fraction(val_dist,
+                                                               ev.memorisation_threshold)),
+        "n_samples": n_samples,
+        "n_real": n_real,
+        "n_samples_floor": n_floor,
+        "n_real_floor": n_real,
+        "n_train": len(train_refs),
+    }
+    details: dict[str, Any] = {
+        "inputs": {
+            "samples": str(samples_dir),
+            "samples_found": len(sample_paths),
+            "samples_manifest_sha256": _sha_if_file(samples_dir / "manifest.json"),
+            "tiles": str(tiles_dir),
+            "tiles_params_hash": manifest.get("params_hash"),
+            "tile_size": tile_size,
+            "val_found": len(val_refs),
+            "train_found": len(train_refs),
+            "seed": seed,
+        },
+        "counts": {
+            "n_samples": f"the first {n_samples} of {len(sample_paths)} sample images "
+                         f"(evaluate.max_samples {ev.max_samples})",
+            "n_real": f"{n_real} of {len(val_refs)} val tiles (seeded subset when over "
+                      f"evaluate.max_real {ev.max_real})",
+            "n_samples_floor": f"{n_floor} train tiles (seeded subset, as many as samples) "
+                               "in the samples' place for the floor",
+            "n_train": f"all {len(train_refs)} train tiles, searched for near-copies",
+        },
+        "swd": {
+            "definition": "sliced Wasserstein distance of 7x7 Laplacian-pyramid patches "
+                          "(Karras et al. 2018), x1e3 per level; swd = mean over levels; "
+                          "normalised by the val set's per-channel statistics",
+            "per_level_x1e3": {str(r): sig(v) for r, v in swd_samples.items()},
+            "floor_per_level_x1e3": {str(r): sig(v) for r, v in swd_floor.items()},
+            "n_samples": n_samples, "n_real": n_real, "n_samples_floor": n_floor,
+            "patch_size": config.patch_size,
+            "patches_per_image_per_level": config.patches_per_image,
+            "projections": config.projections * config.repeats,
+            "repeats": config.repeats,
+        },
+        "memorisation": {
+            "definition": f"RMS difference (0..1 of the 0..255 range) of {size}x{size} px "
+                          "box-downscaled images to the nearest train tile"
+                          + (" over the 8 flips/rotations" if ev.memorisation_dihedral else ""),
+            "threshold": ev.memorisation_threshold,
+            "samples_nearest_distance": _quantiles(sample_dist),
+            "val_nearest_distance_floor": _quantiles(val_dist),
+            "near_copies": _near_copies(sample_dist, sample_search.best_index, used_samples,
+                                        train_refs, ev.memorisation_threshold),
+            "n_samples": n_samples, "n_real_floor_queries": n_real, "n_train": len(train_refs),
+        },
+    }
+
+    # --- FID and KID ----------------------------------------------------------------------
+    inception_details, omitted = _fid_kid(params, weights, no_weights_why, device, samples,
+                                          val, train_floor, progress, metrics)
+    details["fid_kid"] = inception_details
+    notes = []
+    if omitted:
+        notes.append(f"FID/KID omitted: {omitted}")
+        note(notes[-1])
+
+    details_out = details_path(out)
+    # Details first: if the run dies between the two, the metrics file (what DVC reads) is
+    # still the previous, self-consistent one.
+    atomic_write_text(details_out, json.dumps(details, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return EvaluateResult(metrics, details, out, details_out, notes)
+
+
+def _locate_weights(params: CanopyParams):
+    """(Inception weights or None, why none, device); no weights and no reason when
+    evaluate.fid is off."""
+    if not params.evaluate.fid:
+        return None, "", ""
+    from evaluate import inception
+
+    weights, why = inception.locate_weights(params.evaluate.inception_weights)
+    device = inception.pick_device(params.evaluate.device) if weights is not None else ""
+    return weights, why, device
+
+
+def _fid_kid(params: CanopyParams, weights, no_weights_why: str, device: str,
+             samples: np.ndarray,
+             val: np.ndarray, train_floor: np.ndarray, progress: bool,
+             metrics: dict[str, float | int]) -> tuple[dict[str, Any], str]:
+    """Add fid, kid (and floors) to `metrics` when possible; (details, why they could not be
+    computed, or "" when they were or were switched off)."""
+    ev = params.evaluate
+    if not ev.fid:
+        return {"omitted": "evaluate.fid is false"}, ""  # asked for: no note
+    if weights is None:
+        return {"omitted": no_weights_why}, no_weights_why
+    smallest = min(len(samples), len(val), len(train_floor))
+    if smallest < 2:
+        why = (f"they need at least 2 images per set (samples {len(samples)}, val {len(val)}, "
+               f"floor train tiles {len(train_floor)})")
+        return {"omitted": why}, why
+    from evaluate import fid as fid_mod
+    from evaluate import inception
+
+    extractor = inception.InceptionFeatures(weights, device, ev.inception_batch_size)
+    total = len(val) + len(samples) + len(train_floor)
+    with _bar(progress, total, f"Inception features ({device})") as tick:
+        f_val = extractor(val, tick)
+        f_samples = extractor(samples, tick)
+        f_floor = extractor(train_floor, tick)
+    seed = params.seed
+    kid_samples = fid_mod.kid(f_samples, f_val, np.random.default_rng([seed, _KID]),
+                              ev.kid_subsets, ev.kid_subset_size)
+    kid_floor = fid_mod.kid(f_floor, f_val, np.random.default_rng([seed, _KID_FLOOR]),
+                            ev.kid_subsets, ev.kid_subset_size)
+    metrics["fid"] = sig(fid_mod.fid(f_samples, f_val))
+    metrics["fid_floor"] = sig(fid_mod.fid(f_floor, f_val))
+    metrics["kid"] = sig(kid_samples.mean)
+    metrics["kid_floor"] = sig(kid_floor.mean)
+    details = {
+        "weights": {"source": weights.source, "file": weights.path.name,
+                    "sha256": weights.sha256},
+        "network": "Inception-v3 (TF 2015-12-05 graph), 2048-d pool3 features",
+        "resize": "uint8 tile as float -> 299x299 by TF1 legacy bilinear (no half-pixel "
+                  "offset, no antialiasing), then (x - 128) / 128",
+        "device": device,
+        "fid": {"n_samples": len(samples), "n_real": len(val), "n_samples_floor": len(train_floor),
+                "note": "biased upwards at small n: compare only at equal counts"},
+        "kid": {"kernel": "(x.y/2048 + 1)^3", "estimator": "unbiased MMD^2, mean over subsets",
+                "subsets": kid_samples.subsets, "subset_size": kid_samples.subset_size,
+                "std": sig(kid_samples.std), "subset_size_floor": kid_floor.subset_size,
+                "std_floor": sig(kid_floor.std)},
+    }
+    return details, ""
+
+
+def _ticked(items, tick: Callable[[int], None]):
+    for item in items:
+        yield item
+        tick(1)
+
+
+def _sha_if_file(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    q = np.quantile(values, [0.0, 0.05, 0.5])
+    return {"min": sig(q[0]), "p05": sig(q[1]), "median": sig(q[2])}
+
+
+def _near_copies(dist: np.ndarray, index: np.ndarray, samples: list[Path],
+                 train_refs: list[images_io.TileRef], threshold: float) -> list[dict[str, Any]]:
+    hits = [i for i in np.argsort(dist, kind="stable") if dist[i] < threshold]
+    return [{"sample": samples[i].name, "train_tile": train_refs[index[i]].key,
+             "distance": sig(dist[i])} for i in hits[:_NEAR_COPIES_LISTED]]

@@ -1,0 +1,94 @@
+"""Small synthetic forest-like images and the on-disk layouts evaluate reads (SPEC.md).
+
+`forest_images` draws canopy-like textures (a green base colour per image, blobs of crowns at
+two scales and pixel noise); `degrade` applies the shifts a bad model would show (blur, noise,
+a colour cast), so tests can check that metrics order them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+
+def _field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Smooth random field in about -1..1: random values on a cells x cells grid, bicubic up."""
+    grid = rng.standard_normal((cells, cells)).astype(np.float32)
+    image = Image.fromarray(grid, mode="F").resize((size, size), Image.BICUBIC)
+    return np.asarray(image)
+
+
+def forest_images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        base = np.array([55.0, 105.0, 45.0]) + rng.normal(0, 12, 3)
+        crowns = (25 * _field(rng, size, max(2, size // 4))
+                  + 10 * _field(rng, size, max(2, size // 2)))
+        shade = np.array([0.7, 1.0, 0.6])
+        pixel = rng.normal(0, 4, (size, size, 3))
+        out[i] = np.clip(base + crowns[..., None] * shade + pixel, 0, 255).astype(np.uint8)
+    return out
+
+
+def degrade(images: np.ndarray, blur: float = 0.0, noise: float = 0.0,
+            tint: tuple[float, float, float] = (0.0, 0.0, 0.0), seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = []
+    for image in images:
+        x = Image.fromarray(image)
+        if blur:
+            x = x.filter(ImageFilter.GaussianBlur(blur))
+        a = np.asarray(x).astype(np.float64) + np.asarray(tint)
+        if noise:
+            a = a + rng.normal(0, noise, a.shape)
+        out.append(np.clip(np.round(a), 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_tiles(root: Path, train: np.ndarray, val: np.ndarray, shard_size: int = 1000) -> Path:
+    """An etl-style output: manifest.json, train/ and val/ tar shards of <key>.png + <key>.json."""
+    root.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for split, images in (("train", train), ("val", val)):
+        (root / split).mkdir(exist_ok=True)
+        for s, start in enumerate(range(0, len(images), shard_size)):
+            name = f"{split}/shard-{s:06d}.tar"
+            with tarfile.open(root / name, "w", format=tarfile.PAX_FORMAT) as tar:
+                for i in range(start, min(start + shard_size, len(images))):
+                    key = f"synthetic-{split}_{i:06d}"
+                    _add(tar, f"{key}.png", png_bytes(images[i]))
+                    _add(tar, f"{key}.json", json.dumps({"source": "test"}).encode())
+            shards.append({"file": name, "split": split,
+                           "tiles": min(shard_size, len(images) - start)})
+    manifest = {"format_version": 1, "tile_size": int(train.shape[1]),
+                "counts": {"train": len(train), "val": len(val)}, "shards": shards,
+                "params_hash": "test"}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def write_samples(folder: Path, images: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        (folder / f"{i:06d}.png").write_bytes(png_bytes(image))
+    (folder / "grid.png").write_bytes(png_bytes(images[0]))
+    (folder / "manifest.json").write_text(json.dumps({"images": len(images)}))
+    return folder

