@@ -5,6 +5,9 @@ from __future__ import annotations
 import typer
 
 from etl.cli import app as etl_app
+from evaluate.cli import app as evaluate_app
+from sample.cli import app as sample_app
+from train.cli import app as train_app
 
 app = typer.Typer(
     name="canopy",
@@ -30,6 +33,9 @@ def add_stage(stage_app: typer.Typer, name: str) -> None:
 
 
 add_stage(etl_app, "etl")
+add_stage(train_app, "train")
+add_stage(sample_app, "sample")
+add_stage(evaluate_app, "evaluate")
 
 
 def main() -> None:

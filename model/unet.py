@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from model.shape import validate_config
+
 
 class SinusoidalTimeEmbedding(nn.Module):
     """Transformer position encoding (Vaswani et al. 2017) of the timestep t:
@@ -39,6 +41,64 @@ class SinusoidalTimeEmbedding(nn.Module):
         # Always fp32: under bf16, timesteps near 1000 would round to multiples of 4.
         args = t.float()[:, None] * self.freqs[None, :]
         return torch.cat((args.sin(), args.cos()), dim=-1)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise conv (groups = channels) whose backward is faster in bf16 on CPU.
+
+    oneDNN computes the weight gradient of a bf16 depthwise 7x7 conv about 20x slower than its
+    forward (measured on a 2-core AVX512-BF16 CPU: 160 ms against 5 ms at 128 channels,
+    128 px, batch 4), a third of the whole training step. There the backward is split: the
+    input gradient as a conv with the flipped kernel (fast, bf16), the weight gradient in fp32
+    (faster, and more exact). Same weights, same forward, same state_dict keys.
+    """
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or not _SPLIT_DEPTHWISE_BACKWARD:
+            return super().forward(x)
+        dtype = _cpu_autocast_dtype() or x.dtype
+        if dtype != torch.bfloat16:
+            return super().forward(x)
+        with torch.autocast("cpu", enabled=False):
+            return _DepthwiseConv.apply(
+                x.to(dtype), self.weight.to(dtype), self.bias.to(dtype), self.padding[0]
+            )
+
+
+_SPLIT_DEPTHWISE_BACKWARD = True  # a switch for A/B timing runs
+
+
+def _cpu_autocast_dtype() -> torch.dtype | None:
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+
+
+class _DepthwiseConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):  # noqa: ANN001
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001
+        x, weight = ctx.saved_tensors
+        channels, pad = x.shape[1], ctx.padding
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            # Stride 1, "same" padding: the transposed conv is the conv with the kernel flipped.
+            grad_x = F.conv2d(grad, weight.flip(-1, -2), padding=pad, groups=channels)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.nn.grad.conv2d_weight(
+                x.float(), weight.shape, grad.float(), padding=pad, groups=channels
+            ).to(weight.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2, 3), dtype=torch.float32).to(weight.dtype)
+        return grad_x, grad_w, grad_b, None
 
 
 class ChannelLayerNorm(nn.Module):
@@ -80,7 +140,7 @@ class ConvNextBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.time_mlp = nn.Sequential(nn.GELU(), nn.Linear(time_dim, dim))
-        self.ds_conv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.ds_conv = DepthwiseConv2d(dim, 7)
         self.net = nn.Sequential(
             make_norm(norm, groups, dim),
             nn.Conv2d(dim, dim_out * mult, 3, padding=1),
@@ -106,7 +166,10 @@ class PixelUnshuffle2(nn.Module):
 
 
 def upsample(dim: int, dim_out: int) -> nn.Module:
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(dim, dim_out, 3, padding=1))
+    """Double H and W: nearest-neighbour up-sampling, then a 3x3 conv."""
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(dim, dim_out, 3, padding=1)
+    )
 
 
 class Unet(nn.Module):
@@ -124,8 +187,8 @@ class Unet(nn.Module):
         norm_groups: int = 1,
     ) -> None:
         super().__init__()
+        validate_config(dim, init_dim, dim_mults, channels, convnext_mult, norm, norm_groups)
         init_dim = init_dim or dim
-        _check_shape(dim, init_dim, dim_mults, channels)
         self.channels = channels
         self.downsample_factor = 2 ** (len(dim_mults) - 1)
         block = _block_factory(convnext_mult, norm, norm_groups, time_dim=4 * dim)
@@ -165,10 +228,10 @@ class Unet(nn.Module):
         (shape () or (1,)) whose embedding is computed once and broadcast, so every image of a
         batch gets bit-identical conditioning whatever the batch size."""
         self._check_input(x)
-        t = t.reshape(-1)
-        t_emb = self.time_mlp(t)
-        if t_emb.shape[0] == 1 and x.shape[0] != 1:
-            t_emb = t_emb.expand(x.shape[0], -1)
+        # One timestep for the batch stays one row through every time MLP and is broadcast
+        # when added to the feature maps: a GEMM over B identical rows would give results
+        # that differ in the last bits with B, breaking batch-size-independent sampling.
+        t_emb = self.time_mlp(t.reshape(-1))
 
         x = self.init_conv(x)
         stem = x
@@ -208,17 +271,6 @@ def _block_factory(mult: int, norm: str, groups: int, time_dim: int):
     return block
 
 
-def _check_shape(dim: int, init_dim: int, dim_mults: Sequence[int], channels: int) -> None:
-    # The sinusoidal embedding splits `dim` into sin and cos halves; an odd width cannot.
-    if dim < 4 or dim % 2:
-        raise ValueError(f"dim must be an even number >= 4 (sin/cos halves), got {dim}")
-    if init_dim < 1:
-        raise ValueError(f"init_dim must be positive, got {init_dim}")
-    if not dim_mults or any(int(m) != m or m < 1 for m in dim_mults):
-        raise ValueError(f"dim_mults must be positive integers, got {list(dim_mults)}")
-    if channels < 1:
-        raise ValueError(f"channels must be positive, got {channels}")
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+

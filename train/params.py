@@ -1,21 +1,29 @@
-"""The `model`, `diffusion` and `train` sections of params.yaml."""
+"""The `model`, `diffusion` and `train` sections of params.yaml (documented key by key in README.md).
+
+The top-level keys `schedule` (linear | cosine | sigmoid) and `seed` live in canopy/params.py.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from canopy.schema import StrictModel
+from model.shape import validate_config
+
+Auto = Literal["auto", "on", "off"]
 
 
 class ModelParams(StrictModel):
-    # Reference design: dim 64, dim_mults [1, 2, 4, 8] (62.7 M parameters at 3 channels).
-    dim: int = Field(64, ge=4, le=1024)
-    init_dim: int | None = Field(None, ge=4, le=1024)  # stem width; null = dim
-    dim_mults: list[int] = Field(default_factory=lambda: [1, 2, 4, 8])
-    channels: int = Field(3, ge=1, le=16)
-    convnext_mult: int = Field(2, ge=1, le=8)
+    # The U-Net's shape. Reference design: dim 64, dim_mults [1, 2, 4, 8] (62.7 M parameters).
+    dim: int = Field(64, ge=4, le=1024)  # base width; even (sin/cos time embedding halves)
+    init_dim: int | None = Field(None, ge=1, le=1024)  # stem width; null = dim
+    dim_mults: list[int] = Field(default_factory=lambda: [1, 2, 4, 8])  # width per level
+    channels: int = Field(3, ge=1, le=16)  # image channels (RGB tiles: 3)
+    convnext_mult: int = Field(2, ge=1, le=8)  # widening inside each ConvNeXt block
+    # group: GroupNorm(norm_groups, C); norm_groups 1 (the reference) normalises over C, H, W.
+    # layer: LayerNorm over the channels of each pixel (the ConvNeXt paper's norm).
     norm: Literal["group", "layer"] = "group"
     norm_groups: int = Field(1, ge=1, le=64)
 
@@ -24,38 +32,81 @@ class ModelParams(StrictModel):
     def _positive_mults(cls, mults: list[int]) -> list[int]:
         if not mults or any(m < 1 for m in mults):
             raise ValueError("dim_mults must be a non-empty list of positive integers")
+        if len(mults) > 8:
+            raise ValueError(f"dim_mults has {len(mults)} levels; at most 8 are supported")
         return mults
+
+    @model_validator(mode="after")
+    def _buildable(self) -> ModelParams:
+        validate_config(**self.unet_kwargs())  # e.g. odd dim, norm_groups not dividing widths
+        return self
 
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.dim_mults) - 1)
 
+    def unet_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of model.unet.Unet (also stored with the weights)."""
+        return self.model_dump(mode="json")
+
 
 class DiffusionParams(StrictModel):
-    timesteps: int = Field(1000, ge=2, le=100_000)
-    objective: Literal["eps", "v"] = "eps"
+    timesteps: int = Field(1000, ge=2, le=100_000)  # T, the length of the noise schedule
+    objective: Literal["eps", "v"] = "eps"  # what the network predicts: noise, or v
     loss: Literal["l2", "l1"] = "l2"
-    min_snr_gamma: float | None = Field(None, gt=0.0)  # e.g. 5.0; null = no weighting
+    min_snr_gamma: float | None = Field(None, gt=0.0)  # min-SNR weighting, e.g. 5.0; null = off
 
 
 class TrainParams(StrictModel):
-    steps: int = Field(1000, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(2e-4, gt=0.0, le=1.0)
-    warmup_steps: int = Field(100, ge=0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    grad_clip: float = Field(1.0, gt=0.0)
-    ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
+    steps: int = Field(1000, ge=1)  # optimizer steps in all (raise it and re-run to train on)
+    batch_size: int = Field(16, ge=1, le=4096)
+    lr: float = Field(2e-4, gt=0.0, le=1.0)  # AdamW learning rate after the warm-up
+    warmup_steps: int = Field(100, ge=0)  # linear lr warm-up from 0; constant afterwards
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)  # AdamW decoupled weight decay
+    grad_clip: float = Field(1.0, gt=0.0)  # max global grad norm
+    augment: bool = True  # random flips and 90-degree rotations (no up or north in tiles)
+    # EMA of the weights (fp32), what `canopy sample` uses. The EMA copies the weights for the
+    # first ema_warmup_steps steps, then averages with decay min(ema_decay, (1+n)/(10+n)), n
+    # counting updates since then; updates run every ema_every steps with the decay raised to
+    # that power, so the averaging horizon in steps does not change.
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     ema_warmup_steps: int = Field(100, ge=0)
-    ema_every: int = Field(1, ge=1)
-    checkpoint_every: int = Field(500, ge=1)
+    ema_every: int = Field(1, ge=1, le=1000)
+    checkpoint_every: int = Field(500, ge=1)  # steps between checkpoints (and at the end)
+    # How to run; none of these changes what is learnt beyond rounding, so changing them does
+    # not restart a run. auto picks CUDA, then MPS, then CPU.
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    # auto: bf16 autocast on CUDA with bf16 and on CPUs with native bf16 (AVX512-BF16, AMX),
+    # fp16 with a grad scaler on older GPUs, fp32 elsewhere.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    channels_last: Literal["auto", "on", "off"] = "auto"
-    compile: Literal["auto", "on", "off"] = "auto"
-    augment: bool = True
-    num_workers: int = Field(2, ge=0, le=64)
-    log_every: int = Field(10, ge=1)
-    sample_every: int = Field(500, ge=1)
-    preview_steps: int = Field(20, ge=1)
-    out: str = "models"
+    channels_last: Auto = "auto"  # auto: on for CUDA and CPU, off for MPS
+    compile: Auto = "auto"  # torch.compile; auto: on for CUDA with Triton, off elsewhere
+    num_workers: int | Literal["auto"] = "auto"  # data workers; auto: 0 on CPU, 4 on GPUs
+    log_every: int = Field(10, ge=1)  # steps between metric rows (loss, lr, grad norm, img/s)
+    sample_every: int = Field(500, ge=1)  # steps between preview grids of EMA samples
+    preview_images: int = Field(16, ge=0, le=256)  # images per preview grid; 0 = no previews
+    preview_steps: int = Field(20, ge=1, le=1000)  # DDIM steps for previews
+    data: str = "data/tiles"  # the etl output (manifest.json, train/ shards)
+    out: str = "models"  # ema.safetensors, state/ (resume) and live/ (dvclive metrics)
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 64:
+            raise ValueError(f"num_workers must be 'auto' or 0..64, got {value}")
+        return value
+
+
+# What the trained weights depend on. A checkpoint resumes only when these match; the other
+# train keys (steps, checkpoint_every, device, precision, ...) may change between runs.
+RESUME_TRAIN_KEYS = (
+    "batch_size",
+    "lr",
+    "warmup_steps",
+    "weight_decay",
+    "grad_clip",
+    "augment",
+    "ema_decay",
+    "ema_warmup_steps",
+    "ema_every",
+)

@@ -1,0 +1,93 @@
+"""DDIM sampling steps (Song et al. 2021, "Denoising Diffusion Implicit Models"), in the style of
+a diffusers scheduler: the caller owns the loop and the noise, this class owns the math.
+
+    for t, t_prev in scheduler.pairs():
+        out = model(x, t)
+        x = scheduler.step(out, t, t_prev, x, noise=...)
+
+Pure math: no files, no params import. eta = 0 is deterministic DDIM; eta = 1 with as many
+steps as training timesteps is ancestral DDPM sampling (Ho et al. 2020, algorithm 2).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from model.diffusion import GaussianDiffusion
+
+
+def trailing_timesteps(timesteps: int, steps: int) -> list[int]:
+    """`steps` timesteps, descending, spaced evenly and ending on the last one (T - 1).
+
+    "Trailing" spacing (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps
+    are Flawed", table 2): t_k = round(T - k T / steps) - 1 for k = 0 .. steps - 1, e.g.
+    T = 1000, steps = 50 -> 999, 979, ..., 19. Starting at T - 1 means sampling starts from
+    the noisiest level the network was trained on, which leading spacing (999 never used)
+    misses.
+    """
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"sampling steps must be in 1..{timesteps}, got {steps}")
+    ratio = timesteps / steps
+    return [int(round(timesteps - k * ratio)) - 1 for k in range(steps)]
+
+
+class DDIMScheduler:
+    """One DDIM update from t to t_prev < t (Song et al. 2021, eq. 12 and 16):
+
+        x0_hat = the network's estimate of x_0 (clipped to [-1, 1]); eps_hat re-derived from it
+        sigma  = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)
+        x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps_hat + sigma z
+
+    with a = alpha_bar and, past the last step (t_prev = -1), a_prev = 1 so that x_prev = x0_hat.
+    """
+
+    def __init__(
+        self, diffusion: GaussianDiffusion, steps: int, eta: float = 0.0, clip: bool = True
+    ) -> None:
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        self.diffusion = diffusion
+        self.timesteps = trailing_timesteps(diffusion.timesteps, steps)
+        self.eta = eta
+        self.clip = clip
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """(t, t_prev) for each step, t_prev = -1 on the last."""
+        return list(zip(self.timesteps, [*self.timesteps[1:], -1]))
+
+    def _alpha_bar(self, t: int) -> torch.Tensor:
+        ab = self.diffusion.alphas_cumprod
+        return ab[t] if t >= 0 else torch.ones((), dtype=ab.dtype, device=ab.device)
+
+    def sigma(self, t: int, t_prev: int) -> torch.Tensor:
+        a_t, a_prev = self._alpha_bar(t), self._alpha_bar(t_prev)
+        return self.eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        t: int,
+        t_prev: int,
+        x_t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x_{t_prev} from x_t and the network's output at (x_t, t). `noise` (like x_t) is
+        needed when eta > 0; the caller draws it so that it controls seeding per image."""
+        d = self.diffusion
+        t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+        x_t = x_t.float()
+        x0, eps = d.predict_x0_eps(x_t, t_batch, model_output)
+        if self.clip:
+            # Images live in [-1, 1]; re-deriving eps keeps x0 and eps consistent with x_t.
+            x0 = x0.clamp(-1.0, 1.0)
+            a = d.sqrt_alphas_cumprod[t]
+            s = d.sqrt_one_minus_alphas_cumprod[t]
+            eps = (x_t - a * x0) / s
+        a_prev = self._alpha_bar(t_prev)
+        sigma = self.sigma(t, t_prev)
+        x_prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if self.eta > 0 and t_prev >= 0:
+            if noise is None:
+                raise ValueError("eta > 0 needs `noise` for the stochastic part of the step")
+            x_prev = x_prev + sigma * noise
+        return x_prev

@@ -1,0 +1,54 @@
+"""Which U-Net shapes can be built. Plain Python (no torch import), so that params validation
+stays cheap for every command."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def validate_config(
+    dim: int,
+    init_dim: int | None = None,
+    dim_mults: Sequence[int] = (1, 2, 4, 8),
+    channels: int = 3,
+    convnext_mult: int = 2,
+    norm: str = "group",
+    norm_groups: int = 1,
+) -> None:
+    """Raise ValueError, naming the setting, for a shape the network cannot be built with."""
+    init_dim = init_dim or dim
+    _check_shape(dim, init_dim, dim_mults, channels)
+    if convnext_mult < 1:
+        raise ValueError(f"convnext_mult must be >= 1, got {convnext_mult}")
+    if norm not in ("group", "layer"):
+        raise ValueError(f"norm must be 'group' or 'layer', got {norm!r}")
+    if norm == "group":
+        for width in sorted(_normed_widths(dim, init_dim, dim_mults, convnext_mult)):
+            if width % norm_groups:
+                raise ValueError(
+                    f"norm_groups={norm_groups} does not divide a layer of {width} channels: "
+                    "use a norm_groups that divides dim and init_dim (1 always works)"
+                )
+
+
+def _normed_widths(dim: int, init_dim: int, dim_mults: Sequence[int], mult: int) -> set[int]:
+    """Channel counts that go through a norm layer (block inputs and widened middles)."""
+    dims = [init_dim, *(dim * m for m in dim_mults)]
+    pairs = list(zip(dims[:-1], dims[1:]))
+    widths = {d_in for d_in, _ in pairs} | {d_in * mult for d_in, _ in pairs}
+    widths |= {dims[-1], dims[-1] * mult}
+    widths |= {d_in + d_out for d_in, d_out in pairs} | {d_out * mult for _, d_out in pairs}
+    widths |= {2 * init_dim, dim * mult}
+    return widths
+
+
+def _check_shape(dim: int, init_dim: int, dim_mults: Sequence[int], channels: int) -> None:
+    # The sinusoidal embedding splits `dim` into sin and cos halves; an odd width cannot.
+    if dim < 4 or dim % 2:
+        raise ValueError(f"dim must be an even number >= 4 (sin/cos halves), got {dim}")
+    if init_dim < 1:
+        raise ValueError(f"init_dim must be positive, got {init_dim}")
+    if not dim_mults or any(int(m) != m or m < 1 for m in dim_mults):
+        raise ValueError(f"dim_mults must be positive integers, got {list(dim_mults)}")
+    if channels < 1:
+        raise ValueError(f"channels must be positive, got {channels}")

@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from model.unet import Unet, count_parameters
+
+
+@pytest.mark.parametrize(
+    "kwargs, size",
+    [
+        ({"dim": 8, "dim_mults": (1, 2)}, 16),
+        ({"dim": 8, "dim_mults": (1, 2, 4)}, 16),
+        ({"dim": 6, "init_dim": 5, "dim_mults": (1, 1, 2)}, 8),
+        ({"dim": 8, "dim_mults": (2,), "convnext_mult": 1}, 12),
+        ({"dim": 8, "dim_mults": (1, 2), "norm": "layer"}, 16),
+        ({"dim": 8, "dim_mults": (1, 2), "norm_groups": 4}, 16),
+        ({"dim": 8, "dim_mults": (1, 2), "channels": 1}, 16),
+    ],
+)
+def test_output_keeps_the_input_shape(kwargs, size):
+    torch.manual_seed(0)
+    net = Unet(**kwargs)
+    c = kwargs.get("channels", 3)
+    x = torch.randn(2, c, size, size)
+    out = net(x, torch.tensor([0, 99]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_norm_choice_is_real():
+    layer = Unet(dim=8, dim_mults=(1, 2), norm="layer")
+    group = Unet(dim=8, dim_mults=(1, 2), norm_groups=4)
+    assert any(type(m).__name__ == "ChannelLayerNorm" for m in layer.modules())
+    groups = {m.num_groups for m in group.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {4}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dim": 7}, "dim must be an even number"),
+        ({"dim": 8, "norm_groups": 3}, "norm_groups=3 does not divide"),
+        ({"dim": 8, "dim_mults": ()}, "dim_mults must be positive"),
+        ({"dim": 8, "norm": "batch"}, "norm must be 'group' or 'layer'"),
+    ],
+)
+def test_bad_shapes_are_rejected_clearly(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Unet(**kwargs)
+
+
+def test_bad_inputs_are_rejected_clearly():
+    net = Unet(dim=8, dim_mults=(1, 2, 4))
+    with pytest.raises(ValueError, match="not a multiple of 4"):
+        net(torch.randn(1, 3, 18, 18), torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, H, W\)"):
+        net(torch.randn(1, 4, 16, 16), torch.tensor([1]))
+
+
+def test_reference_parameter_count():
+    assert count_parameters(Unet()) == 62_699_395  # dim 64, dim_mults (1, 2, 4, 8), RGB
+
+
+def test_one_timestep_broadcasts_and_channels_last_agrees():
+    torch.manual_seed(0)
+    net = Unet(dim=8, dim_mults=(1, 2)).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        per_image = net(x, torch.tensor([7, 7, 7]))
+        shared = net(x, torch.tensor(7))
+        net_cl = net.to(memory_format=torch.channels_last)
+        cl = net_cl(x.contiguous(memory_format=torch.channels_last), torch.tensor([7, 7, 7]))
+    assert torch.allclose(per_image, shared, atol=1e-5)
+    assert torch.allclose(per_image, cl, atol=1e-4)
+
+
+def test_split_depthwise_backward_matches_autograd(monkeypatch):
+    """The bf16 CPU depthwise conv's hand-written backward gives autograd's gradients."""
+    import model.unet as unet
+
+    torch.manual_seed(0)
+    conv = unet.DepthwiseConv2d(16, 7)
+    x = torch.randn(2, 16, 12, 12).contiguous(memory_format=torch.channels_last)
+
+    def grads(split, autocast):
+        monkeypatch.setattr(unet, "_SPLIT_DEPTHWISE_BACKWARD", split)
+        xx = x.clone().requires_grad_()
+        conv.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = conv(xx)
+        (out.float() * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        return out.float(), xx.grad, conv.weight.grad.clone(), conv.bias.grad.clone()
+
+    exact = grads(split=False, autocast=False)
+    split = grads(split=True, autocast=True)
+    plain = grads(split=False, autocast=True)
+    for a, b, c in zip(exact, split, plain):
+        scale = a.abs().max()
+        assert (b - a).abs().max() <= 0.02 * scale  # bf16 rounding
+        assert (b - a).abs().max() <= 2 * (c - a).abs().max() + 1e-3 * scale

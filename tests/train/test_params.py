@@ -1,0 +1,36 @@
+import pytest
+
+from canopy.errors import UserError
+from canopy.params import parse_params
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"schedule": "cosin"}, "schedule: Input should be 'linear', 'cosine' or 'sigmoid'"),
+        ({"train": {"lr": -1e-4}}, "train.lr: Input should be greater than 0"),
+        ({"etl": {"tile_size": 100, "stride": 100}}, "etl.tile_size 100 is not divisible by 8"),
+        ({"model": {"dim": 63}}, "dim must be an even number"),
+        ({"model": {"dim": 64, "norm_groups": 3}}, "norm_groups=3 does not divide"),
+        ({"model": {"norm": "batch"}}, "model.norm: Input should be 'group' or 'layer'"),
+        ({"diffusion": {"objective": "x0"}}, "diffusion.objective: Input should be 'eps' or 'v'"),
+        ({"train": {"precision": "fp8"}}, "train.precision"),
+        ({"train": {"num_workers": -1}}, "num_workers must be 'auto' or 0..64"),
+        ({"train": {"ema_decay": 1.0}}, "train.ema_decay"),
+        ({"train": {"bach_size": 8}}, "train.bach_size: unknown key; did you mean 'batch_size'?"),
+    ],
+)
+def test_bad_params_fail_at_load_time(raw, message):
+    with pytest.raises(UserError) as err:
+        parse_params(raw)
+    assert message in str(err.value)
+
+
+def test_defaults_are_the_reference_design():
+    p = parse_params({})
+    assert p.model.unet_kwargs() == {
+        "dim": 64, "init_dim": None, "dim_mults": [1, 2, 4, 8], "channels": 3,
+        "convnext_mult": 2, "norm": "group", "norm_groups": 1,
+    }
+    assert p.diffusion.timesteps == 1000 and p.diffusion.objective == "eps"
+    assert p.model.downsample_factor == 8

@@ -1,0 +1,154 @@
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from canopy.cli import app
+from model.unet import Unet
+from train import checkpoint
+from train.loop import train
+
+from .conftest import tiny_params
+
+
+def _state(out):
+    folder = checkpoint.state_dirs(out / "state")[0]
+    return {name: load_file(folder / f"{name}.safetensors") for name in ("model", "ema", "optimizer")}
+
+
+def _assert_same_state(a, b):
+    for part in a:
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}/{key} differs"
+
+
+def test_resume_is_exact(tiles, tmp_path, capsys):
+    straight = tiny_params(tiles, tmp_path / "straight", steps=8, checkpoint_every=3)
+    assert train(straight, quiet=True).step == 8
+
+    resumed = tiny_params(tiles, tmp_path / "resumed", steps=8, checkpoint_every=3)
+
+    def interrupt(step):
+        if step == 4:  # between checkpoints: the signal itself must save one
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = train(resumed, quiet=True, on_step=interrupt)
+    assert first.interrupted == signal.SIGINT and first.step == 4
+    assert checkpoint.state_dirs(tmp_path / "resumed" / "state")[0].name == "step-00000004"
+    second = train(resumed, quiet=True)
+    assert second.start == 4 and second.step == 8 and second.interrupted is None
+    _assert_same_state(_state(tmp_path / "straight"), _state(tmp_path / "resumed"))
+    ema_a = load_file(tmp_path / "straight" / "ema.safetensors")
+    ema_b = load_file(tmp_path / "resumed" / "ema.safetensors")
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    # The metrics history shows each step once.
+    rows = (tmp_path / "resumed" / "live" / "plots" / "metrics" / "loss.tsv").read_text().split()
+    assert rows[0:2] == ["step", "loss"] and rows[2::2] == ["2", "4", "6", "8"]
+
+
+def test_other_params_or_data_start_fresh_and_say_so(tiles, tmp_path, capsys):
+    out = tmp_path / "models"
+    train(tiny_params(tiles, out, steps=4), quiet=True)
+    capsys.readouterr()
+    result = train(tiny_params(tiles, out, steps=6, lr=5e-4), quiet=True)
+    assert result.start == 0
+    err = capsys.readouterr().err
+    assert "starting fresh" in err and "train.lr 0.001 -> 0.0005" in err
+    # Keys that do not change what is learnt (steps, log_every, device...) resume.
+    result = train(tiny_params(tiles, out, steps=8, lr=5e-4, log_every=1), quiet=True)
+    assert result.start == 6
+    manifest = json.loads((tiles / "manifest.json").read_text())
+    manifest["shards"][0]["sha256"] = "f" * 64
+    (tiles / "manifest.json").write_text(json.dumps(manifest))
+    result = train(tiny_params(tiles, out, steps=8, lr=5e-4), quiet=True)
+    assert result.start == 0 and "other data" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_starts_fresh(tiles, tmp_path, capsys):
+    out = tmp_path / "models"
+    params = tiny_params(tiles, out, steps=4)
+    train(params, quiet=True)
+    folder = checkpoint.state_dirs(out / "state")[0]
+    blob = bytearray((folder / "model.safetensors").read_bytes())
+    blob[-5] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(blob))
+    capsys.readouterr()
+    assert train(tiny_params(tiles, out, steps=6), quiet=True).start == 0
+    assert "does not match its sha256" in capsys.readouterr().err
+    # Unreadable state.json, and a staging folder left by a kill -9: also no crash.
+    folder = checkpoint.state_dirs(out / "state")[0]
+    (folder / "state.json").write_text("{")
+    (out / "state" / ".step-00000009.staging-x").mkdir()
+    assert train(tiny_params(tiles, out, steps=6), quiet=True).start == 0
+    assert "unreadable" in capsys.readouterr().err
+    assert not (out / "state" / ".step-00000009.staging-x").exists()
+
+
+def test_mismatched_weights_start_fresh(tiles, tmp_path, capsys):
+    out = tmp_path / "models"
+    train(tiny_params(tiles, out, steps=4), quiet=True)
+    folder = checkpoint.state_dirs(out / "state")[0]
+    weights = load_file(folder / "model.safetensors")
+    weights.pop(next(iter(weights)))
+    from safetensors.torch import save
+
+    blob = save(weights)
+    (folder / "model.safetensors").write_bytes(blob)
+    state = json.loads((folder / "state.json").read_text())
+    from canopy.hashing import sha256_bytes
+
+    state["files"]["model.safetensors"] = sha256_bytes(blob)
+    (folder / "state.json").write_text(json.dumps(state))
+    capsys.readouterr()
+    assert train(tiny_params(tiles, out, steps=6), quiet=True).start == 0
+    assert "does not fit this model" in capsys.readouterr().err
+
+
+def test_export_rebuilds_the_network(tiles, tmp_path):
+    out = tmp_path / "models"
+    train(tiny_params(tiles, out, steps=4), quiet=True)
+    weights, config = checkpoint.load_export(out / "ema.safetensors")
+    assert config["step"] == 4 and config["schedule"] == "linear" and config["tile_size"] == 16
+    assert config["diffusion"]["timesteps"] == 100 and config["diffusion"]["objective"] == "eps"
+    net = Unet(**config["model"])
+    net.load_state_dict(weights)
+    assert net(torch.zeros(1, 3, 16, 16), torch.tensor([5])).shape == (1, 3, 16, 16)
+    grids = sorted(p.name for p in (out / "live" / "plots" / "images" / "samples").iterdir())
+    assert grids == ["4.png"]
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_a_few_tiles(tmp_path):
+    from .conftest import write_tiles
+
+    tiles = write_tiles(tmp_path / "tiles", n_train=4, n_val=1, shard_size=4)
+    params = tiny_params(
+        tiles, tmp_path / "models", steps=300, batch_size=8, lr=3e-3, warmup_steps=20,
+        log_every=20, checkpoint_every=1000, preview_images=0, augment=False,
+    )
+    train(params, quiet=True)
+    lines = (tmp_path / "models" / "live" / "plots" / "metrics" / "loss.tsv").read_text().split("\n")
+    losses = [float(line.split("\t")[1]) for line in lines[1:] if line]
+    assert losses[0] > 5 * losses[-1], losses
+
+
+def test_cli_errors_are_one_line_and_exit_2(tiles, tmp_path):
+    runner = CliRunner()
+    bad = tmp_path / "params.yaml"
+    bad.write_text("schedule: cosin\n")
+    result = runner.invoke(app, ["train", "--params", str(bad)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "schedule" in lines[0] and "cosin" in lines[0]
+    good = tmp_path / "good.yaml"
+    good.write_text("etl: {tile_size: 16, stride: 16}\nmodel: {dim: 8, dim_mults: [1, 2]}\n")
+    result = runner.invoke(app, ["train", "--params", str(good), "--data", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "run `canopy etl`" in result.stderr
+    args = ["train", "--params", str(good), "--data", str(tiles), "--device", "tpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "train.device" in result.stderr

@@ -1,0 +1,54 @@
+"""`canopy train`: data/tiles/ -> models/ (see train/loop.py and SPEC.md "models/")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from canopy.errors import user_errors
+from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
+
+app = typer.Typer(
+    help="Train the diffusion model on the etl tiles; resumes from the last checkpoint.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback(invoke_without_command=True)
+def train_command(
+    params: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar or status lines"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="override train.steps"),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", min=1, help="override train.batch_size"
+    ),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="override train.device (auto|cuda|mps|cpu)"
+    ),
+    data: Optional[Path] = typer.Option(None, "--data", help="override train.data (the etl output)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="override train.out"),
+    fresh: bool = typer.Option(False, "--fresh", help="ignore any checkpoint and start over"),
+) -> None:
+    """Train the diffusion model on data/tiles (etl's output) and write models/.
+
+    Re-running with the same params and data resumes from the last checkpoint in
+    models/state/; with other params or data it starts fresh and says why. Ctrl-C or SIGTERM
+    saves a checkpoint, then exits.
+    """
+    with user_errors("train"):
+        from train.loop import train
+
+        overrides = {
+            "steps": steps,
+            "batch_size": batch_size,
+            "device": device,
+            "data": None if data is None else str(data),
+            "out": None if out is None else str(out),
+        }
+        loaded = with_overrides(load_params(params), "train", overrides)
+        result = train(loaded, quiet=quiet, fresh=fresh)
+        if result.interrupted is not None:
+            raise typer.Exit(128 + result.interrupted)

@@ -1,0 +1,316 @@
+"""`canopy train`: the training loop (nanoGPT-style: one small explicit loop).
+
+    tiles -> batches (train/data.py) -> Trainer.step (train/engine.py) -> metrics (dvclive),
+    preview grids, checkpoints (train/checkpoint.py)
+
+Resuming: the newest state under <out>/state/ is loaded when its params hash (the keys that
+change what is learnt, train/params.py RESUME_TRAIN_KEYS) and data hash match; since every
+random draw is seeded from (seed, step), N steps straight and N/2 + resume + N/2 give the
+same weights. Otherwise the run starts fresh and says why.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from canopy.errors import UserError
+from canopy.hashing import sha256_json
+from canopy.params import CanopyParams
+from train import checkpoint
+from train.data import (
+    BatchStream,
+    build_index,
+    data_hash,
+    make_loader,
+    read_manifest,
+    train_shards,
+)
+from train.engine import Trainer
+from train.params import RESUME_TRAIN_KEYS
+from train.preview import sample_grid
+from train.runtime import Runtime, resolve_runtime
+
+
+@dataclass
+class TrainResult:
+    step: int  # steps done when the run ended
+    start: int  # step it resumed from (0: fresh)
+    interrupted: int | None  # the signal that stopped it early, if any
+    out: Path
+
+
+def resume_params(params: CanopyParams) -> dict[str, Any]:
+    """The params a checkpoint must share to be resumed (see RESUME_TRAIN_KEYS)."""
+    dumped = params.model_dump(mode="json")
+    return {
+        "format": checkpoint.STATE_FORMAT,
+        "seed": dumped["seed"],
+        "schedule": dumped["schedule"],
+        "model": dumped["model"],
+        "diffusion": dumped["diffusion"],
+        "train": {key: dumped["train"][key] for key in RESUME_TRAIN_KEYS},
+    }
+
+
+class StopSignals:
+    """SIGINT/SIGTERM ask the loop to save a checkpoint and stop after the current step; a
+    second signal stops at once (the last good checkpoint is kept)."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.signum: int | None = None
+        self._say = say
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self._say(f"{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)")
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: data workers must not die before the main
+    # process has saved its checkpoint; it shuts them down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def train(
+    params: CanopyParams,
+    *,
+    quiet: bool = False,
+    fresh: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    tp = params.train
+    data_dir, out = Path(tp.data), Path(tp.out)
+    say = _sayer(quiet)
+
+    manifest = read_manifest(data_dir)
+    shards = train_shards(data_dir)
+    index = build_index(shards, data_dir)
+    factor = params.model.downsample_factor
+    if index.tile_size % factor:
+        raise UserError(
+            f"tiles are {index.tile_size} px, not a multiple of {factor}, the U-Net's "
+            f"down-sampling factor for model.dim_mults {params.model.dim_mults}: "
+            "re-run etl with another tile_size or use fewer dim_mults"
+        )
+    if params.model.channels != 3:
+        raise UserError(f"model.channels is {params.model.channels} but tiles are RGB: set it to 3")
+
+    runtime = resolve_runtime(tp)
+    trainer = Trainer(params, runtime)
+    expect = {"resume_params": resume_params(params), "data_hash": data_hash(data_dir, shards, manifest)}
+    expect["params_hash"] = sha256_json(expect["resume_params"])
+    state_root = out / "state"
+    if fresh:
+        shutil.rmtree(state_root, ignore_errors=True)
+    resume = checkpoint.try_resume(
+        state_root, expect, trainer.model, trainer.ema.model, trainer.optimizer, trainer.scaler, tp.steps
+    )
+    if resume.reason:
+        _say_always(f"starting fresh: {resume.reason}")
+        shutil.rmtree(state_root, ignore_errors=True)
+    start = resume.step
+    say(
+        f"{len(index)} train tiles of {index.tile_size} px; {runtime.describe()}; "
+        + (f"resuming at step {start} of {tp.steps}" if start else f"training {tp.steps} steps")
+    )
+    info = {k: expect[k] for k in ("params_hash", "data_hash", "resume_params")}
+    config = _export_config(params, index.tile_size, expect)
+
+    live = _open_live(out / "live", start)
+    stream = BatchStream(index, tp.batch_size, params.seed, tp.augment, start=start)
+    loader = make_loader(stream, runtime.num_workers, runtime.pin_memory, _ignore_stop_signals)
+
+    step, saved = start, start
+    with StopSignals(_say_always) as stop, _progress(tp.steps, start, quiet) as bar:
+        batches = iter(loader)
+        meter = _Meter()
+        while step < tp.steps and stop.signum is None:
+            item = next(batches)
+            if "error" in item:
+                raise UserError(item["error"])
+            loss, grad_norm = trainer.step(item["images"], step)
+            step += 1
+            meter.add(loss, grad_norm, len(item["images"]))
+            bar.update(1)
+            if step % tp.log_every == 0 or step == tp.steps:
+                row = meter.flush(step)
+                _log_metrics(live, step, row, trainer.lr_at(step - 1))
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
+            if tp.preview_images and step % tp.sample_every == 0:
+                grid = sample_grid(
+                    trainer.ema.model, trainer.diffusion, runtime, tp.preview_images,
+                    tp.preview_steps, index.tile_size, params.seed,
+                )
+                live.log_image(f"samples/{step}.png", grid)
+            if step % tp.checkpoint_every == 0 or step == tp.steps or stop.signum is not None:
+                meter.check_finite(step)
+                _save(trainer, state_root, out, step, info, config)
+                saved = step
+                say(f"step {step}/{tp.steps}: checkpoint saved to {state_root}")
+            if on_step is not None:
+                on_step(step)
+        if saved != step:  # stopped by a signal raised inside on_step or the last step
+            meter.check_finite(step)
+            _save(trainer, state_root, out, step, info, config)
+        if start == step == tp.steps and not (out / "ema.safetensors").is_file():
+            checkpoint.export_ema(out / "ema.safetensors", trainer.ema.model, config | {"step": step})
+    live.end()
+    if stop.signum is not None:
+        _say_always(f"stopped at step {step} (checkpoint saved); re-run `canopy train` to resume")
+    else:
+        say(f"done: {step} steps; EMA weights in {out / 'ema.safetensors'}")
+    return TrainResult(step=step, start=start, interrupted=stop.signum, out=out)
+
+
+def _save(trainer: Trainer, state_root: Path, out: Path, step: int, info: dict, config: dict) -> None:
+    checkpoint.save_state(
+        state_root, step, trainer.model, trainer.ema.model, trainer.optimizer, trainer.scaler, info
+    )
+    checkpoint.export_ema(out / "ema.safetensors", trainer.ema.model, config | {"step": step})
+
+
+def _export_config(params: CanopyParams, tile_size: int, expect: dict) -> dict[str, Any]:
+    return {
+        "model": params.model.unet_kwargs(),
+        "diffusion": params.diffusion.model_dump(mode="json"),
+        "schedule": params.schedule,
+        "seed": params.seed,
+        "tile_size": tile_size,
+        "params_hash": expect["params_hash"],
+        "data_hash": expect["data_hash"],
+    }
+
+
+class _Meter:
+    """Sums on the device between log rows: no per-step sync with the GPU."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss: torch.Tensor | float = 0.0
+        self.grad_norm: torch.Tensor | float = 0.0
+        self.steps = 0
+        self.images = 0
+        self.since = time.perf_counter()
+        self.first_step: int | None = None
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, images: int) -> None:
+        self.loss = self.loss + loss.float()
+        self.grad_norm = self.grad_norm + grad_norm.float()
+        self.steps += 1
+        self.images += images
+
+    def check_finite(self, step: int) -> None:
+        if self.steps and not math.isfinite(float(self.loss)):
+            raise UserError(
+                f"the loss became {float(self.loss)} by step {step}: training diverged (the last "
+                "good checkpoint is kept); lower train.lr, raise train.warmup_steps or use "
+                "train.precision: fp32"
+            )
+
+    def flush(self, step: int) -> dict[str, float]:
+        self.check_finite(step)
+        elapsed = max(time.perf_counter() - self.since, 1e-9)
+        row = {
+            "loss": float(self.loss) / self.steps,
+            "grad_norm": float(self.grad_norm) / self.steps,
+            "images_per_s": self.images / elapsed,
+        }
+        self._reset()
+        return row
+
+
+def _log_metrics(live: Any, step: int, row: dict[str, float], lr: float) -> None:
+    live.step = step
+    for name, value in row.items():
+        live.log_metric(name, value)
+    live.log_metric("lr", lr)
+    live.make_summary()
+
+
+def _open_live(live_dir: Path, start: int) -> Any:
+    """dvclive in <out>/live (dvc.yaml declares its metrics and plots). On resume, rows and
+    preview grids from steps after the checkpoint (done before a crash) are dropped first, so
+    the plots show each step once."""
+    from dvclive import Live
+
+    if start:
+        _trim_live(live_dir, start)
+    return Live(str(live_dir), resume=bool(start), dvcyaml=False, save_dvc_exp=False, report=None)
+
+
+def _trim_live(live_dir: Path, step: int) -> None:
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        lines = tsv.read_text(encoding="utf-8").splitlines(keepends=True)
+        if not lines:
+            continue
+        column = lines[0].rstrip("\n").split("\t").index("step") if "step" in lines[0] else 0
+        kept = lines[:1] + [ln for ln in lines[1:] if _field_int(ln, column) <= step]
+        tsv.write_text("".join(kept), encoding="utf-8")
+    for image in (live_dir / "plots" / "images" / "samples").glob("*.png"):
+        if image.stem.isdigit() and int(image.stem) > step:
+            image.unlink()
+
+
+def _field_int(line: str, column: int) -> int:
+    fields = line.rstrip("\n").split("\t")
+    try:
+        return int(fields[column])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _progress(total: int, initial: int, quiet: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="step",
+        dynamic_ncols=True,
+        disable=quiet or not sys.stderr.isatty(),
+        desc="train",
+    )
+
+
+def _sayer(quiet: bool) -> Callable[[str], None]:
+    def say(message: str) -> None:
+        if not quiet:
+            _say_always(message)
+
+    return say
+
+
+def _say_always(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"canopy train: {message}", file=sys.stderr)
+
+
+__all__ = ["TrainResult", "train", "Runtime"]

@@ -1,0 +1,51 @@
+"""Preview grids of EMA samples during training (a few DDIM steps: a glance, not an eval)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from model.ddim import DDIMScheduler
+from model.diffusion import GaussianDiffusion
+from train.engine import PREVIEW_STREAM, derived_seed
+from train.runtime import Runtime
+
+
+@torch.no_grad()
+def sample_grid(
+    net: torch.nn.Module,
+    diffusion: GaussianDiffusion,
+    runtime: Runtime,
+    n: int,
+    steps: int,
+    size: int,
+    seed: int,
+) -> np.ndarray:
+    """(H, W, 3) uint8 grid of n images. The starting noise is the same at every preview, so
+    successive grids show the same samples sharpening."""
+    gen = torch.Generator("cpu").manual_seed(derived_seed(seed, PREVIEW_STREAM, 0))
+    x = torch.randn((n, net.channels, size, size), generator=gen).to(runtime.device)
+    if runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    scheduler = DDIMScheduler(diffusion, min(steps, diffusion.timesteps), eta=0.0)
+    for t, t_prev in scheduler.pairs():
+        with runtime.autocast():
+            out = net(x, torch.tensor([t], device=runtime.device))
+        x = scheduler.step(out, t, t_prev, x)
+    images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    return make_grid(images.permute(0, 2, 3, 1).numpy())
+
+
+def make_grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
+    """(N, H, W, 3) -> one image, ceil(sqrt(N)) tiles a row, `pad` black pixels between."""
+    n, h, w, c = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y : y + h, x : x + w] = img
+    return grid
