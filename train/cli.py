@@ -19,7 +19,7 @@ app = typer.Typer(
 
 @app.callback(invoke_without_command=True)
 def train_command(
-    params: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
+    params: Path = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="params.yaml to read"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar or status lines"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="override train.steps"),
     batch_size: Optional[int] = typer.Option(
@@ -29,7 +29,7 @@ def train_command(
         None, "--device", help="override train.device (auto|cuda|mps|cpu)"
     ),
     data: Optional[Path] = typer.Option(None, "--data", help="override train.data (the etl output)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="override train.out"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="override train.out"),
     fresh: bool = typer.Option(False, "--fresh", help="ignore any checkpoint and start over"),
 ) -> None:
     """Train the diffusion model on data/tiles (etl's output) and write models/.
