@@ -7,7 +7,6 @@ interrupted or failed run leaves no partial output and the previous good output 
 from __future__ import annotations
 
 import io
-import math
 import os
 import tempfile
 import warnings
@@ -28,6 +27,7 @@ from tqdm import tqdm
 import canopy
 from canopy.errors import UserError
 from canopy.fsutil import atomic_dir
+from canopy.imaging import contact_sheet
 from canopy.params import CanopyParams, section_hash
 from etl.params import EtlParams
 from etl.png import PNG_COMPRESS_LEVEL, encode_png
@@ -288,16 +288,10 @@ def write_preview(root: Path, placed: list[TileLocation], limit: int, synthetic:
     picks = [placed[int(i * len(placed) / count)] for i in range(count)]
     tiles = [np.asarray(Image.open(io.BytesIO(location.read(root))).convert("RGB"))
              for location in picks]
-    columns = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / columns)
-    size, gap = tiles[0].shape[0], 2
-    banner = 18 if synthetic else 0
-    sheet = Image.new("RGB", (columns * (size + gap) + gap, banner + rows * (size + gap) + gap),
-                      (255, 255, 255))
-    for index, tile in enumerate(tiles):
-        r, c = divmod(index, columns)
-        sheet.paste(Image.fromarray(tile), (gap + c * (size + gap), banner + gap + r * (size + gap)))
+    sheet = Image.fromarray(contact_sheet(tiles))
     if synthetic:
-        ImageDraw.Draw(sheet).text((4, 3), "SYNTHETIC DEMO DATA - not real imagery", fill=(200, 0, 0))
+        banner = Image.new("RGB", (sheet.width, sheet.height + 18), (255, 255, 255))
+        banner.paste(sheet, (0, 18))
+        ImageDraw.Draw(banner).text((4, 3), "SYNTHETIC DEMO DATA - not real imagery", fill=(200, 0, 0))
+        sheet = banner
     sheet.save(root / "preview.png", format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-

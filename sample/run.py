@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from canopy.accelerator import pick_device, pick_precision, precision_name
 from canopy.errors import UserError
 from canopy.fsutil import atomic_dir
 from canopy.hashing import sha256_bytes
+from canopy.imaging import contact_sheet
 from canopy.params import CanopyParams
 from sample.checkpoint import Checkpoint, load_checkpoint
 from sample.generate import Sampler, generate
@@ -87,17 +87,9 @@ def _write_png(path: Path, image: np.ndarray) -> dict:
 
 
 def write_grid(folder: Path, limit: int, n: int) -> None:
-    count = min(limit, n)
-    tiles = [Image.open(folder / f"{i:06d}.png").convert("RGB") for i in range(count)]
-    columns = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / columns)
-    size, gap = tiles[0].size[0], 2
-    sheet = Image.new("RGB", (columns * (size + gap) + gap, rows * (size + gap) + gap), (255, 255, 255))
-    for index, tile in enumerate(tiles):
-        r, c = divmod(index, columns)
-        sheet.paste(tile, (gap + c * (size + gap), gap + r * (size + gap)))
-    sheet.save(folder / "grid.png", format="PNG")
-
+    tiles = [np.asarray(Image.open(folder / f"{i:06d}.png").convert("RGB"))
+             for i in range(min(limit, n))]
+    Image.fromarray(contact_sheet(tiles)).save(folder / "grid.png", format="PNG")
 
 def _write_manifest(folder: Path, params: CanopyParams, checkpoint: Checkpoint, sampler: Sampler,
                     device: torch.device, amp_dtype, records: list[dict]) -> None:

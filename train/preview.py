@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
+from canopy.imaging import contact_sheet
 from model.ddim import DDIMScheduler
 from model.diffusion import GaussianDiffusion
 from train.engine import PREVIEW_STREAM, derived_seed
@@ -35,17 +34,5 @@ def sample_grid(
             out = net(x, torch.tensor([t], device=runtime.device))
         x = scheduler.step(out, t, t_prev, x)
     images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    return make_grid(images.permute(0, 2, 3, 1).numpy())
+    return contact_sheet(images.permute(0, 2, 3, 1).numpy())
 
-
-def make_grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
-    """(N, H, W, 3) -> one image, ceil(sqrt(N)) tiles a row, `pad` black pixels between."""
-    n, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, col = divmod(i, cols)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[y : y + h, x : x + w] = img
-    return grid
