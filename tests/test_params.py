@@ -63,3 +63,9 @@ def test_missing_and_malformed_files(tmp_path):
     listed.write_text("- a\n- b\n")
     with pytest.raises(UserError, match="mapping"):
         load_params(listed)
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_params_are_valid(path):
+    params = load_params(path)
+    assert params.model.dim == 64 and params.model.dim_mults == [1, 2, 4, 8]
