@@ -21,3 +21,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present (it is not part of a user's clone)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny shapes gain nothing from 2 threads, and one thread does not spin-wait (OpenMP
+    barriers) when other processes hold the cores: steadier test times."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,13 +7,13 @@ a colour cast), so tests can check that metrics order them.
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from tests.tiles import png_bytes, write_tiles  # noqa: F401 (re-exported for the tests)
 
 
 def _field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -49,40 +49,6 @@ def degrade(images: np.ndarray, blur: float = 0.0, noise: float = 0.0,
             a = a + rng.normal(0, noise, a.shape)
         out.append(np.clip(np.round(a), 0, 255).astype(np.uint8))
     return np.stack(out)
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_tiles(root: Path, train: np.ndarray, val: np.ndarray, shard_size: int = 1000) -> Path:
-    """An etl-style output: manifest.json, train/ and val/ tar shards of <key>.png + <key>.json."""
-    root.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for split, images in (("train", train), ("val", val)):
-        (root / split).mkdir(exist_ok=True)
-        for s, start in enumerate(range(0, len(images), shard_size)):
-            name = f"{split}/shard-{s:06d}.tar"
-            with tarfile.open(root / name, "w", format=tarfile.PAX_FORMAT) as tar:
-                for i in range(start, min(start + shard_size, len(images))):
-                    key = f"synthetic-{split}_{i:06d}"
-                    _add(tar, f"{key}.png", png_bytes(images[i]))
-                    _add(tar, f"{key}.json", json.dumps({"source": "test"}).encode())
-            shards.append({"file": name, "split": split,
-                           "tiles": min(shard_size, len(images) - start)})
-    manifest = {"format_version": 1, "tile_size": int(train.shape[1]),
-                "counts": {"train": len(train), "val": len(val)}, "shards": shards,
-                "params_hash": "test"}
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root
 
 
 def write_samples(folder: Path, images: np.ndarray) -> Path:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from canopy.params import CanopyParams, parse_params
+from tests.tiles import png_bytes  # noqa: F401 (used by test_data)
+from tests.tiles import write_tiles as shared_write_tiles
 
 
 def tile_image(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -27,40 +24,14 @@ def tile_image(rng: np.random.Generator, size: int) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_tiles(
     root: Path, n_train: int = 12, n_val: int = 4, size: int = 16, shard_size: int = 5, seed: int = 0
 ) -> Path:
     """data/tiles/ with manifest.json and train/val tar shards of `<key>.png` + `<key>.json`."""
     rng = np.random.default_rng(seed)
-    shards: list[dict[str, Any]] = []
-    for split, count in (("train", n_train), ("val", n_val)):
-        (root / split).mkdir(parents=True, exist_ok=True)
-        for first in range(0, count, shard_size):
-            rel = f"{split}/shard-{len(shards):06d}.tar"
-            with tarfile.open(root / rel, "w", format=tarfile.PAX_FORMAT) as tar:
-                for i in range(first, min(first + shard_size, count)):
-                    key = f"test_{split}_{i:04d}"
-                    _add(tar, f"{key}.png", png_bytes(tile_image(rng, size)))
-                    _add(tar, f"{key}.json", json.dumps({"source": "test", "key": key}).encode())
-            digest = hashlib.sha256((root / rel).read_bytes()).hexdigest()
-            shards.append({"split": split, "file": rel, "tiles": min(shard_size, count - first),
-                           "sha256": digest})
-    manifest = {"format_version": 1, "tile_size": size,
-                "counts": {"train": n_train, "val": n_val}, "shards": shards}
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return root
+    train = np.stack([tile_image(rng, size) for _ in range(n_train)])
+    val = np.stack([tile_image(rng, size) for _ in range(n_val)]) if n_val else train[:0]
+    return shared_write_tiles(root, train, val, shard_size)
 
 
 @pytest.fixture
@@ -87,12 +58,5 @@ def tiny_params(tiles: Path, out: Path, **train: Any) -> CanopyParams:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes gain nothing from 2 threads, and one thread does not spin-wait (OpenMP
-    barriers) when other processes hold the cores: steadier test times."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Tiny shapes: one torch thread (see tests/conftest.py)."""
