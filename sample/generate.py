@@ -24,6 +24,7 @@ from tqdm import tqdm
 from model.ddim import DDIMScheduler
 from model.ddpm import DDPMScheduler
 from model.diffusion import GaussianDiffusion
+from model.images import to_uint8
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -79,12 +80,6 @@ def generate(net: torch.nn.Module, sampler: Sampler, indices: Sequence[int], see
                 out = net(x, t)
             x = sampler.update(out.float(), step, x, noise() if step.noisy else None)
     return to_uint8(x).cpu()
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] (B, C, H, W) -> uint8 (B, H, W, C), rounding half to even."""
-    scaled = ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round()
-    return scaled.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import torch
 from canopy.imaging import contact_sheet
 from model.ddim import DDIMScheduler
 from model.diffusion import GaussianDiffusion
+from model.images import to_uint8
 from train.engine import PREVIEW_STREAM, derived_seed
 from train.runtime import Runtime
 
@@ -33,6 +34,5 @@ def sample_grid(
         with runtime.autocast():
             out = net(x, torch.tensor([t], device=runtime.device))
         x = scheduler.step(out, t, t_prev, x)
-    images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    return contact_sheet(images.permute(0, 2, 3, 1).numpy())
+    return contact_sheet(to_uint8(x).cpu().numpy())
 
