@@ -448,10 +448,9 @@ class _Fetcher:
             status = response.status_code
             if status == 200:
                 return response.content
-            if status in (401, 403):
-                raise _credentials_error(status, path, self.creds)
-            if status == 429 or status >= 500:
-                raise _Retry(f"HTTP {status}", _retry_after(response))
+            failure = self._status_failure(response, path)
+            if failure is not None:
+                raise failure
             raise UserError(
                 f"Sentinel Hub rejected scene {plan.scene_id} (HTTP {status} from {path}): "
                 f"{_server_message(response)}; check etl.sentinelhub (AOI {plan.aoi!r}, resolution)"
@@ -472,6 +471,16 @@ class _Fetcher:
                 raise self._token_failure(exc) from None
 
         return self._with_retries(attempt, self.params.token_url, "token_url")
+
+    def _status_failure(self, response: requests.Response, path: str) -> Exception | None:
+        """The error for a status both endpoints treat alike: 401/403 name the credentials,
+        429/5xx are retried; None for any other status (each caller words its own)."""
+        status = response.status_code
+        if status in (401, 403):
+            return _credentials_error(status, path, self.creds)
+        if status == 429 or status >= 500:
+            return _Retry(f"HTTP {status}", _retry_after(response))
+        return None
 
     def _token_failure(self, exc: Exception) -> Exception:
         from oauthlib.oauth2 import OAuth2Error
@@ -494,10 +503,9 @@ class _Fetcher:
             return _Retry(f"connection failed ({type(exc).__name__})", None)
         if response is not None:
             status = response.status_code
-            if status in (401, 403):
-                return _credentials_error(status, path, self.creds)
-            if status == 429 or status >= 500:
-                return _Retry(f"HTTP {status}", _retry_after(response))
+            failure = self._status_failure(response, path)
+            if failure is not None:
+                return failure
             return UserError(
                 f"the Sentinel Hub token endpoint answered HTTP {status} at {path}: check "
                 f"etl.sentinelhub.token_url ({self.params.token_url})"
