@@ -24,6 +24,7 @@ from tqdm import tqdm
 from model.ddim import DDIMScheduler
 from model.ddpm import DDPMScheduler
 from model.diffusion import GaussianDiffusion
+from model.dpmsolver import DPMSolverMultistepScheduler
 from model.images import to_uint8
 
 
@@ -51,13 +52,25 @@ class Sampler:
         elif name == "ddim":
             self._ddim = DDIMScheduler(diffusion, steps, eta)
             self.steps = [Step(t, prev, eta > 0 and prev >= 0) for t, prev in self._ddim.pairs()]
+        elif name == "dpmpp2m":
+            if eta != 0:
+                raise ValueError(f"dpmpp2m is deterministic: eta must be 0, got {eta}")
+            self._dpm = DPMSolverMultistepScheduler(diffusion, steps)
+            self.steps = [Step(t, prev, False) for t, prev in self._dpm.pairs()]
         else:
-            raise ValueError(f"unknown sampler {name!r}: use ddpm or ddim")
+            raise ValueError(f"unknown sampler {name!r}: use ddpm, ddim or dpmpp2m")
+
+    def reset(self) -> None:
+        """Before each batch: DPM-Solver++ carries the previous x0 estimate between steps."""
+        if self.name == "dpmpp2m":
+            self._dpm.reset()
 
     def update(self, out: torch.Tensor, step: Step, x: torch.Tensor,
                noise: torch.Tensor | None) -> torch.Tensor:
         if self.name == "ddpm":
             return self._ddpm.step(out, step.t, x, noise)
+        if self.name == "dpmpp2m":
+            return self._dpm.step(out, step.t, step.t_prev, x)
         return self._ddim.step(out, step.t, step.t_prev, x, noise)
 
 
@@ -71,6 +84,7 @@ def generate(net: torch.nn.Module, sampler: Sampler, indices: Sequence[int], see
         return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
 
     x = noise()
+    sampler.reset()  # the same Sampler runs batch after batch
     bar = tqdm(sampler.steps, desc="steps", leave=False, disable=not progress)
     with torch.inference_mode(), _batch_invariant_kernels(device, amp_dtype):
         for step in bar:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from canopy.schema import StrictModel
 
@@ -13,9 +13,10 @@ class SampleParams(StrictModel):
     n: int = Field(64, ge=1, le=1_000_000)  # images to generate
     batch_size: int = Field(16, ge=1, le=4096)  # images per network call (memory/speed only)
     # ddpm: ancestral, all diffusion.timesteps steps (Ho et al. 2020); ddim: `steps` steps with
-    # trailing spacing and `eta` (Song et al. 2021; Lin et al. 2024).
-    sampler: Literal["ddpm", "ddim"] = "ddim"
-    steps: int = Field(50, ge=1)  # ddim only; ddpm always takes every timestep
+    # trailing spacing and `eta` (Song et al. 2021; Lin et al. 2024); dpmpp2m: `steps` steps of
+    # DPM-Solver++(2M) with the same spacing, deterministic (Lu et al. 2022).
+    sampler: Literal["ddpm", "ddim", "dpmpp2m"] = "ddim"
+    steps: int = Field(50, ge=1)  # ddim and dpmpp2m; ddpm always takes every timestep
     eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim only: 0 deterministic, 1 DDPM-like noise
     weights: Literal["ema", "raw"] = "ema"  # raw: the latest training state's raw weights
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
@@ -23,3 +24,12 @@ class SampleParams(StrictModel):
     models: str = "models"  # folder written by `canopy train`
     out: str = "data/samples"
     grid_images: int = Field(64, ge=0, le=1024)  # images in grid.png
+
+    @model_validator(mode="after")
+    def _eta_fits_sampler(self) -> SampleParams:
+        if self.sampler == "dpmpp2m" and self.eta != 0:
+            raise ValueError(
+                f"sample.eta ({self.eta}) must be 0 with sample.sampler dpmpp2m, which is "
+                f"deterministic: set sample.eta to 0, or use sample.sampler ddim for eta > 0"
+            )
+        return self

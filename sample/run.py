@@ -38,7 +38,7 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
     checkpoint = load_checkpoint(models, settings.weights)
     check_matches_params(checkpoint, params)
     timesteps = checkpoint.diffusion.timesteps
-    if settings.sampler == "ddim" and settings.steps > timesteps:
+    if settings.sampler != "ddpm" and settings.steps > timesteps:
         raise UserError(f"sample.steps ({settings.steps}) exceeds the model's "
                         f"{timesteps} diffusion timesteps; use at most {timesteps}")
     device = pick_device(settings.device, "sample.device")
@@ -100,8 +100,8 @@ def _write_manifest(folder: Path, params: CanopyParams, checkpoint: Checkpoint, 
         "seed": params.seed,
         "sampler": settings.sampler,
         "steps": len(sampler.steps),
-        "eta": settings.eta if settings.sampler == "ddim" else 1.0,
-        "timestep_spacing": "trailing" if settings.sampler == "ddim" else "all",
+        "eta": {"ddpm": 1.0, "ddim": settings.eta, "dpmpp2m": 0.0}[settings.sampler],
+        "timestep_spacing": "all" if settings.sampler == "ddpm" else "trailing",
         "weights": settings.weights,
         "checkpoint": {"file": checkpoint.path.name, "sha256": checkpoint.sha256,
                        "step": checkpoint.config.get("step")},

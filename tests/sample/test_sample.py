@@ -37,7 +37,8 @@ def test_writes_images_manifest_and_grid(workspace):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0)])
+@pytest.mark.parametrize("sampler, eta",
+                         [("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0), ("dpmpp2m", 0.0)])
 def test_image_i_does_not_depend_on_batch_size_or_n(workspace, precision, sampler, eta):
     write_params(workspace, precision=precision, sampler=sampler, eta=eta)
     runs = {}
@@ -70,6 +71,35 @@ def test_ddpm_takes_every_timestep(workspace):
     assert manifest["steps"] == 20 and manifest["sampler"] == "ddpm"
 
 
+def test_dpmpp2m_is_recorded_and_differs_from_ddim(workspace):
+    assert sample(workspace, "--out", str(workspace / "ddim")).exit_code == 0
+    result = sample(workspace, "--sampler", "dpmpp2m")
+    assert result.exit_code == 0, result.output
+    assert "(dpmpp2m, 5 steps" in result.output
+    manifest = json.loads((workspace / "samples" / "manifest.json").read_text())
+    assert manifest["sampler"] == "dpmpp2m" and manifest["steps"] == 5
+    assert manifest["timestep_spacing"] == "trailing" and manifest["eta"] == 0.0
+    ddim, dpm = images(workspace / "ddim"), images(workspace / "samples")
+    assert list(ddim) == list(dpm) and all(ddim[name] != dpm[name] for name in ddim)
+
+
+def test_a_batch_starts_clean_after_an_interrupted_one(workspace):
+    """DPM-Solver++ carries the last x0 estimate from step to step: the Sampler that runs batch
+    after batch must not let an interrupted batch's history into the next one."""
+    import torch
+
+    from sample.checkpoint import load_checkpoint
+    from sample.generate import Sampler, generate
+
+    checkpoint = load_checkpoint(workspace / "models")
+    fresh, used = (Sampler(checkpoint.diffusion, "dpmpp2m", 5, 0.0) for _ in range(2))
+    x = torch.randn(2, *checkpoint.image_shape)
+    for step in used.steps[:2]:  # a batch stopped after two steps (an error, a Ctrl-C)
+        x = used.update(torch.randn_like(x), step, x, None)
+    args = (checkpoint.net, [0, 1], 3, checkpoint.image_shape, torch.device("cpu"), None)
+    assert torch.equal(generate(args[0], used, *args[1:]), generate(args[0], fresh, *args[1:]))
+
+
 def corrupt(workspace):
     path = workspace / "models" / "ema.safetensors"
     path.write_bytes(path.read_bytes()[:300])
@@ -98,7 +128,9 @@ BAD = {
     "other model shape": (other_shape, [], "weights of another model shape"),
     "n <= 0": (None, ["--n", "0"], "sample.n"),
     "steps > timesteps": (None, ["--steps", "50"], "exceeds"),
-    "unknown sampler": (None, ["--sampler", "euler"], "'ddpm' or 'ddim'"),
+    "unknown sampler": (None, ["--sampler", "euler"], "'ddpm', 'ddim' or 'dpmpp2m' (got 'euler')"),
+    "eta with dpmpp2m": (None, ["--sampler", "dpmpp2m", "--eta", "0.5"],
+                         "sample.eta (0.5) must be 0 with sample.sampler dpmpp2m"),
     "params changed since training": (
         lambda w: (w / "params.yaml").write_text((w / "params.yaml").read_text().replace(
             "schedule: linear", "schedule: cosine")), [], "re-run `canopy train`"),
