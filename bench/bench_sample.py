@@ -1,14 +1,18 @@
 """Benchmark the samplers on one checkpoint: seconds per image and SWD against val.
 
-    python bench/bench_sample.py [--params params.yaml] [--n 64] [--ddim-steps 50]
+    python bench/bench_sample.py [--params params.yaml] [--n 64] [--tiles data/tiles]
+        [--samplers ddim:50 ddpm] [--models models] [--batch 16] [--json out.json]
 
-Loads the checkpoint in sample.models once, then times the sampling loop of `canopy sample`
-(sample.generate, batches of sample.batch_size, the device and precision it picks) for ddpm
-(all diffusion.timesteps steps) and for ddim (--ddim-steps, eta 0) on the same images, writes
-each set as PNGs and scores it with `canopy evaluate` (SWD only) against the val tiles. Prints
-seconds per image, the speed ratio, and each set's SWD next to the real-vs-real floor (as many
-train tiles as samples against the same val tiles). Loading the checkpoint and starting the
-command, the same for both samplers, are left out of the timings and printed apart.
+Loads the checkpoint in sample.models (or --models) once, then times the sampling loop of
+`canopy sample` (sample.generate, batches of sample.batch_size or --batch, the device and
+precision it picks) for each sampler on the same images (same seed, so the same starting
+noise), writes each set as PNGs and scores it with `canopy evaluate` (SWD only) against the
+val tiles. A sampler is NAME[:STEPS[:ETA]]: `ddpm` (all diffusion.timesteps steps), `ddim:50`,
+`ddim:50:1.0`, `dpmpp2m:20`. Prints seconds per image, each set's SWD next to the real-vs-real
+floor (as many train tiles as samples against the same val tiles) and, against the first
+sampler named `ddpm`, the speed and SWD ratios. Loading the checkpoint and starting the command,
+the same for every sampler, are left out of the timings and printed apart; one
+untimed network call at the timed batch shape runs first (kernel selection, allocator warm-up).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 from PIL import Image
 
@@ -29,9 +34,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from canopy.accelerator import pick_device, pick_precision, precision_name  # noqa: E402
+from canopy.imaging import contact_sheet  # noqa: E402
 from canopy.params import load_params  # noqa: E402
 from sample.checkpoint import load_checkpoint  # noqa: E402
 from sample.generate import Sampler, generate  # noqa: E402
+
+
+def parse_sampler(spec: str) -> tuple[str, int, float]:
+    """'ddim:50:0.5' -> ('ddim', 50, 0.5); steps default 50 (ignored by ddpm), eta 0."""
+    name, *rest = spec.split(":")
+    steps = int(rest[0]) if rest else 50
+    eta = float(rest[1]) if len(rest) > 1 else 0.0
+    return name, steps, eta
 
 
 def sample_set(checkpoint, sampler: Sampler, n: int, batch: int, seed: int, device, amp,
@@ -43,7 +57,7 @@ def sample_set(checkpoint, sampler: Sampler, n: int, batch: int, seed: int, devi
         indices = list(range(first, min(n, first + batch)))
         start = time.perf_counter()
         images = generate(checkpoint.net, sampler, indices, seed, checkpoint.image_shape,
-                          device, amp)
+                          device, amp)  # returns CPU tensors: the device work is finished
         seconds += time.perf_counter() - start
         for index, image in zip(indices, images.numpy()):
             Image.fromarray(image).save(out / f"{index:06d}.png")
@@ -57,26 +71,38 @@ def swd_of(samples: Path, tiles: Path, params_path: Path, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def save_grid(folder: Path, path: Path, count: int = 64) -> None:
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))[:count]]
+    Image.fromarray(contact_sheet(images)).save(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--n", type=int, default=64)
-    parser.add_argument("--ddim-steps", type=int, default=50)
+    parser.add_argument("--samplers", nargs="+", default=["ddim:50", "ddpm"],
+                        help="NAME[:STEPS[:ETA]] each, e.g. ddim:50 ddim:50:1.0 ddpm")
+    parser.add_argument("--models", type=Path, help="override sample.models")
+    parser.add_argument("--batch", type=int, help="override sample.batch_size")
     parser.add_argument("--tiles", type=Path, default=REPO / "data" / "tiles")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--grids", type=Path, help="write a grid PNG of each set into this folder")
     args = parser.parse_args()
 
     params = load_params(args.params)
     settings = params.sample
+    batch = args.batch or settings.batch_size
     start = time.perf_counter()
-    checkpoint = load_checkpoint(Path(settings.models), "ema")
+    checkpoint = load_checkpoint(args.models or Path(settings.models), "ema")
     load_seconds = time.perf_counter() - start
     device = pick_device(settings.device, "sample.device")
     amp = pick_precision(settings.precision, device, "sample.precision")
     checkpoint.net.to(device)
     checkpoint.diffusion.to(device)
-    print(f"checkpoint {checkpoint.path} (step {checkpoint.config.get('step')}), "
-          f"{device} {precision_name(amp)}, batch {settings.batch_size}; load {load_seconds:.2f} s; "
-          f"load average {os.getloadavg()[0]:.2f}")
+    header = (f"checkpoint {checkpoint.path} (step {checkpoint.config.get('step')}), {device} "
+              f"{precision_name(amp)}, batch {batch}; load {load_seconds:.2f} s; "
+              f"load average {os.getloadavg()[0]:.2f}")
+    print(header, flush=True)
 
     raw = yaml.safe_load(args.params.read_text())
     raw.setdefault("evaluate", {})["fid"] = False
@@ -84,21 +110,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="canopy-bench-sample-") as tmp:
         eval_params = Path(tmp) / "params.yaml"
         eval_params.write_text(yaml.safe_dump(raw))
-        for name, steps in (("ddim", args.ddim_steps), ("ddpm", None)):
-            sampler = Sampler(checkpoint.diffusion, name, steps or 1, 0.0)
-            out = Path(tmp) / name
-            seconds = sample_set(checkpoint, sampler, args.n, settings.batch_size, params.seed,
-                                 device, amp, out)
-            metrics = swd_of(out, args.tiles, eval_params, Path(tmp) / f"{name}.json")
-            rows.append((name, len(sampler.steps), seconds / args.n, metrics))
-    print(f"{'sampler':>8} {'steps':>6} {'s/image':>8} {'swd':>8} {'swd_floor':>9} {'n':>4} {'n_val':>5}")
-    for name, steps, per_image, m in rows:
-        print(f"{name:>8} {steps:>6} {per_image:>8.3f} {m['swd']:>8.2f} {m['swd_floor']:>9.2f} "
-              f"{m['n_samples']:>4} {m['n_real']:>5}")
-    (_, _, ddim_s, ddim_m), (_, _, ddpm_s, ddpm_m) = rows
-    print(f"ddim is {ddpm_s / ddim_s:.1f}x faster than ddpm per image; "
-          f"SWD ddim / ddpm = {ddim_m['swd'] / ddpm_m['swd']:.3f}")
+        # One untimed network call at the timed batch shape first: kernel selection, oneDNN
+        # primitive creation and allocator warm-up would otherwise land on the first sampler.
+        generate(checkpoint.net, Sampler(checkpoint.diffusion, "ddim", 1, 0.0),
+                 list(range(min(batch, args.n))), params.seed + 1, checkpoint.image_shape, device, amp)
+        for spec in args.samplers:
+            name, steps, eta = parse_sampler(spec)
+            sampler = Sampler(checkpoint.diffusion, name, steps, eta)
+            out = Path(tmp) / spec.replace(":", "_")
+            seconds = sample_set(checkpoint, sampler, args.n, batch, params.seed, device, amp, out)
+            metrics = swd_of(out, args.tiles, eval_params, Path(tmp) / f"{out.name}.json")
+            if args.grids:
+                args.grids.mkdir(parents=True, exist_ok=True)
+                save_grid(out, args.grids / f"{out.name}.png")
+            row = {"sampler": spec, "steps": len(sampler.steps), "s_per_image": seconds / args.n,
+                   **{k: metrics[k] for k in ("swd", "swd_floor", "n_samples", "n_real")}}
+            rows.append(row)
+            print(f"{spec:>12} {row['steps']:>5} steps {row['s_per_image']:.4f} s/image "
+                  f"swd {row['swd']:.2f} (floor {row['swd_floor']:.2f}, n {row['n_samples']}, "
+                  f"val {row['n_real']})", flush=True)
+            if args.json:  # after every set, so a cut-off run keeps what it measured
+                args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+    reference = next((r for r in rows if r["sampler"] == "ddpm"), None)
+    if reference:
+        for row in rows:
+            row["speedup_vs_ddpm"] = reference["s_per_image"] / row["s_per_image"]
+            row["swd_ratio_vs_ddpm"] = row["swd"] / reference["swd"]
+            print(f"{row['sampler']:>12}: {row['speedup_vs_ddpm']:.1f}x ddpm's speed per image, "
+                  f"SWD {row['swd_ratio_vs_ddpm']:.3f}x ddpm's")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ class DDPMScheduler:
         self.timesteps = list(range(diffusion.timesteps - 1, -1, -1))
         betas = diffusion.betas.double()
         alpha_bar = torch.cumprod(1.0 - betas, dim=0)
-        alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        one = torch.ones(1, dtype=torch.float64, device=betas.device)  # the diffusion may be on a GPU
+        alpha_bar_prev = torch.cat([one, alpha_bar[:-1]])
         # Coefficients in float64, stored as float32 like the diffusion's buffers.
         self.coef_x0 = (alpha_bar_prev.sqrt() * betas / (1.0 - alpha_bar)).float()
         self.coef_xt = ((1.0 - betas).sqrt() * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)).float()

@@ -221,3 +221,19 @@ def test_dpmpp2m_state_starts_clean_for_each_run():
     assert torch.equal(run_deterministic(scheduler, n=100)[1], first)
     fresh = DPMSolverMultistepScheduler(diffusion, 10, clip=False)
     assert torch.equal(run_deterministic(fresh, n=100)[1], first)
+
+
+def test_schedulers_follow_the_diffusion_onto_another_device():
+    """Sampling on a GPU moves the diffusion there before the schedulers are built (found on
+    an H200: DDPM's constructor mixed CPU and CUDA tensors). The meta device stands in for the
+    GPU here: a CPU tensor mixed into the math raises a device error."""
+    diffusion = GaussianDiffusion(make_betas("cosine", 100)).to("meta")
+    x = torch.empty(2, 3, 4, 4, device="meta")
+    out = torch.empty_like(x)
+    ddpm = DDPMScheduler(diffusion)
+    assert ddpm.step(out, 50, x, torch.empty_like(x)).device.type == "meta"
+    ddim = DDIMScheduler(diffusion, 10, eta=1.0)
+    t, t_prev = ddim.pairs()[0]
+    assert ddim.step(out, t, t_prev, x, torch.empty_like(x)).device.type == "meta"
+    # DPM-Solver++ reads its coefficients as Python floats (.tolist(), which meta tensors
+    # cannot do); it ran on CUDA on the H200 (bench/bench_sample.py, issue 4's note).
