@@ -7,8 +7,8 @@ Loads the checkpoint in sample.models (or --models) once, then times the samplin
 `canopy sample` (sample.generate, batches of sample.batch_size or --batch, the device and
 precision it picks) for each sampler on the same images (same seed, so the same starting
 noise), writes each set as PNGs and scores it with `canopy evaluate` (SWD only) against the
-val tiles. A sampler is NAME[:STEPS[:ETA]]: `ddpm` (all diffusion.timesteps steps), `ddim:50`,
-`ddim:50:1.0`, `dpmpp2m:20`. Prints seconds per image, each set's SWD next to the real-vs-real
+val tiles. A sampler is NAME[:STEPS[:ETA[:SPACING]]]: `ddpm` (all diffusion.timesteps steps),
+`ddim:50`, `ddim:50:1.0`, `ddim:50:0:quadratic`, `dpmpp2m:20`. Prints seconds per image, each set's SWD next to the real-vs-real
 floor (as many train tiles as samples against the same val tiles) and, against the first
 sampler named `ddpm`, the speed and SWD ratios. Loading the checkpoint and starting the command,
 the same for every sampler, are left out of the timings and printed apart; one
@@ -40,12 +40,14 @@ from sample.checkpoint import load_checkpoint  # noqa: E402
 from sample.generate import Sampler, generate  # noqa: E402
 
 
-def parse_sampler(spec: str) -> tuple[str, int, float]:
-    """'ddim:50:0.5' -> ('ddim', 50, 0.5); steps default 50 (ignored by ddpm), eta 0."""
+def parse_sampler(spec: str) -> tuple[str, int, float, str]:
+    """'ddim:50:0.5:quadratic' -> ('ddim', 50, 0.5, 'quadratic'); steps default 50 (ignored by
+    ddpm), eta 0, spacing trailing."""
     name, *rest = spec.split(":")
     steps = int(rest[0]) if rest else 50
     eta = float(rest[1]) if len(rest) > 1 else 0.0
-    return name, steps, eta
+    spacing = rest[2] if len(rest) > 2 else "trailing"
+    return name, steps, eta, spacing
 
 
 def sample_set(checkpoint, sampler: Sampler, n: int, batch: int, seed: int, device, amp,
@@ -81,7 +83,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--samplers", nargs="+", default=["ddim:50", "ddpm"],
-                        help="NAME[:STEPS[:ETA]] each, e.g. ddim:50 ddim:50:1.0 ddpm")
+                        help="NAME[:STEPS[:ETA[:SPACING]]] each, e.g. ddim:50 ddim:50:0:quadratic ddpm")
     parser.add_argument("--models", type=Path, help="override sample.models")
     parser.add_argument("--batch", type=int, help="override sample.batch_size")
     parser.add_argument("--tiles", type=Path, default=REPO / "data" / "tiles")
@@ -115,8 +117,8 @@ def main() -> None:
         generate(checkpoint.net, Sampler(checkpoint.diffusion, "ddim", 1, 0.0),
                  list(range(min(batch, args.n))), params.seed + 1, checkpoint.image_shape, device, amp)
         for spec in args.samplers:
-            name, steps, eta = parse_sampler(spec)
-            sampler = Sampler(checkpoint.diffusion, name, steps, eta)
+            name, steps, eta, spacing = parse_sampler(spec)
+            sampler = Sampler(checkpoint.diffusion, name, steps, eta, spacing)
             out = Path(tmp) / spec.replace(":", "_")
             seconds = sample_set(checkpoint, sampler, args.n, batch, params.seed, device, amp, out)
             metrics = swd_of(out, args.tiles, eval_params, Path(tmp) / f"{out.name}.json")

@@ -31,6 +31,45 @@ def trailing_timesteps(timesteps: int, steps: int) -> list[int]:
     return [int(round(timesteps - k * ratio)) - 1 for k in range(steps)]
 
 
+def quadratic_timesteps(timesteps: int, steps: int) -> list[int]:
+    """`steps` distinct timesteps, descending from T - 1 to 0, spaced quadratically: dense at
+    low noise, where the fine detail of an image is decided.
+
+    The DDIM paper's quadratic spacing (Song et al. 2021, appendix D.2, t_i ~ i^2), stretched
+    over the whole range so that sampling still starts at the noisiest level trained on (the
+    point of trailing spacing) and ends with an update at t = 0:
+
+        t_k = round((T - 1) ((S - 1 - k) / (S - 1))^2),  k = 0 .. S - 1
+
+    and where rounding repeats a timestep near t = 0, each is pushed up to one above the next,
+    so there are exactly S steps. T = 1000, S = 50 -> 999, 959, 919, ..., 7, 4, 2, 1, 0 against
+    trailing's 999, 979, ..., 39, 19. Measured (issue 4): with a last step that jumps from
+    t = 19 straight to the clean image, trailing spacing leaves the finest pyramid level of
+    the samples' SWD about 1.7x that of quadratic spacing.
+    """
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"sampling steps must be in 1..{timesteps}, got {steps}")
+    if steps == 1:
+        return [timesteps - 1]
+    ideal = [round((timesteps - 1) * ((steps - 1 - k) / (steps - 1)) ** 2) for k in range(steps)]
+    out = [0] * steps
+    for k in range(steps - 2, -1, -1):  # from the clean end up: strictly decreasing
+        out[k] = max(int(ideal[k]), out[k + 1] + 1)
+    return out
+
+
+SPACINGS = ("trailing", "quadratic")
+
+
+def sampling_timesteps(timesteps: int, steps: int, spacing: str = "trailing") -> list[int]:
+    """The timesteps a few-step sampler visits, descending: `trailing` or `quadratic`."""
+    if spacing == "trailing":
+        return trailing_timesteps(timesteps, steps)
+    if spacing == "quadratic":
+        return quadratic_timesteps(timesteps, steps)
+    raise ValueError(f"unknown timestep spacing {spacing!r}: use {' or '.join(SPACINGS)}")
+
+
 class DDIMScheduler:
     """One DDIM update from t to t_prev < t (Song et al. 2021, eq. 12 and 16):
 
@@ -42,12 +81,17 @@ class DDIMScheduler:
     """
 
     def __init__(
-        self, diffusion: GaussianDiffusion, steps: int, eta: float = 0.0, clip: bool = True
+        self,
+        diffusion: GaussianDiffusion,
+        steps: int,
+        eta: float = 0.0,
+        clip: bool = True,
+        spacing: str = "trailing",
     ) -> None:
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
         self.diffusion = diffusion
-        self.timesteps = trailing_timesteps(diffusion.timesteps, steps)
+        self.timesteps = sampling_timesteps(diffusion.timesteps, steps, spacing)
         self.eta = eta
         self.clip = clip
 

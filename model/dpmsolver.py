@@ -10,7 +10,7 @@ scheduler: the caller owns the loop, this class owns the math.
 A deterministic multistep solver of the diffusion ODE in its data-prediction (x0) form: each
 step reuses the previous step's x0 estimate for a second-order update, so it costs one network
 call per step like DDIM, with a global error that falls as 1/steps^2 instead of 1/steps. Use it
-for the fewest steps at a given quality. Same trailing timesteps as DDIM (model/ddim.py).
+for the fewest steps at a given quality. Same timestep spacings as DDIM (model/ddim.py).
 
 Pure math: no files, no params import.
 """
@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from model.ddim import trailing_timesteps
+from model.ddim import sampling_timesteps
 from model.diffusion import GaussianDiffusion
 
 
@@ -59,9 +59,11 @@ class DPMSolverMultistepScheduler:
     another run's history.
     """
 
-    def __init__(self, diffusion: GaussianDiffusion, steps: int, clip: bool = True) -> None:
+    def __init__(
+        self, diffusion: GaussianDiffusion, steps: int, clip: bool = True, spacing: str = "trailing"
+    ) -> None:
         self.diffusion = diffusion
-        self.timesteps = trailing_timesteps(diffusion.timesteps, steps)
+        self.timesteps = sampling_timesteps(diffusion.timesteps, steps, spacing)
         self.clip = clip
         # lambda_t in float64 from the betas (like model/ddpm.py), coefficients computed from
         # it in float64 and used as float32 like the diffusion's buffers.

@@ -22,6 +22,8 @@ def sample(
                                 help="Override sample.sampler: ddpm | ddim | dpmpp2m."),
     steps: int = typer.Option(None, "--steps", help="Override sample.steps (ddim, dpmpp2m)."),
     eta: float = typer.Option(None, "--eta", help="Override sample.eta (ddim)."),
+    spacing: str = typer.Option(None, "--spacing",
+                                help="Override sample.spacing (ddim, dpmpp2m): trailing | quadratic."),
     batch_size: int = typer.Option(None, "--batch-size", help="Override sample.batch_size."),
     weights: str = typer.Option(None, "--weights", help="Override sample.weights: ema | raw."),
     models: Path = typer.Option(None, "--models", help="Override sample.models (train's output)."),
@@ -37,7 +39,7 @@ def sample(
     with user_errors("sample"):
         loaded = load_params(params)
         overrides = {"n": n, "out": str(out) if out else None, "sampler": sampler, "steps": steps,
-                     "eta": eta, "batch_size": batch_size, "weights": weights,
+                     "eta": eta, "spacing": spacing, "batch_size": batch_size, "weights": weights,
                      "models": str(models) if models else None}
         loaded = with_overrides(loaded, "sample", overrides)
         from sample.run import run_sample

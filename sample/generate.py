@@ -44,18 +44,19 @@ class Step:
 class Sampler:
     """A uniform view of the schedulers in model/: the steps, and one update."""
 
-    def __init__(self, diffusion: GaussianDiffusion, name: str, steps: int, eta: float) -> None:
+    def __init__(self, diffusion: GaussianDiffusion, name: str, steps: int, eta: float,
+                 spacing: str = "trailing") -> None:
         self.name = name
         if name == "ddpm":
             self._ddpm = DDPMScheduler(diffusion)
             self.steps = [Step(t, t - 1, t > 0) for t in self._ddpm.timesteps]
         elif name == "ddim":
-            self._ddim = DDIMScheduler(diffusion, steps, eta)
+            self._ddim = DDIMScheduler(diffusion, steps, eta, spacing=spacing)
             self.steps = [Step(t, prev, eta > 0 and prev >= 0) for t, prev in self._ddim.pairs()]
         elif name == "dpmpp2m":
             if eta != 0:
                 raise ValueError(f"dpmpp2m is deterministic: eta must be 0, got {eta}")
-            self._dpm = DPMSolverMultistepScheduler(diffusion, steps)
+            self._dpm = DPMSolverMultistepScheduler(diffusion, steps, spacing=spacing)
             self.steps = [Step(t, prev, False) for t, prev in self._dpm.pairs()]
         else:
             raise ValueError(f"unknown sampler {name!r}: use ddpm, ddim or dpmpp2m")

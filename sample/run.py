@@ -43,7 +43,8 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
                         f"{timesteps} diffusion timesteps; use at most {timesteps}")
     device = pick_device(settings.device, "sample.device")
     amp_dtype = pick_precision(settings.precision, device, "sample.precision")
-    sampler = Sampler(checkpoint.diffusion, settings.sampler, settings.steps, settings.eta)
+    sampler = Sampler(checkpoint.diffusion, settings.sampler, settings.steps, settings.eta,
+                      settings.spacing)
     net = checkpoint.net.to(device)
     checkpoint.diffusion.to(device)
 
@@ -101,7 +102,7 @@ def _write_manifest(folder: Path, params: CanopyParams, checkpoint: Checkpoint, 
         "sampler": settings.sampler,
         "steps": len(sampler.steps),
         "eta": {"ddpm": 1.0, "ddim": settings.eta, "dpmpp2m": 0.0}[settings.sampler],
-        "timestep_spacing": "all" if settings.sampler == "ddpm" else "trailing",
+        "timestep_spacing": "all" if settings.sampler == "ddpm" else settings.spacing,
         "weights": settings.weights,
         "checkpoint": {"file": checkpoint.path.name, "sha256": checkpoint.sha256,
                        "step": checkpoint.config.get("step")},

@@ -29,7 +29,8 @@ def sample_grid(
     x = torch.randn((n, net.channels, size, size), generator=gen).to(runtime.device)
     if runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    scheduler = DDIMScheduler(diffusion, min(steps, diffusion.timesteps), eta=0.0)
+    scheduler = DDIMScheduler(diffusion, min(steps, diffusion.timesteps), eta=0.0,
+                              spacing="quadratic")  # as `canopy sample` by default
     for t, t_prev in scheduler.pairs():
         with runtime.autocast():
             out = net(x, torch.tensor([t], device=runtime.device))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model.ddim import DDIMScheduler, trailing_timesteps
+from model.ddim import DDIMScheduler, quadratic_timesteps, sampling_timesteps, trailing_timesteps
 from model.diffusion import GaussianDiffusion, make_betas
 
 
@@ -14,12 +14,39 @@ def test_trailing_spacing():
         trailing_timesteps(10, 11)
 
 
+def test_quadratic_spacing_runs_from_the_noisiest_step_to_zero():
+    ts = quadratic_timesteps(1000, 50)
+    assert len(ts) == 50 and ts[0] == 999 and ts[-1] == 0
+    assert ts[:3] == [999, 959, 919] and ts[-5:] == [7, 4, 2, 1, 0]
+    gaps = [a - b for a, b in zip(ts, ts[1:])]
+    assert all(g >= 1 for g in gaps)  # strictly decreasing, no step repeated
+    assert gaps[0] > 20 > gaps[-1]  # coarse at high noise, fine at low noise
+    # Dense enough that rounding collides: still `steps` distinct steps, in range.
+    for timesteps, steps in [(1000, 500), (100, 99), (10, 10), (1000, 2), (1000, 1)]:
+        ts = quadratic_timesteps(timesteps, steps)
+        assert len(set(ts)) == steps and ts == sorted(ts, reverse=True)
+        assert ts[0] == timesteps - 1 and ts[-1] == (0 if steps > 1 else timesteps - 1)
+    assert quadratic_timesteps(10, 10) == list(range(9, -1, -1))
+    with pytest.raises(ValueError):
+        quadratic_timesteps(10, 11)
+
+
+def test_spacing_is_chosen_by_name():
+    assert sampling_timesteps(1000, 50) == trailing_timesteps(1000, 50)
+    assert sampling_timesteps(1000, 50, "quadratic") == quadratic_timesteps(1000, 50)
+    d = GaussianDiffusion(make_betas("linear", 100))
+    assert DDIMScheduler(d, 10, spacing="quadratic").timesteps == quadratic_timesteps(100, 10)
+    with pytest.raises(ValueError, match="trailing or quadratic"):
+        sampling_timesteps(1000, 50, "leading")
+
+
 @pytest.mark.parametrize("objective", ["eps", "v"])
-def test_oracle_step_lands_on_the_marginal(objective):
+@pytest.mark.parametrize("spacing", ["trailing", "quadratic"])
+def test_oracle_step_lands_on_the_marginal(objective, spacing):
     """Deterministic DDIM with a perfect network: x_t -> sqrt(a_prev) x0 + sqrt(1 - a_prev) eps,
     and the last step returns x0."""
     d = GaussianDiffusion(make_betas("linear", 100), objective=objective)
-    sched = DDIMScheduler(d, steps=5)
+    sched = DDIMScheduler(d, steps=5, spacing=spacing)
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(2, 3, 4, 4, generator=g) * 1.8 - 0.9
     eps = torch.randn(2, 3, 4, 4, generator=g)

@@ -28,7 +28,7 @@ def test_writes_images_manifest_and_grid(workspace):
     assert list(files) == [f"{i:06d}.png" for i in range(6)]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["n"] == 6 and manifest["seed"] == 3 and manifest["sampler"] == "ddim"
-    assert manifest["steps"] == 5 and manifest["timestep_spacing"] == "trailing"
+    assert manifest["steps"] == 5 and manifest["timestep_spacing"] == "quadratic"
     assert manifest["checkpoint"]["sha256"] == hashlib.sha256(
         (workspace / "models" / "ema.safetensors").read_bytes()).hexdigest()
     for record in manifest["images"]:
@@ -78,9 +78,21 @@ def test_dpmpp2m_is_recorded_and_differs_from_ddim(workspace):
     assert "(dpmpp2m, 5 steps" in result.output
     manifest = json.loads((workspace / "samples" / "manifest.json").read_text())
     assert manifest["sampler"] == "dpmpp2m" and manifest["steps"] == 5
-    assert manifest["timestep_spacing"] == "trailing" and manifest["eta"] == 0.0
+    assert manifest["timestep_spacing"] == "quadratic" and manifest["eta"] == 0.0
     ddim, dpm = images(workspace / "ddim"), images(workspace / "samples")
     assert list(ddim) == list(dpm) and all(ddim[name] != dpm[name] for name in ddim)
+
+
+def test_spacing_is_recorded_and_changes_the_images(workspace):
+    assert sample(workspace, "--out", str(workspace / "quadratic")).exit_code == 0  # the default
+    for sampler in ("ddim", "dpmpp2m"):
+        out = workspace / f"trailing-{sampler}"
+        result = sample(workspace, "--sampler", sampler, "--spacing", "trailing", "--out", str(out))
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["timestep_spacing"] == "trailing" and manifest["steps"] == 5
+    trailing, quadratic = images(workspace / "trailing-ddim"), images(workspace / "quadratic")
+    assert all(trailing[name] != quadratic[name] for name in trailing)
 
 
 def test_a_batch_starts_clean_after_an_interrupted_one(workspace):
@@ -129,6 +141,7 @@ BAD = {
     "n <= 0": (None, ["--n", "0"], "sample.n"),
     "steps > timesteps": (None, ["--steps", "50"], "exceeds"),
     "unknown sampler": (None, ["--sampler", "euler"], "'ddpm', 'ddim' or 'dpmpp2m' (got 'euler')"),
+    "unknown spacing": (None, ["--spacing", "leading"], "'quadratic' or 'trailing' (got 'leading')"),
     "eta with dpmpp2m": (None, ["--sampler", "dpmpp2m", "--eta", "0.5"],
                          "sample.eta (0.5) must be 0 with sample.sampler dpmpp2m"),
     "params changed since training": (
