@@ -27,13 +27,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from canopy.accelerator import pick_device, pick_precision, precision_name  # noqa: E402
+from canopy.accelerator import (  # noqa: E402
+    pick_channels_last,
+    pick_device,
+    pick_precision,
+    precision_name,
+)
 from canopy.imaging import contact_sheet  # noqa: E402
 from canopy.params import load_params  # noqa: E402
 from sample.checkpoint import load_checkpoint  # noqa: E402
@@ -51,7 +57,7 @@ def parse_sampler(spec: str) -> tuple[str, int, float, str]:
 
 
 def sample_set(checkpoint, sampler: Sampler, n: int, batch: int, seed: int, device, amp,
-               out: Path) -> float:
+               channels_last: bool, out: Path) -> float:
     """Seconds spent in the sampling loop for n images; the PNGs go to `out`."""
     out.mkdir(parents=True)
     seconds = 0.0
@@ -59,7 +65,7 @@ def sample_set(checkpoint, sampler: Sampler, n: int, batch: int, seed: int, devi
         indices = list(range(first, min(n, first + batch)))
         start = time.perf_counter()
         images = generate(checkpoint.net, sampler, indices, seed, checkpoint.image_shape,
-                          device, amp)  # returns CPU tensors: the device work is finished
+                          device, amp, channels_last=channels_last)  # CPU tensors: device done
         seconds += time.perf_counter() - start
         for index, image in zip(indices, images.numpy()):
             Image.fromarray(image).save(out / f"{index:06d}.png")
@@ -99,10 +105,12 @@ def main() -> None:
     load_seconds = time.perf_counter() - start
     device = pick_device(settings.device, "sample.device")
     amp = pick_precision(settings.precision, device, "sample.precision")
-    checkpoint.net.to(device)
+    channels_last = pick_channels_last(settings.channels_last, device)
+    checkpoint.net.to(device, memory_format=torch.channels_last if channels_last
+                      else torch.contiguous_format)
     checkpoint.diffusion.to(device)
     header = (f"checkpoint {checkpoint.path} (step {checkpoint.config.get('step')}), {device} "
-              f"{precision_name(amp)}, batch {batch}; load {load_seconds:.2f} s; "
+              f"{precision_name(amp)}{', channels_last' if channels_last else ''}, batch {batch}; load {load_seconds:.2f} s; "
               f"load average {os.getloadavg()[0]:.2f}")
     print(header, flush=True)
 
@@ -115,12 +123,14 @@ def main() -> None:
         # One untimed network call at the timed batch shape first: kernel selection, oneDNN
         # primitive creation and allocator warm-up would otherwise land on the first sampler.
         generate(checkpoint.net, Sampler(checkpoint.diffusion, "ddim", 1, 0.0),
-                 list(range(min(batch, args.n))), params.seed + 1, checkpoint.image_shape, device, amp)
+                 list(range(min(batch, args.n))), params.seed + 1, checkpoint.image_shape, device, amp,
+                 channels_last=channels_last)
         for spec in args.samplers:
             name, steps, eta, spacing = parse_sampler(spec)
             sampler = Sampler(checkpoint.diffusion, name, steps, eta, spacing)
             out = Path(tmp) / spec.replace(":", "_")
-            seconds = sample_set(checkpoint, sampler, args.n, batch, params.seed, device, amp, out)
+            seconds = sample_set(checkpoint, sampler, args.n, batch, params.seed, device, amp,
+                                 channels_last, out)
             metrics = swd_of(out, args.tiles, eval_params, Path(tmp) / f"{out.name}.json")
             if args.grids:
                 args.grids.mkdir(parents=True, exist_ok=True)

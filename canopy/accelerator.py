@@ -60,5 +60,13 @@ def pick_precision(choice: str, device: torch.device, key: str) -> torch.dtype |
     return torch.bfloat16
 
 
+def pick_channels_last(choice: str, device: torch.device) -> bool:
+    """auto | on | off -> whether to run convolutions in channels-last memory: auto is on for
+    CUDA (tensor-core kernels want NHWC) and CPU (oneDNN's blocked formats), off for MPS."""
+    if choice == "auto":
+        return device.type in ("cuda", "cpu")
+    return choice == "on"
+
+
 def precision_name(dtype: torch.dtype | None) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]

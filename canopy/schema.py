@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict
+
+# A switch whose `auto` the stage resolves for the device it runs on.
+Auto = Literal["auto", "on", "off"]
 
 
 class StrictModel(BaseModel):

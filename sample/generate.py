@@ -77,8 +77,11 @@ class Sampler:
 
 def generate(net: torch.nn.Module, sampler: Sampler, indices: Sequence[int], seed: int,
              shape: tuple[int, int, int], device: torch.device,
-             amp_dtype: torch.dtype | None, progress: bool = False) -> torch.Tensor:
-    """Images `indices` as a uint8 tensor (B, H, W, C) on the CPU."""
+             amp_dtype: torch.dtype | None, progress: bool = False,
+             channels_last: bool = False) -> torch.Tensor:
+    """Images `indices` as a uint8 tensor (B, H, W, C) on the CPU. With `channels_last` the
+    network sees NHWC inputs (convert its weights too: `net.to(memory_format=...)`)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     generators = [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
 
     def noise() -> torch.Tensor:
@@ -92,7 +95,7 @@ def generate(net: torch.nn.Module, sampler: Sampler, indices: Sequence[int], see
             t = torch.tensor([step.t], device=device)  # one row: embedded once, broadcast
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                 enabled=amp_dtype is not None):
-                out = net(x, t)
+                out = net(x.contiguous(memory_format=layout), t)
             x = sampler.update(out.float(), step, x, noise() if step.noisy else None)
     return to_uint8(x).cpu()
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from canopy.schema import StrictModel
+from canopy.schema import Auto, StrictModel
 
 
 class SampleParams(StrictModel):
@@ -24,7 +24,8 @@ class SampleParams(StrictModel):
     spacing: Literal["quadratic", "trailing"] = "quadratic"
     weights: Literal["ema", "raw"] = "ema"  # raw: the latest training state's raw weights
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # as train.precision
+    channels_last: Auto = "auto"  # as train.channels_last: auto = on for CUDA and CPU
     models: str = "models"  # folder written by `canopy train`
     out: str = "data/samples"
     grid_images: int = Field(64, ge=0, le=1024)  # images in grid.png

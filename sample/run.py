@@ -12,7 +12,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from canopy.accelerator import pick_device, pick_precision, precision_name
+from canopy.accelerator import (
+    pick_channels_last,
+    pick_device,
+    pick_precision,
+    precision_name,
+)
 from canopy.errors import UserError
 from canopy.fsutil import atomic_dir
 from canopy.hashing import sha256_bytes
@@ -45,7 +50,9 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
     amp_dtype = pick_precision(settings.precision, device, "sample.precision")
     sampler = Sampler(checkpoint.diffusion, settings.sampler, settings.steps, settings.eta,
                       settings.spacing)
-    net = checkpoint.net.to(device)
+    channels_last = pick_channels_last(settings.channels_last, device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    net = checkpoint.net.to(device, memory_format=layout)
     checkpoint.diffusion.to(device)
 
     with atomic_dir(out) as staging:
@@ -54,14 +61,15 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
         for first in range(0, settings.n, settings.batch_size):
             indices = list(range(first, min(settings.n, first + settings.batch_size)))
             images = generate(net, sampler, indices, params.seed, checkpoint.image_shape, device,
-                              amp_dtype, progress)
+                              amp_dtype, progress, channels_last)
             for index, image in zip(indices, images.numpy()):
                 records.append(_write_png(staging / f"{index:06d}.png", image))
             bar.update(len(indices))
         bar.close()
         if settings.grid_images:
             write_grid(staging, settings.grid_images, settings.n)
-        _write_manifest(staging, params, checkpoint, sampler, device, amp_dtype, records)
+        _write_manifest(staging, params, checkpoint, sampler, device, amp_dtype, channels_last,
+                        records)
     return SampleResult(out, settings.n, str(device), precision_name(amp_dtype), len(sampler.steps))
 
 
@@ -93,7 +101,8 @@ def write_grid(folder: Path, limit: int, n: int) -> None:
     Image.fromarray(contact_sheet(tiles)).save(folder / "grid.png", format="PNG")
 
 def _write_manifest(folder: Path, params: CanopyParams, checkpoint: Checkpoint, sampler: Sampler,
-                    device: torch.device, amp_dtype, records: list[dict]) -> None:
+                    device: torch.device, amp_dtype, channels_last: bool,
+                    records: list[dict]) -> None:
     settings = params.sample
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -109,6 +118,7 @@ def _write_manifest(folder: Path, params: CanopyParams, checkpoint: Checkpoint, 
         "tile_size": checkpoint.image_shape[1],
         "device": device.type,
         "precision": precision_name(amp_dtype),
+        "channels_last": channels_last,
         "images": records,
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -9,10 +9,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from canopy.schema import StrictModel
+from canopy.schema import Auto, StrictModel
 from model.shape import validate_config
-
-Auto = Literal["auto", "on", "off"]
 
 
 class ModelParams(StrictModel):

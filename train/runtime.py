@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
-from canopy.accelerator import pick_device, pick_precision, precision_name
+from canopy.accelerator import (
+    pick_channels_last,
+    pick_device,
+    pick_precision,
+    precision_name,
+)
 from train.params import TrainParams
 
 
@@ -49,7 +54,7 @@ def resolve_runtime(train: TrainParams) -> Runtime:
     device = pick_device(train.device, "train.device")
     amp_dtype = pick_precision(train.precision, device, "train.precision")
     on_gpu = device.type in ("cuda", "mps")
-    channels_last = _switch(train.channels_last, default=device.type in ("cuda", "cpu"))
+    channels_last = pick_channels_last(train.channels_last, device)
     compile_default = device.type == "cuda" and _has_triton()
     use_compile = _switch(train.compile, default=compile_default)
     if train.num_workers == "auto":

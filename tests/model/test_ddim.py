@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from model.ddim import DDIMScheduler, quadratic_timesteps, sampling_timesteps, trailing_timesteps
+from model.ddim import (
+    DDIMScheduler,
+    quadratic_timesteps,
+    sampling_timesteps,
+    trailing_timesteps,
+)
 from model.diffusion import GaussianDiffusion, make_betas
 
 

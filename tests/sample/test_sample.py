@@ -29,6 +29,7 @@ def test_writes_images_manifest_and_grid(workspace):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["n"] == 6 and manifest["seed"] == 3 and manifest["sampler"] == "ddim"
     assert manifest["steps"] == 5 and manifest["timestep_spacing"] == "quadratic"
+    assert manifest["channels_last"] is True  # auto: on for CPU
     assert manifest["checkpoint"]["sha256"] == hashlib.sha256(
         (workspace / "models" / "ema.safetensors").read_bytes()).hexdigest()
     for record in manifest["images"]:
@@ -36,11 +37,14 @@ def test_writes_images_manifest_and_grid(workspace):
     assert (out / "grid.png").is_file()
 
 
+@pytest.mark.parametrize("channels_last", ["on", "off"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("sampler, eta",
                          [("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0), ("dpmpp2m", 0.0)])
-def test_image_i_does_not_depend_on_batch_size_or_n(workspace, precision, sampler, eta):
-    write_params(workspace, precision=precision, sampler=sampler, eta=eta)
+def test_image_i_does_not_depend_on_batch_size_or_n(workspace, precision, sampler, eta,
+                                                   channels_last):
+    write_params(workspace, precision=precision, sampler=sampler, eta=eta,
+                 channels_last=channels_last)
     runs = {}
     for n, batch in [(6, 4), (6, 1), (3, 5)]:
         out = workspace / f"s-{n}-{batch}"
