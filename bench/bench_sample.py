@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from PIL import Image
@@ -40,10 +40,10 @@ from canopy.accelerator import (  # noqa: E402
     pick_precision,
     precision_name,
 )
-from canopy.imaging import contact_sheet  # noqa: E402
 from canopy.params import load_params  # noqa: E402
 from sample.checkpoint import load_checkpoint  # noqa: E402
 from sample.generate import Sampler, generate  # noqa: E402
+from sample.run import write_grid  # noqa: E402
 
 
 def parse_sampler(spec: str) -> tuple[str, int, float, str]:
@@ -77,11 +77,6 @@ def swd_of(samples: Path, tiles: Path, params_path: Path, out: Path) -> dict:
                     "--samples", str(samples), "--tiles", str(tiles), "--out", str(out)],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
-
-
-def save_grid(folder: Path, path: Path, count: int = 64) -> None:
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))[:count]]
-    Image.fromarray(contact_sheet(images)).save(path)
 
 
 def main() -> None:
@@ -134,7 +129,8 @@ def main() -> None:
             metrics = swd_of(out, args.tiles, eval_params, Path(tmp) / f"{out.name}.json")
             if args.grids:
                 args.grids.mkdir(parents=True, exist_ok=True)
-                save_grid(out, args.grids / f"{out.name}.png")
+                write_grid(out, 64, args.n)  # as `canopy sample` draws it
+                shutil.move(out / "grid.png", args.grids / f"{out.name}.png")
             row = {"sampler": spec, "steps": len(sampler.steps), "s_per_image": seconds / args.n,
                    **{k: metrics[k] for k in ("swd", "swd_floor", "n_samples", "n_real")}}
             rows.append(row)
