@@ -12,9 +12,9 @@ from canopy.schema import Auto, StrictModel
 class SampleParams(StrictModel):
     n: int = Field(64, ge=1, le=1_000_000)  # images to generate
     batch_size: int = Field(16, ge=1, le=4096)  # images per network call (memory/speed only)
-    # ddpm: ancestral, all diffusion.timesteps steps (Ho et al. 2020); ddim: `steps` steps with
-    # trailing spacing and `eta` (Song et al. 2021; Lin et al. 2024); dpmpp2m: `steps` steps of
-    # DPM-Solver++(2M) with the same spacing, deterministic (Lu et al. 2022).
+    # ddpm: ancestral, all diffusion.timesteps steps (Ho et al. 2020); ddim: `steps` steps at
+    # `spacing` with `eta` (Song et al. 2021); dpmpp2m: `steps` steps of DPM-Solver++(2M) at
+    # the same spacing, deterministic (Lu et al. 2022).
     sampler: Literal["ddpm", "ddim", "dpmpp2m"] = "ddim"
     steps: int = Field(50, ge=1)  # ddim and dpmpp2m; ddpm always takes every timestep
     eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim only: 0 deterministic, 1 DDPM-like noise
