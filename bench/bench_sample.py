@@ -8,8 +8,10 @@ Loads the checkpoint in sample.models (or --models) once, then times the samplin
 precision it picks) for each sampler on the same images (same seed, so the same starting
 noise), writes each set as PNGs and scores it with `canopy evaluate` (SWD only) against the
 val tiles. A sampler is NAME[:STEPS[:ETA[:SPACING]]]: `ddpm` (all diffusion.timesteps steps),
-`ddim:50`, `ddim:50:1.0`, `ddim:50:0:quadratic`, `dpmpp2m:20`. Prints seconds per image, each set's SWD next to the real-vs-real
-floor (as many train tiles as samples against the same val tiles) and, against the first
+`ddim:50`, `ddim:50:1.0`, `ddim:50:0:trailing`, `dpmpp2m:20`; the spacing defaults to the params'
+sample.spacing, as in `canopy sample`. A sampler may be named twice, to interleave the runs
+compared (`ddim:50 ddpm ddim:50`). Prints seconds per image, each set's SWD next to the
+real-vs-real floor (as many train tiles as samples against the same val tiles) and, against the first
 sampler named `ddpm`, the speed and SWD ratios. Loading the checkpoint and starting the command,
 the same for every sampler, are left out of the timings and printed apart; one
 untimed network call at the timed batch shape runs first (kernel selection, allocator warm-up).
@@ -46,13 +48,13 @@ from sample.generate import Sampler, generate  # noqa: E402
 from sample.run import write_grid  # noqa: E402
 
 
-def parse_sampler(spec: str) -> tuple[str, int, float, str]:
-    """'ddim:50:0.5:quadratic' -> ('ddim', 50, 0.5, 'quadratic'); steps default 50 (ignored by
-    ddpm), eta 0, spacing trailing."""
+def parse_sampler(spec: str, default_spacing: str) -> tuple[str, int, float, str]:
+    """'ddim:50:0.5:trailing' -> ('ddim', 50, 0.5, 'trailing'); steps default 50 (ignored by
+    ddpm), eta 0, spacing `default_spacing`."""
     name, *rest = spec.split(":")
     steps = int(rest[0]) if rest else 50
     eta = float(rest[1]) if len(rest) > 1 else 0.0
-    spacing = rest[2] if len(rest) > 2 else "trailing"
+    spacing = rest[2] if len(rest) > 2 else default_spacing
     return name, steps, eta, spacing
 
 
@@ -84,7 +86,8 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--samplers", nargs="+", default=["ddim:50", "ddpm"],
-                        help="NAME[:STEPS[:ETA[:SPACING]]] each, e.g. ddim:50 ddim:50:0:quadratic ddpm")
+                        help="NAME[:STEPS[:ETA[:SPACING]]] each, e.g. ddim:50 ddim:50:0:trailing ddpm "
+                             "(SPACING defaults to sample.spacing); repeat one to interleave")
     parser.add_argument("--models", type=Path, help="override sample.models")
     parser.add_argument("--batch", type=int, help="override sample.batch_size")
     parser.add_argument("--tiles", type=Path, default=REPO / "data" / "tiles")
@@ -120,10 +123,12 @@ def main() -> None:
         generate(checkpoint.net, Sampler(checkpoint.diffusion, "ddim", 1, 0.0),
                  list(range(min(batch, args.n))), params.seed + 1, checkpoint.image_shape, device, amp,
                  channels_last=channels_last)
-        for spec in args.samplers:
-            name, steps, eta, spacing = parse_sampler(spec)
+        for position, spec in enumerate(args.samplers):
+            name, steps, eta, spacing = parse_sampler(spec, settings.spacing)
             sampler = Sampler(checkpoint.diffusion, name, steps, eta, spacing)
-            out = Path(tmp) / spec.replace(":", "_")
+            label = name if name == "ddpm" else f"{name}:{steps}:{eta:g}:{spacing}"
+            # Numbered: the same sampler may run twice (interleaved timings).
+            out = Path(tmp) / f"{position:02d}-{label.replace(':', '_')}"
             seconds = sample_set(checkpoint, sampler, args.n, batch, params.seed, device, amp,
                                  channels_last, out)
             metrics = swd_of(out, args.tiles, eval_params, Path(tmp) / f"{out.name}.json")
@@ -131,10 +136,10 @@ def main() -> None:
                 args.grids.mkdir(parents=True, exist_ok=True)
                 write_grid(out, 64, args.n)  # as `canopy sample` draws it
                 shutil.move(out / "grid.png", args.grids / f"{out.name}.png")
-            row = {"sampler": spec, "steps": len(sampler.steps), "s_per_image": seconds / args.n,
+            row = {"sampler": label, "steps": len(sampler.steps), "s_per_image": seconds / args.n,
                    **{k: metrics[k] for k in ("swd", "swd_floor", "n_samples", "n_real")}}
             rows.append(row)
-            print(f"{spec:>12} {row['steps']:>5} steps {row['s_per_image']:.4f} s/image "
+            print(f"{label:>20} {row['steps']:>5} steps {row['s_per_image']:.4f} s/image "
                   f"swd {row['swd']:.2f} (floor {row['swd_floor']:.2f}, n {row['n_samples']}, "
                   f"val {row['n_real']})", flush=True)
             if args.json:  # after every set, so a cut-off run keeps what it measured
@@ -144,7 +149,7 @@ def main() -> None:
         for row in rows:
             row["speedup_vs_ddpm"] = reference["s_per_image"] / row["s_per_image"]
             row["swd_ratio_vs_ddpm"] = row["swd"] / reference["swd"]
-            print(f"{row['sampler']:>12}: {row['speedup_vs_ddpm']:.1f}x ddpm's speed per image, "
+            print(f"{row['sampler']:>20}: {row['speedup_vs_ddpm']:.1f}x ddpm's speed per image, "
                   f"SWD {row['swd_ratio_vs_ddpm']:.3f}x ddpm's")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.json:
