@@ -115,6 +115,11 @@ def main() -> None:
     raw = yaml.safe_load(args.params.read_text())
     raw.setdefault("evaluate", {})["fid"] = False
     rows = []
+
+    def save_rows() -> None:
+        if args.json:
+            args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="canopy-bench-sample-") as tmp:
         eval_params = Path(tmp) / "params.yaml"
         eval_params.write_text(yaml.safe_dump(raw))
@@ -142,8 +147,7 @@ def main() -> None:
             print(f"{label:>20} {row['steps']:>5} steps {row['s_per_image']:.4f} s/image "
                   f"swd {row['swd']:.2f} (floor {row['swd_floor']:.2f}, n {row['n_samples']}, "
                   f"val {row['n_real']})", flush=True)
-            if args.json:  # after every set, so a cut-off run keeps what it measured
-                args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+            save_rows()  # after every set, so a cut-off run keeps what it measured
     reference = next((r for r in rows if r["sampler"] == "ddpm"), None)
     if reference:
         for row in rows:
@@ -152,8 +156,7 @@ def main() -> None:
             print(f"{row['sampler']:>20}: {row['speedup_vs_ddpm']:.1f}x ddpm's speed per image, "
                   f"SWD {row['swd_ratio_vs_ddpm']:.3f}x ddpm's")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+    save_rows()
 
 
 if __name__ == "__main__":

@@ -112,8 +112,12 @@ def test_a_batch_starts_clean_after_an_interrupted_one(workspace):
     x = torch.randn(2, *checkpoint.image_shape)
     for step in used.steps[:2]:  # a batch stopped after two steps (an error, a Ctrl-C)
         x = used.update(torch.randn_like(x), step, x, None)
-    args = (checkpoint.net, [0, 1], 3, checkpoint.image_shape, torch.device("cpu"), None)
-    assert torch.equal(generate(args[0], used, *args[1:]), generate(args[0], fresh, *args[1:]))
+
+    def first_two_images(sampler: Sampler) -> torch.Tensor:
+        return generate(checkpoint.net, sampler, [0, 1], 3, checkpoint.image_shape,
+                        torch.device("cpu"), None)
+
+    assert torch.equal(first_two_images(used), first_two_images(fresh))
 
 
 def corrupt(workspace):
