@@ -30,11 +30,10 @@ import yaml
 from rasterio.windows import Window
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from etl.pipeline import TileEncoder  # noqa: E402
-from etl.sources.synthetic import render_forest  # noqa: E402
-from etl.tiling import Candidate  # noqa: E402
+from canopy.etl.pipeline import TileEncoder
+from canopy.etl.sources.synthetic import render_forest
+from canopy.etl.tiling import Candidate
 
 TILE = 128
 BLOCK = 1024

@@ -26,10 +26,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evaluate import fid as fid_mod  # noqa: E402
-from evaluate import inception  # noqa: E402
-from evaluate import memorisation as mem  # noqa: E402
-from evaluate import swd as swd_mod  # noqa: E402
+from canopy.evaluate import fid as fid_mod  # noqa: E402
+from canopy.evaluate import inception  # noqa: E402
+from canopy.evaluate import memorisation as mem  # noqa: E402
+from canopy.evaluate import swd as swd_mod  # noqa: E402
 from tests.evaluate.synthetic import degrade, forest_images, write_samples, write_tiles  # noqa: E402
 
 

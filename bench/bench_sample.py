@@ -34,18 +34,17 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from canopy.accelerator import (  # noqa: E402
+from canopy.accelerator import (
     pick_channels_last,
     pick_device,
     pick_precision,
     precision_name,
 )
-from canopy.params import load_params  # noqa: E402
-from sample.checkpoint import load_checkpoint  # noqa: E402
-from sample.generate import Sampler, generate  # noqa: E402
-from sample.run import write_grid  # noqa: E402
+from canopy.params import load_params
+from canopy.sample.checkpoint import load_checkpoint
+from canopy.sample.generate import Sampler, generate
+from canopy.sample.run import write_grid
 
 
 def parse_sampler(spec: str, default_spacing: str) -> tuple[str, int, float, str]:

@@ -23,9 +23,7 @@ import argparse
 import math
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,11 +31,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from canopy.params import parse_params  # noqa: E402
-from train.engine import Trainer  # noqa: E402
-from train.runtime import resolve_runtime  # noqa: E402
+from canopy.params import parse_params
+from canopy.train.engine import Trainer
+from canopy.train.runtime import resolve_runtime
 
 # ----------------------------------------------------------------------------------------------
 # The reference: the article's network and DDPM training step, plain fp32 eager PyTorch.

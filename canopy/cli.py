@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from etl.cli import app as etl_app
-from evaluate.cli import app as evaluate_app
-from sample.cli import app as sample_app
-from train.cli import app as train_app
+from canopy.etl.cli import app as etl_app
+from canopy.evaluate.cli import app as evaluate_app
+from canopy.sample.cli import app as sample_app
+from canopy.train.cli import app as train_app
 
 app = typer.Typer(
     name="canopy",

@@ -17,10 +17,10 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from canopy.errors import UserError
 from canopy.schema import StrictModel
-from etl.params import EtlParams
-from evaluate.params import EvaluateParams
-from sample.params import SampleParams
-from train.params import DiffusionParams, ModelParams, TrainParams
+from canopy.etl.params import EtlParams
+from canopy.evaluate.params import EvaluateParams
+from canopy.sample.params import SampleParams
+from canopy.train.params import DiffusionParams, ModelParams, TrainParams
 
 DEFAULT_PARAMS = Path("params.yaml")
 

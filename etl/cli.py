@@ -31,7 +31,7 @@ def etl(
     with user_errors("etl"):
         loaded = load_params(params)
         loaded = with_overrides(loaded, "etl", {"source": source})
-        from etl.pipeline import run_etl
+        from canopy.etl.pipeline import run_etl
 
         progress = not quiet and sys.stderr.isatty()
         result = run_etl(loaded, out, progress=progress)

@@ -29,11 +29,11 @@ from canopy.errors import UserError
 from canopy.fsutil import atomic_dir
 from canopy.imaging import contact_sheet
 from canopy.params import CanopyParams, section_hash
-from etl.params import EtlParams
-from etl.png import PNG_COMPRESS_LEVEL, encode_png
-from etl.scene import GDAL_ENV, BandSource, SceneReader, SceneSpec, slug
-from etl.shards import FORMAT_VERSION, SPLITS, ShardWriter, TileLocation, split_of, write_manifest
-from etl.tiling import Candidate, count_tiles, scene_candidates
+from canopy.etl.params import EtlParams
+from canopy.etl.png import PNG_COMPRESS_LEVEL, encode_png
+from canopy.etl.scene import GDAL_ENV, BandSource, SceneReader, SceneSpec, slug
+from canopy.etl.shards import FORMAT_VERSION, SPLITS, ShardWriter, TileLocation, split_of, write_manifest
+from canopy.etl.tiling import Candidate, count_tiles, scene_candidates
 
 
 IN_FLIGHT_PER_WORKER = 48  # about one row of 128 px tiles of a 6000 px wide raster
@@ -74,14 +74,14 @@ def run_etl(params: CanopyParams, out: Path, *, progress: bool = True) -> EtlRes
 def collect_scenes(params: CanopyParams, workdir: Path, progress: bool) -> list[SceneSpec]:
     etl = params.etl
     if etl.source == "local":
-        from etl.sources.local import local_scenes
+        from canopy.etl.sources.local import local_scenes
 
         return local_scenes(etl)
     if etl.source == "synthetic":
-        from etl.sources.synthetic import synthetic_scenes
+        from canopy.etl.sources.synthetic import synthetic_scenes
 
         return synthetic_scenes(etl, params.seed, workdir)
-    from etl.sources.sentinelhub import fetch_scenes
+    from canopy.etl.sources.sentinelhub import fetch_scenes
 
     return [sentinelhub_spec(fetched, etl)
             for fetched in fetch_scenes(etl.sentinelhub, progress=progress)]

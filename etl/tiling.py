@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from rasterio.windows import Window
 
-from etl.scene import SceneReader
+from canopy.etl.scene import SceneReader
 
 # Reads cover one row of tiles and at most this many columns of pixels, so memory is bounded
 # whatever the raster's width (about 4096 x tile_size x bands x dtype per read).

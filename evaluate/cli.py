@@ -34,7 +34,7 @@ def evaluate(
     """
     with user_errors("evaluate"):
         loaded = load_params(params)
-        from evaluate.run import run_evaluate
+        from canopy.evaluate.run import run_evaluate
 
         target = out if out is not None else Path(loaded.evaluate.out)
         progress = not quiet and sys.stderr.isatty()

@@ -32,9 +32,9 @@ from canopy.errors import UserError
 from canopy.fsutil import atomic_write_text
 from canopy.hashing import sha256_file
 from canopy.params import CanopyParams
-from evaluate import images as images_io
-from evaluate import memorisation as mem
-from evaluate import swd as swd_mod
+from canopy.evaluate import images as images_io
+from canopy.evaluate import memorisation as mem
+from canopy.evaluate import swd as swd_mod
 
 # Independent random streams derived from the seed.
 _VAL_SUBSET, _FLOOR_SUBSET, _KID, _KID_FLOOR = 1, 2, 3, 4
@@ -222,7 +222,7 @@ def _locate_weights(params: CanopyParams):
     evaluate.fid is off."""
     if not params.evaluate.fid:
         return None, "", ""
-    from evaluate import inception
+    from canopy.evaluate import inception
 
     weights, why = inception.locate_weights(params.evaluate.inception_weights)
     device = inception.pick_device(params.evaluate.device) if weights is not None else ""
@@ -245,8 +245,8 @@ def _fid_kid(params: CanopyParams, weights, no_weights_why: str, device: str,
         why = (f"they need at least 2 images per set (samples {len(samples)}, val {len(val)}, "
                f"floor train tiles {len(train_floor)})")
         return {"omitted": why}, why
-    from evaluate import fid as fid_mod
-    from evaluate import inception
+    from canopy.evaluate import fid as fid_mod
+    from canopy.evaluate import inception
 
     extractor = inception.InceptionFeatures(weights, device, ev.inception_batch_size)
     total = len(val) + len(samples) + len(train_floor)

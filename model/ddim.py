@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from model.diffusion import GaussianDiffusion
+from canopy.model.diffusion import GaussianDiffusion
 
 
 def trailing_timesteps(timesteps: int, steps: int) -> list[int]:

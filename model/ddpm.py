@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from model.diffusion import GaussianDiffusion
+from canopy.model.diffusion import GaussianDiffusion
 
 
 class DDPMScheduler:

@@ -21,8 +21,8 @@ import math
 
 import torch
 
-from model.ddim import sampling_timesteps
-from model.diffusion import GaussianDiffusion
+from canopy.model.ddim import sampling_timesteps
+from canopy.model.diffusion import GaussianDiffusion
 
 
 class DPMSolverMultistepScheduler:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from model.shape import validate_config
+from canopy.model.shape import validate_config
 
 
 class SinusoidalTimeEmbedding(nn.Module):

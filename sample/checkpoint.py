@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from canopy.errors import UserError
 from canopy.hashing import sha256_file
-from model.diffusion import GaussianDiffusion, make_betas
-from model.unet import Unet
+from canopy.model.diffusion import GaussianDiffusion, make_betas
+from canopy.model.unet import Unet
 
 EXPORT_FORMAT = "canopy.model/1"
 

@@ -42,7 +42,7 @@ def sample(
                      "eta": eta, "spacing": spacing, "batch_size": batch_size, "weights": weights,
                      "models": str(models) if models else None}
         loaded = with_overrides(loaded, "sample", overrides)
-        from sample.run import run_sample
+        from canopy.sample.run import run_sample
 
         settings = loaded.sample
         result = run_sample(loaded, Path(settings.out), Path(settings.models),

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from model.ddim import DDIMScheduler
-from model.ddpm import DDPMScheduler
-from model.diffusion import GaussianDiffusion
-from model.dpmsolver import DPMSolverMultistepScheduler
-from model.images import to_uint8
+from canopy.model.ddim import DDIMScheduler
+from canopy.model.ddpm import DDPMScheduler
+from canopy.model.diffusion import GaussianDiffusion
+from canopy.model.dpmsolver import DPMSolverMultistepScheduler
+from canopy.model.images import to_uint8
 
 
 def image_seed(seed: int, index: int) -> int:

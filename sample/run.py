@@ -23,8 +23,8 @@ from canopy.fsutil import atomic_dir
 from canopy.hashing import sha256_bytes
 from canopy.imaging import contact_sheet
 from canopy.params import CanopyParams
-from sample.checkpoint import Checkpoint, load_checkpoint
-from sample.generate import Sampler, generate
+from canopy.sample.checkpoint import Checkpoint, load_checkpoint
+from canopy.sample.generate import Sampler, generate
 
 FORMAT_VERSION = 1
 

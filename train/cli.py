@@ -39,7 +39,7 @@ def train_command(
     saves a checkpoint, then exits.
     """
     with user_errors("train"):
-        from train.loop import train
+        from canopy.train.loop import train
 
         overrides = {
             "steps": steps,

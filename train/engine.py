@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from canopy.params import CanopyParams
-from model.diffusion import GaussianDiffusion, make_betas
-from model.unet import Unet
-from train.data import to_model_input
-from train.ema import EMA
-from train.runtime import Runtime
+from canopy.model.diffusion import GaussianDiffusion, make_betas
+from canopy.model.unet import Unet
+from canopy.train.data import to_model_input
+from canopy.train.ema import EMA
+from canopy.train.runtime import Runtime
 
 # Distinct random streams per step (the data stream uses its own, see train/data.py).
 NOISE_STREAM, PREVIEW_STREAM = 11, 12

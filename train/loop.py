@@ -27,8 +27,8 @@ import torch
 from canopy.errors import UserError
 from canopy.hashing import sha256_json
 from canopy.params import CanopyParams
-from train import checkpoint
-from train.data import (
+from canopy.train import checkpoint
+from canopy.train.data import (
     BatchStream,
     build_index,
     data_hash,
@@ -36,10 +36,10 @@ from train.data import (
     read_manifest,
     train_shards,
 )
-from train.engine import Trainer
-from train.params import RESUME_TRAIN_KEYS
-from train.preview import sample_grid
-from train.runtime import Runtime, resolve_runtime
+from canopy.train.engine import Trainer
+from canopy.train.params import RESUME_TRAIN_KEYS
+from canopy.train.preview import sample_grid
+from canopy.train.runtime import Runtime, resolve_runtime
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from canopy.schema import Auto, StrictModel
-from model.shape import validate_config
+from canopy.model.shape import validate_config
 
 
 class ModelParams(StrictModel):

@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from canopy.imaging import contact_sheet
-from model.ddim import DDIMScheduler
-from model.diffusion import GaussianDiffusion
-from model.images import to_uint8
-from train.engine import PREVIEW_STREAM, derived_seed
-from train.runtime import Runtime
+from canopy.model.ddim import DDIMScheduler
+from canopy.model.diffusion import GaussianDiffusion
+from canopy.model.images import to_uint8
+from canopy.train.engine import PREVIEW_STREAM, derived_seed
+from canopy.train.runtime import Runtime
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from canopy.accelerator import (
     pick_precision,
     precision_name,
 )
-from train.params import TrainParams
+from canopy.train.params import TrainParams
 
 
 @dataclass(frozen=True)

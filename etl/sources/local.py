@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from canopy.errors import UserError
-from etl.params import BandRef, EtlParams, LocalEntry
-from etl.scene import BandSource, SceneSpec, open_raster, slug
+from canopy.etl.params import BandRef, EtlParams, LocalEntry
+from canopy.etl.scene import BandSource, SceneSpec, open_raster, slug
 
 GLOB_CHARS = set("*?[")
 

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from canopy.errors import UserError
 from canopy.fsutil import atomic_write_bytes
-from etl.params import AoiParams, SentinelHubParams
+from canopy.etl.params import AoiParams, SentinelHubParams
 
 LOGGER = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import numpy as np
 import rasterio
 from PIL import Image
 
-from etl.params import EtlParams
-from etl.scene import BandSource, SceneSpec
+from canopy.etl.params import EtlParams
+from canopy.etl.scene import BandSource, SceneSpec
 
 SUN = np.array([-0.6, -0.6, 0.55])  # light from the upper left, as in most orthophotos
 

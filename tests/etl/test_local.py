@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from canopy.errors import UserError
-from etl.sources.local import local_scenes
+from canopy.etl.sources.local import local_scenes
 from tests.etl.rasters import forest_rgb, make_params, write_raster
 
 

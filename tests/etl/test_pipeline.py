@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from canopy.errors import UserError
-from etl.pipeline import run_etl
-from etl.shards import split_of
+from canopy.etl.pipeline import run_etl
+from canopy.etl.shards import split_of
 from tests.etl.rasters import forest_rgb, make_params, write_raster
 
 
@@ -168,12 +168,12 @@ def test_failed_run_keeps_the_previous_output(tmp_path, monkeypatch):
     run_etl(local_params(str(path)), out, progress=False)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
-    import etl.shards
+    from canopy.etl import shards
 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-run
 
-    monkeypatch.setattr(etl.shards.ShardWriter, "add", explode)
+    monkeypatch.setattr(shards.ShardWriter, "add", explode)
     with pytest.raises(KeyboardInterrupt):
         run_etl(local_params(str(path), stride=8), out, progress=False)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
@@ -182,20 +182,20 @@ def test_failed_run_keeps_the_previous_output(tmp_path, monkeypatch):
 
 def test_reads_are_windowed(tmp_path, monkeypatch):
     """Every read covers one row of tiles, never the whole raster."""
-    import etl.tiling
+    from canopy.etl import tiling
 
-    monkeypatch.setattr(etl.tiling, "MAX_READ_WIDTH", 40)
+    monkeypatch.setattr(tiling, "MAX_READ_WIDTH", 40)
     path = write_raster(tmp_path / "big.tif", forest_rgb(64, 128))
-    import etl.scene
+    from canopy.etl import scene
 
     shapes = []
-    original = etl.scene.SceneReader.read
+    original = scene.SceneReader.read
 
     def spy(self, window):
         shapes.append((window.height, window.width))
         return original(self, window)
 
-    monkeypatch.setattr(etl.scene.SceneReader, "read", spy)
+    monkeypatch.setattr(scene.SceneReader, "read", spy)
     result = run_etl(local_params(str(path)), tmp_path / "out", progress=False)
     assert result.filters.candidates == 32
     assert max(h for h, _ in shapes) == 16 and max(w for _, w in shapes) <= 40

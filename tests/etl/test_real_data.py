@@ -10,7 +10,7 @@ import numpy as np
 import rasterio
 from PIL import Image
 
-from etl.pipeline import run_etl
+from canopy.etl.pipeline import run_etl
 from tests.etl.rasters import make_params
 
 

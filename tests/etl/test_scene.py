@@ -7,7 +7,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from etl.scene import SCL_INVALID, BandSource, SceneReader, SceneSpec
+from canopy.etl.scene import SCL_INVALID, BandSource, SceneReader, SceneSpec
 from tests.etl.rasters import forest_rgb, write_raster
 
 READER_OPTIONS = dict(gamma=1.0, percentile_range=(2.0, 98.0), ndvi_threshold=0.3,

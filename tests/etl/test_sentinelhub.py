@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import rasterio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sh_standin import PROCESS_PATH, TOKEN_PATH, StandIn  # noqa: E402
+from tests.etl.sh_standin import PROCESS_PATH, TOKEN_PATH, StandIn
 
-from canopy.errors import UserError  # noqa: E402
-from etl.params import SentinelHubParams  # noqa: E402
-from etl.sources import sentinelhub as sh  # noqa: E402
+from canopy.errors import UserError
+from canopy.etl.params import SentinelHubParams
+from canopy.etl.sources import sentinelhub as sh
 
 SMALL = {"name": "berlin", "bbox": [13.40, 52.50, 13.43, 52.52],
          "time": ["2023-06-01", "2023-06-30"], "max_cloud": 0.2}

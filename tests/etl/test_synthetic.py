@@ -7,8 +7,8 @@ import tarfile
 
 import numpy as np
 
-from etl.pipeline import run_etl
-from etl.sources.synthetic import render_forest
+from canopy.etl.pipeline import run_etl
+from canopy.etl.sources.synthetic import render_forest
 from tests.etl.rasters import make_params
 
 

@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from canopy.cli import app
-from evaluate import inception
+from canopy.evaluate import inception
 from tests.evaluate.synthetic import degrade, forest_images, write_samples, write_tiles
 
 SPEC_KEYS = {"swd", "memorised_fraction", "n_samples", "n_real"}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from canopy.errors import UserError
-from evaluate import fid as F
-from evaluate import inception
+from canopy.evaluate import fid as F
+from canopy.evaluate import inception
 from tests.evaluate.synthetic import degrade, forest_images
 
 

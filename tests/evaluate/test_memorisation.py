@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluate import memorisation as M
+from canopy.evaluate import memorisation as M
 from tests.evaluate.synthetic import degrade, forest_images
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluate import swd as S
+from canopy.evaluate import swd as S
 from tests.evaluate.synthetic import degrade, forest_images
 
 FAST = S.SwdConfig(patches_per_image=64, projections=64, repeats=2)

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from model.ddim import (
+from canopy.model.ddim import (
     DDIMScheduler,
     quadratic_timesteps,
     sampling_timesteps,
     trailing_timesteps,
 )
-from model.diffusion import GaussianDiffusion, make_betas
+from canopy.model.diffusion import GaussianDiffusion, make_betas
 
 
 def test_trailing_spacing():

@@ -14,10 +14,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.ddim import DDIMScheduler
-from model.ddpm import DDPMScheduler
-from model.diffusion import GaussianDiffusion, make_betas
-from model.dpmsolver import DPMSolverMultistepScheduler
+from canopy.model.ddim import DDIMScheduler
+from canopy.model.ddpm import DDPMScheduler
+from canopy.model.diffusion import GaussianDiffusion, make_betas
+from canopy.model.dpmsolver import DPMSolverMultistepScheduler
 
 MU, STD = 0.3, 0.2
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model.unet import Unet, count_parameters
+from canopy.model.unet import Unet, count_parameters
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ def test_one_timestep_broadcasts_and_channels_last_agrees():
 
 def test_split_depthwise_backward_matches_autograd(monkeypatch):
     """The bf16 CPU depthwise conv's hand-written backward gives autograd's gradients."""
-    import model.unet as unet
+    import canopy.model.unet as unet
 
     torch.manual_seed(0)
     conv = unet.DepthwiseConv2d(16, 7)

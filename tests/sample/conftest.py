@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from model.unet import Unet
+from canopy.model.unet import Unet
 
 MODEL = {"dim": 8, "init_dim": None, "dim_mults": [1, 2], "channels": 3, "convnext_mult": 2,
          "norm": "group", "norm_groups": 1}

@@ -104,8 +104,8 @@ def test_a_batch_starts_clean_after_an_interrupted_one(workspace):
     after batch must not let an interrupted batch's history into the next one."""
     import torch
 
-    from sample.checkpoint import load_checkpoint
-    from sample.generate import Sampler, generate
+    from canopy.sample.checkpoint import load_checkpoint
+    from canopy.sample.generate import Sampler, generate
 
     checkpoint = load_checkpoint(workspace / "models")
     fresh, used = (Sampler(checkpoint.diffusion, "dpmpp2m", 5, 0.0) for _ in range(2))

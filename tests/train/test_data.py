@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from canopy.errors import UserError
-from train import data
-from train.data import (
+from canopy.train import data
+from canopy.train.data import (
     BatchStream,
     build_index,
     data_hash,

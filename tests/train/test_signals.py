@@ -10,8 +10,8 @@ import time
 import pytest
 import yaml
 
-from train import checkpoint
-from train.loop import train
+from canopy.train import checkpoint
+from canopy.train.loop import train
 
 from .conftest import tiny_params
 

@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from canopy.cli import app
-from model.unet import Unet
-from train import checkpoint
-from train.loop import train
+from canopy.model.unet import Unet
+from canopy.train import checkpoint
+from canopy.train.loop import train
 
 from .conftest import tiny_params
 
