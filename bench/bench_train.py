@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-
 from canopy.params import parse_params
 from canopy.train.engine import Trainer
 from canopy.train.runtime import resolve_runtime

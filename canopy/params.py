@@ -16,10 +16,10 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from canopy.errors import UserError
-from canopy.schema import StrictModel
 from canopy.etl.params import EtlParams
 from canopy.evaluate.params import EvaluateParams
 from canopy.sample.params import SampleParams
+from canopy.schema import StrictModel
 from canopy.train.params import DiffusionParams, ModelParams, TrainParams
 
 DEFAULT_PARAMS = Path("params.yaml")

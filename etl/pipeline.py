@@ -26,15 +26,21 @@ from tqdm import tqdm
 
 import canopy
 from canopy.errors import UserError
-from canopy.fsutil import atomic_dir
-from canopy.imaging import contact_sheet
-from canopy.params import CanopyParams, section_hash
 from canopy.etl.params import EtlParams
 from canopy.etl.png import PNG_COMPRESS_LEVEL, encode_png
 from canopy.etl.scene import GDAL_ENV, BandSource, SceneReader, SceneSpec, slug
-from canopy.etl.shards import FORMAT_VERSION, SPLITS, ShardWriter, TileLocation, split_of, write_manifest
+from canopy.etl.shards import (
+    FORMAT_VERSION,
+    SPLITS,
+    ShardWriter,
+    TileLocation,
+    split_of,
+    write_manifest,
+)
 from canopy.etl.tiling import Candidate, count_tiles, scene_candidates
-
+from canopy.fsutil import atomic_dir
+from canopy.imaging import contact_sheet
+from canopy.params import CanopyParams, section_hash
 
 IN_FLIGHT_PER_WORKER = 48  # about one row of 128 px tiles of a 6000 px wide raster
 SENTINELHUB_REFLECTANCE_SCALE = 10000  # the evalscript returns reflectance x 10000 as uint16

@@ -29,15 +29,14 @@ from typing import Any
 import numpy as np
 
 from canopy.errors import UserError
-from canopy.fsutil import atomic_write_text
-from canopy.hashing import sha256_file
-from canopy.params import CanopyParams
 from canopy.evaluate import images as images_io
 from canopy.evaluate import memorisation as mem
 from canopy.evaluate import swd as swd_mod
+from canopy.fsutil import atomic_write_text
+from canopy.hashing import sha256_file
+from canopy.params import CanopyParams
+from canopy.seeding import Stream, numpy_rng
 
-# Independent random streams derived from the seed.
-_VAL_SUBSET, _FLOOR_SUBSET, _KID, _KID_FLOOR = 1, 2, 3, 4
 _TRAIN_BLOCK = 256  # train tiles decoded and searched at a time
 _NEAR_COPIES_LISTED = 50
 
@@ -103,7 +102,7 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
         reads = (images_io.read_sample(path, tile_size) for path in used_samples)
         samples = images_io.stack(_ticked(reads, tick), len(used_samples), tile_size)
     val_pick = images_io.seeded_subset(len(val_refs), ev.max_real,
-                                       np.random.default_rng([seed, _VAL_SUBSET]))
+                                       numpy_rng(seed, Stream.EVAL_VAL_SUBSET))
     used_val = [val_refs[i] for i in val_pick]
     with _bar(progress, len(used_val), "read val tiles") as tick:
         reads = images_io.iter_tiles(used_val, tile_size)
@@ -111,7 +110,7 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
 
     # --- memorisation, and the floor's train subset, in one pass over the train tiles ----
     floor_pick = images_io.seeded_subset(len(train_refs), len(samples),
-                                         np.random.default_rng([seed, _FLOOR_SUBSET]))
+                                         numpy_rng(seed, Stream.EVAL_FLOOR_SUBSET))
     floor_set = set(floor_pick.tolist())
     train_floor = np.empty((len(floor_pick), tile_size, tile_size, 3), dtype=np.uint8)
     size = min(ev.memorisation_size, tile_size)
@@ -255,9 +254,9 @@ def _fid_kid(params: CanopyParams, weights, no_weights_why: str, device: str,
         f_samples = extractor(samples, tick)
         f_floor = extractor(train_floor, tick)
     seed = params.seed
-    kid_samples = fid_mod.kid(f_samples, f_val, np.random.default_rng([seed, _KID]),
+    kid_samples = fid_mod.kid(f_samples, f_val, numpy_rng(seed, Stream.EVAL_KID),
                               ev.kid_subsets, ev.kid_subset_size)
-    kid_floor = fid_mod.kid(f_floor, f_val, np.random.default_rng([seed, _KID_FLOOR]),
+    kid_floor = fid_mod.kid(f_floor, f_val, numpy_rng(seed, Stream.EVAL_KID_FLOOR),
                             ev.kid_subsets, ev.kid_subset_size)
     metrics["fid"] = sig(fid_mod.fid(f_samples, f_val))
     metrics["fid_floor"] = sig(fid_mod.fid(f_floor, f_val))

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from canopy.seeding import Stream, numpy_rng
+
 # The binomial filter of cv2.pyrDown / pyrUp, separable: outer(_BINOMIAL, _BINOMIAL) / 256.
 _BINOMIAL = np.array([1.0, 4.0, 6.0, 4.0, 1.0], dtype=np.float32) / 16.0
 
@@ -209,10 +211,6 @@ def swd_level(fakes: Sequence[np.ndarray], real: np.ndarray, config: SwdConfig,
     return [float(np.mean(total)) for total in totals]
 
 
-# Independent random streams derived from the seed (numpy SeedSequence entropy lists).
-_PATCHES, _DIRECTIONS = 101, 102
-
-
 def swd(fakes: Sequence[np.ndarray], real: np.ndarray, config: SwdConfig = SwdConfig(),
         seed: int = 0, tick: Callable[[int], None] = lambda n: None) -> list[dict[int, float]]:
     """SWD x 1e3 per pyramid level (keyed by its resolution) of each uint8 (N, H, W, 3) set in
@@ -225,13 +223,13 @@ def swd(fakes: Sequence[np.ndarray], real: np.ndarray, config: SwdConfig = SwdCo
         raise ValueError(f"{size}px images are smaller than a {config.patch_size}px patch")
     results: list[dict[int, float]] = [{} for _ in fakes]
     def patches(images: np.ndarray, role: int, level: int) -> np.ndarray:
-        rng = np.random.default_rng([seed, _PATCHES, role, level])
+        rng = numpy_rng(seed, Stream.SWD_PATCHES, role, level)
         return level_descriptors(images, level, config, rng, tick=tick)
 
     for level, res in enumerate(pyramid_resolutions(size, config.min_resolution)):
         real_desc = patches(real, 0, level)
         fake_desc = [patches(f, i + 1, level) for i, f in enumerate(fakes)]
-        dirs_rng = np.random.default_rng([seed, _DIRECTIONS, level])
+        dirs_rng = numpy_rng(seed, Stream.SWD_DIRECTIONS, level)
         for result, value in zip(results, swd_level(fake_desc, real_desc, config, dirs_rng)):
             result[res] = 1e3 * value
     return results

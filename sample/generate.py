@@ -13,7 +13,6 @@ these shapes); oneDNN's bf16 path is batch-invariant as it is. tests/sample chec
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,12 +25,7 @@ from canopy.model.ddpm import DDPMScheduler
 from canopy.model.diffusion import GaussianDiffusion
 from canopy.model.dpmsolver import DPMSolverMultistepScheduler
 from canopy.model.images import to_uint8
-
-
-def image_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for image `index` of a set drawn with `seed`."""
-    digest = hashlib.sha256(f"canopy-sample:{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+from canopy.seeding import Stream, torch_seed
 
 
 @dataclass(frozen=True)
@@ -82,7 +76,7 @@ def generate(net: torch.nn.Module, sampler: Sampler, indices: Sequence[int], see
     """Images `indices` as a uint8 tensor (B, H, W, C) on the CPU. With `channels_last` the
     network sees NHWC inputs (convert its weights too: `net.to(memory_format=...)`)."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    generators = [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
+    generators = [torch.Generator().manual_seed(torch_seed(seed, Stream.SAMPLE_NOISE, i)) for i in indices]
 
     def noise() -> torch.Tensor:
         return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)

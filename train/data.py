@@ -26,9 +26,7 @@ from PIL import Image
 
 from canopy.errors import UserError
 from canopy.hashing import sha256_file, sha256_json
-
-# Distinct streams of randomness derived from the seed.
-_PERMUTATION, _AUGMENT = 1, 2
+from canopy.seeding import Stream, numpy_rng
 
 
 @dataclass(frozen=True)
@@ -227,7 +225,7 @@ class BatchStream(torch.utils.data.IterableDataset):
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
-            rng = np.random.default_rng([self.seed, _PERMUTATION, epoch])
+            rng = numpy_rng(self.seed, Stream.TRAIN_ORDER, epoch)
             self._perm = rng.permutation(len(self.index))
             self._perm_epoch = epoch
         assert self._perm is not None
@@ -236,7 +234,7 @@ class BatchStream(torch.utils.data.IterableDataset):
     def batch(self, b: int) -> torch.Tensor:
         ids = self.tile_ids(b)
         if self.augment:
-            ks = np.random.default_rng([self.seed, _AUGMENT, b]).integers(0, 8, len(ids))
+            ks = numpy_rng(self.seed, Stream.TRAIN_AUGMENT, b).integers(0, 8, len(ids))
         else:
             ks = np.zeros(len(ids), dtype=np.int64)
         size = self.index.tile_size

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from canopy.params import CanopyParams
 from canopy.model.diffusion import GaussianDiffusion, make_betas
 from canopy.model.unet import Unet
+from canopy.params import CanopyParams
+from canopy.seeding import Stream, torch_seed
 from canopy.train.data import to_model_input
 from canopy.train.ema import EMA
 from canopy.train.runtime import Runtime
-
-# Distinct random streams per step (the data stream uses its own, see train/data.py).
-NOISE_STREAM, PREVIEW_STREAM = 11, 12
-
-
-def derived_seed(seed: int, stream: int, index: int) -> int:
-    """A 63-bit seed that depends on (seed, stream, index) only: no state to save or restore."""
-    words = np.random.SeedSequence([seed, stream, index]).generate_state(2, np.uint32)
-    return (int(words[0]) << 31) ^ int(words[1])
 
 
 def _adamw(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):
@@ -65,7 +56,7 @@ class Trainer:
         gradient norm before clipping, as tensors (no device sync here)."""
         rt = self.runtime
         x0 = to_model_input(images, rt.device, rt.channels_last)
-        gen = torch.Generator(rt.device).manual_seed(derived_seed(self.params.seed, NOISE_STREAM, step))
+        gen = torch.Generator(rt.device).manual_seed(torch_seed(self.params.seed, Stream.TRAIN_NOISE, step))
         t = self.diffusion.sample_timesteps(x0.shape[0], generator=gen, device=rt.device)
         noise = torch.empty_like(x0).normal_(generator=gen)  # same memory format as x0
         for group in self.optimizer.param_groups:

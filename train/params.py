@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from canopy.schema import Auto, StrictModel
 from canopy.model.shape import validate_config
+from canopy.schema import Auto, StrictModel
 
 
 class ModelParams(StrictModel):

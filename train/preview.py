@@ -9,7 +9,7 @@ from canopy.imaging import contact_sheet
 from canopy.model.ddim import DDIMScheduler
 from canopy.model.diffusion import GaussianDiffusion
 from canopy.model.images import to_uint8
-from canopy.train.engine import PREVIEW_STREAM, derived_seed
+from canopy.seeding import Stream, torch_seed
 from canopy.train.runtime import Runtime
 
 
@@ -25,7 +25,7 @@ def sample_grid(
 ) -> np.ndarray:
     """(H, W, 3) uint8 grid of n images. The starting noise is the same at every preview, so
     successive grids show the same samples sharpening."""
-    gen = torch.Generator("cpu").manual_seed(derived_seed(seed, PREVIEW_STREAM, 0))
+    gen = torch.Generator("cpu").manual_seed(torch_seed(seed, Stream.PREVIEW_NOISE))
     x = torch.randn((n, net.channels, size, size), generator=gen).to(runtime.device)
     if runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -42,8 +42,8 @@ from rasterio.warp import transform_bounds
 from tqdm.auto import tqdm
 
 from canopy.errors import UserError
-from canopy.fsutil import atomic_write_bytes
 from canopy.etl.params import AoiParams, SentinelHubParams
+from canopy.fsutil import atomic_write_bytes
 
 LOGGER = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from canopy.etl.params import EtlParams
 from canopy.etl.scene import BandSource, SceneSpec
+from canopy.seeding import Stream, numpy_rng
 
 SUN = np.array([-0.6, -0.6, 0.55])  # light from the upper left, as in most orthophotos
 
@@ -25,7 +26,7 @@ def synthetic_scenes(params: EtlParams, seed: int, workdir: Path) -> list[SceneS
     cfg = params.synthetic
     scenes = []
     for index in range(cfg.scenes):
-        rng = np.random.default_rng([seed, index])
+        rng = numpy_rng(seed, Stream.SYNTHETIC_SCENE, index)
         image = render_forest(rng, cfg.height, cfg.width)
         path = workdir / f"synthetic-{index:03d}.tif"
         _write_tiff(path, image)

@@ -14,11 +14,10 @@ import time
 import pytest
 import rasterio
 
-from tests.etl.sh_standin import PROCESS_PATH, TOKEN_PATH, StandIn
-
 from canopy.errors import UserError
 from canopy.etl.params import SentinelHubParams
 from canopy.etl.sources import sentinelhub as sh
+from tests.etl.sh_standin import PROCESS_PATH, TOKEN_PATH, StandIn
 
 SMALL = {"name": "berlin", "bbox": [13.40, 52.50, 13.43, 52.52],
          "time": ["2023-06-01", "2023-06-30"], "max_cloud": 0.2}

@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from canopy.model.diffusion import GaussianDiffusion, cosine_betas, linear_betas, make_betas, sigmoid_betas
+from canopy.model.diffusion import (
+    GaussianDiffusion,
+    cosine_betas,
+    linear_betas,
+    make_betas,
+    sigmoid_betas,
+)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "sigmoid"])
