@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from canopy.etl.cli import app as etl_app
-from canopy.evaluate.cli import app as evaluate_app
-from canopy.sample.cli import app as sample_app
-from canopy.train.cli import app as train_app
+from canopy.etl.cli import etl
+from canopy.evaluate.cli import evaluate
+from canopy.sample.cli import sample
+from canopy.train.cli import train
 
 app = typer.Typer(
     name="canopy",
@@ -27,15 +27,10 @@ def canopy() -> None:
     """
 
 
-def add_stage(stage_app: typer.Typer, name: str) -> None:
-    """Register a stage's Typer app as a plain subcommand (`canopy etl --params ...`)."""
-    app.command(name=name)(stage_app.registered_callback.callback)
-
-
-add_stage(etl_app, "etl")
-add_stage(train_app, "train")
-add_stage(sample_app, "sample")
-add_stage(evaluate_app, "evaluate")
+# Each stage package owns its command (options, help, what it prints); this module only
+# gathers them under one root.
+for command in (etl, train, sample, evaluate):
+    app.command()(command)
 
 
 def main() -> None:

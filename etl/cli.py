@@ -10,10 +10,7 @@ import typer
 from canopy.errors import user_errors
 from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-
-@app.callback(invoke_without_command=True)
 def etl(
     params: Path = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="params.yaml to read."),
     out: Path = typer.Option(Path("data/tiles"), "--out", "-o",

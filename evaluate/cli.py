@@ -10,10 +10,7 @@ import typer
 from canopy.errors import user_errors
 from canopy.params import DEFAULT_PARAMS, load_params
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-
-@app.callback(invoke_without_command=True)
 def evaluate(
     params: Path = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="params.yaml to read."),
     samples: Path = typer.Option(Path("data/samples"), "--samples", "-s",

@@ -91,18 +91,6 @@ def _version() -> str:
         return "(version unknown)"
 
 
-def pick_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("evaluate.device is cuda but torch sees no CUDA device: use auto or cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("evaluate.device is mps but MPS is not available: use auto or cpu")
-    return name
-
-
 class InceptionFeatures:
     """The pool3 feature extractor: uint8 (N, H, W, 3) tiles -> float64 (N, 2048)."""
 

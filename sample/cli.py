@@ -10,10 +10,7 @@ import typer
 from canopy.errors import user_errors
 from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-
-@app.callback(invoke_without_command=True)
 def sample(
     params: Path = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="params.yaml to read."),
     n: int = typer.Option(None, "--n", help="Override sample.n: images to generate."),

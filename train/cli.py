@@ -10,15 +10,8 @@ import typer
 from canopy.errors import user_errors
 from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
 
-app = typer.Typer(
-    help="Train the diffusion model on the etl tiles; resumes from the last checkpoint.",
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 
-
-@app.callback(invoke_without_command=True)
-def train_command(
+def train(
     params: Path = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="params.yaml to read"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar or status lines"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="override train.steps"),

@@ -39,7 +39,7 @@ from canopy.train.data import (
 from canopy.train.engine import Trainer
 from canopy.train.params import RESUME_TRAIN_KEYS
 from canopy.train.preview import sample_grid
-from canopy.train.runtime import Runtime, resolve_runtime
+from canopy.train.runtime import resolve_runtime
 
 
 @dataclass
@@ -218,7 +218,6 @@ class _Meter:
         self.steps = 0
         self.images = 0
         self.since = time.perf_counter()
-        self.first_step: int | None = None
 
     def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, images: int) -> None:
         self.loss = self.loss + loss.float()
@@ -311,6 +310,3 @@ def _say_always(message: str) -> None:
     from tqdm import tqdm
 
     tqdm.write(f"canopy train: {message}", file=sys.stderr)
-
-
-__all__ = ["TrainResult", "train", "Runtime"]

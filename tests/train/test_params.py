@@ -7,9 +7,7 @@ from canopy.params import parse_params
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({"schedule": "cosin"}, "schedule: Input should be 'linear', 'cosine' or 'sigmoid'"),
         ({"train": {"lr": -1e-4}}, "train.lr: Input should be greater than 0"),
-        ({"etl": {"tile_size": 100, "stride": 100}}, "etl.tile_size 100 is not divisible by 8"),
         ({"model": {"dim": 63}}, "dim must be an even number"),
         ({"model": {"dim": 64, "norm_groups": 3}}, "norm_groups=3 does not divide"),
         ({"model": {"norm": "batch"}}, "model.norm: Input should be 'group' or 'layer'"),

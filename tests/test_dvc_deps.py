@@ -1,0 +1,87 @@
+"""dvc.yaml lists every project file a stage's command runs, so editing one re-runs the stage.
+
+A file missing from a stage's deps is a stale-output bug: DVC calls the stage up to date
+while its code changed. The files a stage runs are found as Python finds them: every module of
+the stage's package is imported in a fresh interpreter (so imports made inside functions are
+loaded too), and every module of this repository that ends up loaded must be covered by a
+dep (the file itself or a folder above it).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+STAGES = ("etl", "train", "sample", "evaluate")
+
+# Imports every module of one stage package (and the CLI root that dispatches to it), then
+# prints the repository files of every loaded module.
+PROBE = """
+import importlib, json, pkgutil, sys
+from pathlib import Path
+root = Path(sys.argv[1]).resolve()
+package = importlib.import_module("canopy." + sys.argv[2])
+for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+    importlib.import_module(info.name)
+files = set()
+for module in list(sys.modules.values()):
+    path = getattr(module, "__file__", None)
+    if path and "site-packages" not in path and Path(path).resolve().is_relative_to(root):
+        files.add(Path(path).resolve().relative_to(root).as_posix())
+print(json.dumps(sorted(files)))
+"""
+
+
+def loaded_files(stage: str) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", PROBE, str(REPO_ROOT), stage],
+                            capture_output=True, text=True, check=True, cwd=REPO_ROOT.parent)
+    return json.loads(result.stdout)
+
+
+def stage_deps(stage: str) -> list[str]:
+    pipeline = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+    return [str(dep).rstrip("/") for dep in pipeline["stages"][stage].get("deps", [])]
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == dep or path.startswith(dep + "/") for dep in deps)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_file_a_stage_runs_is_a_dep(stage):
+    files = loaded_files(stage)
+    assert f"{stage}/cli.py" in files  # the probe found the stage's own code
+    missing = [path for path in files if not covered(path, stage_deps(stage))]
+    assert not missing, f"dvc.yaml stage {stage!r} misses deps: {missing}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_dep_exists(stage):
+    """A dep that names no file (a module renamed or removed) hides a missing one."""
+    pipeline = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+    outputs = {str(out if isinstance(out, str) else next(iter(out)))
+               for spec in pipeline["stages"].values() for out in spec.get("outs", [])}
+    for dep in stage_deps(stage):
+        assert dep in outputs or (REPO_ROOT / dep).exists(), f"{stage}: no such dep {dep}"
+
+
+def test_each_plot_is_declared_once():
+    """`dvc plots show` draws a path once per declaration."""
+    pipeline = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+    declared = []
+    for spec in pipeline["stages"].values():
+        declared += [str(next(iter(p)) if isinstance(p, dict) else p) for p in spec.get("plots", [])]
+    for plot in pipeline.get("plots", []):
+        if isinstance(plot, dict):
+            (name, spec), = plot.items()
+            declared += list((spec or {}).get("y", {}) or [name]) if isinstance(spec, dict) else [name]
+        else:
+            declared.append(str(plot))
+    images = [path for path in declared if not path.endswith(".tsv")]
+    assert len(images) == len(set(images)), declared
