@@ -39,7 +39,7 @@ from canopy.train.data import (
 from canopy.train.engine import Trainer
 from canopy.train.params import RESUME_TRAIN_KEYS
 from canopy.train.preview import sample_grid
-from canopy.train.runtime import Runtime, resolve_runtime
+from canopy.train.runtime import resolve_runtime
 
 
 @dataclass
@@ -313,4 +313,4 @@ def _say_always(message: str) -> None:
     tqdm.write(f"canopy train: {message}", file=sys.stderr)
 
 
-__all__ = ["TrainResult", "train", "Runtime"]
+__all__ = ["TrainResult", "train"]
