@@ -36,8 +36,10 @@ from tqdm.auto import tqdm
 
 from canopy.errors import UserError
 from canopy.etl.params import AoiParams, SentinelHubParams
+from canopy.etl.scene import BandSource, SceneSpec, slug
 from canopy.fsutil import atomic_write_bytes
 from canopy.hashing import sha256_json
+from canopy.params import CanopyParams
 
 if TYPE_CHECKING:
     from canopy.etl.sources.sentinelhub_client import Fetcher
@@ -66,6 +68,8 @@ function evaluatePixel(s) {
 
 @dataclass(frozen=True)
 class FetchedScene:
+    """One cached answer; scenes() turns it into the SceneSpec every source returns."""
+
     scene_id: str  # f"{aoi.name}-{index:03d}", index of the sub-request within the AOI
     path: Path  # cached GeoTIFF (format in the module docstring)
     aoi: str
@@ -93,7 +97,31 @@ class SubRequest:
 
 
 # ---------------------------------------------------------------------------------------------
-# Public entry point
+# Public entry points
+
+
+def scenes(params: CanopyParams, workdir: Path, *, progress: bool) -> list[SceneSpec]:
+    """The source's scenes, one per sub-request; answers go to the cache, not to `workdir`."""
+    etl = params.etl
+    return [scene_spec(fetched, etl.reflectance_range)
+            for fetched in fetch_scenes(etl.sentinelhub, progress=progress)]
+
+
+def scene_spec(fetched: FetchedScene, reflectance_range: tuple[float, float]) -> SceneSpec:
+    """A cached answer as a scene: RGB, dataMask and SCL bands; the range in the file's units."""
+    path = str(fetched.path)
+    low, high = reflectance_range
+    return SceneSpec(
+        scene_id=slug(fetched.scene_id),
+        source="sentinelhub",
+        rgb=(BandSource(path, 1), BandSource(path, 2), BandSource(path, 3)),
+        mask=BandSource(path, 4),
+        scl=BandSource(path, 5),
+        scale_mode="reflectance",
+        reflectance_range=(low * REFLECTANCE_SCALE, high * REFLECTANCE_SCALE),
+        acquired=fetched.time_interval,
+        extra={"aoi": fetched.aoi},
+    )
 
 
 def fetch_scenes(params: SentinelHubParams, *, progress: bool = True) -> list[FetchedScene]:
