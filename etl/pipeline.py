@@ -28,7 +28,7 @@ import canopy
 from canopy.errors import UserError
 from canopy.etl.params import EtlParams
 from canopy.etl.png import PNG_COMPRESS_LEVEL, encode_png
-from canopy.etl.scene import GDAL_ENV, BandSource, SceneReader, SceneSpec, slug
+from canopy.etl.scene import GDAL_ENV, SceneReader, SceneSpec
 from canopy.etl.shards import (
     FORMAT_VERSION,
     SPLITS,
@@ -37,13 +37,13 @@ from canopy.etl.shards import (
     split_of,
     write_manifest,
 )
+from canopy.etl.sources import SOURCES
 from canopy.etl.tiling import Candidate, count_tiles, scene_candidates
 from canopy.fsutil import atomic_dir
 from canopy.imaging import contact_sheet
 from canopy.params import CanopyParams, section_hash
 
 IN_FLIGHT_PER_WORKER = 48  # about one row of 128 px tiles of a 6000 px wide raster
-SENTINELHUB_REFLECTANCE_SCALE = 10000  # the evalscript returns reflectance x 10000 as uint16
 
 
 @dataclass
@@ -69,45 +69,12 @@ def run_etl(params: CanopyParams, out: Path, *, progress: bool = True) -> EtlRes
              tempfile.TemporaryDirectory(prefix="canopy-etl-") as work:
         # Plain PNG/JPEG and synthetic scenes have no georeference on purpose (crs: null).
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        scenes = collect_scenes(params, Path(work), progress)
+        scenes = SOURCES[params.etl.source](params, Path(work), progress=progress)
         check_scene_sizes(scenes, params.etl.tile_size)
         with atomic_dir(out) as staging:
             result = write_tiles(scenes, params, staging, progress)
             result.out = out
     return result
-
-
-def collect_scenes(params: CanopyParams, workdir: Path, progress: bool) -> list[SceneSpec]:
-    etl = params.etl
-    if etl.source == "local":
-        from canopy.etl.sources.local import local_scenes
-
-        return local_scenes(etl)
-    if etl.source == "synthetic":
-        from canopy.etl.sources.synthetic import synthetic_scenes
-
-        return synthetic_scenes(etl, params.seed, workdir)
-    from canopy.etl.sources.sentinelhub import fetch_scenes
-
-    return [sentinelhub_spec(fetched, etl)
-            for fetched in fetch_scenes(etl.sentinelhub, progress=progress)]
-
-
-def sentinelhub_spec(fetched, etl: EtlParams) -> SceneSpec:
-    """A cached Sentinel Hub GeoTIFF: bands B04, B03, B02 (reflectance x 10000), dataMask, SCL."""
-    path = str(fetched.path)
-    low, high = etl.reflectance_range
-    return SceneSpec(
-        scene_id=slug(fetched.scene_id),
-        source="sentinelhub",
-        rgb=(BandSource(path, 1), BandSource(path, 2), BandSource(path, 3)),
-        mask=BandSource(path, 4),
-        scl=BandSource(path, 5),
-        scale_mode="reflectance",
-        reflectance_range=(low * SENTINELHUB_REFLECTANCE_SCALE, high * SENTINELHUB_REFLECTANCE_SCALE),
-        acquired=fetched.time_interval,
-        extra={"aoi": fetched.aoi},
-    )
 
 
 def check_scene_sizes(scenes: list[SceneSpec], tile_size: int) -> None:

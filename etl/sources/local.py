@@ -11,6 +11,7 @@ import numpy as np
 from canopy.errors import UserError
 from canopy.etl.params import BandRef, EtlParams, LocalEntry
 from canopy.etl.scene import BandSource, SceneSpec, open_raster, slug
+from canopy.params import CanopyParams
 
 GLOB_CHARS = set("*?[")
 
@@ -20,6 +21,11 @@ class EntrySettings:
     bands: list[BandRef]
     nir_band: BandRef | None
     scale: str
+
+
+def scenes(params: CanopyParams, workdir: Path, *, progress: bool) -> list[SceneSpec]:
+    """The source's scenes; files are read where they are, so `workdir` and `progress` go unused."""
+    return local_scenes(params.etl)
 
 
 def local_scenes(params: EtlParams) -> list[SceneSpec]:

@@ -7,35 +7,28 @@ is normalised and cached under `cache_dir`, named by a hash of everything that d
 a re-run with the same params reads the cache and sends nothing (not even a token request).
 
 Cached file format (the etl core relies on it): GeoTIFF, 5 uint16 bands with descriptions
-"B04", "B03", "B02" (surface reflectance x 10000), "dataMask" (0/1), "SCL" (scene
+"B04", "B03", "B02" (surface reflectance x REFLECTANCE_SCALE), "dataMask" (0/1), "SCL" (scene
 classification 0..11), in the UTM CRS of the request at `resolution` metres.
 
-Credentials come only from env SH_CLIENT_ID/SH_CLIENT_SECRET or a sentinelhub config profile
-(read, never written); they never appear in params, logs or error messages.
-
-`sentinelhub` is imported inside the functions (about 0.4 s) so that runs with another etl
-source do not pay for it.
+This module plans the requests and keeps the cache; sentinelhub_client.py sends them (HTTP,
+credentials, retries, secret-free logs). `sentinelhub` and the client are imported inside the
+functions (about 0.4 s) so that runs with another etl source do not pay for them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
-import os
-import re
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from string import Template
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
 import rasterio
-import requests
 from rasterio.io import MemoryFile
 from rasterio.transform import from_bounds
 from rasterio.warp import transform_bounds
@@ -43,21 +36,23 @@ from tqdm.auto import tqdm
 
 from canopy.errors import UserError
 from canopy.etl.params import AoiParams, SentinelHubParams
+from canopy.etl.scene import BandSource, SceneSpec, slug
 from canopy.fsutil import atomic_write_bytes
+from canopy.hashing import sha256_json
+from canopy.params import CanopyParams
+
+if TYPE_CHECKING:
+    from canopy.etl.sources.sentinelhub_client import Fetcher
 
 LOGGER = logging.getLogger(__name__)
 
 BAND_NAMES = ("B04", "B03", "B02", "dataMask", "SCL")
+REFLECTANCE_SCALE = 10000  # the evalscript returns surface reflectance x this, as uint16
 MAX_PX = 2500  # Process API limit on width and height
 CACHE_FORMAT = 1  # bump when the cached file layout changes: old entries are then ignored
-RETRY_BASE_SECONDS = 1.0  # first wait after a 5xx/connection error without Retry-After; doubles
-MAX_WAIT_SECONDS = 600.0  # cap on any single wait, Retry-After included
-DOWNLOAD_TIMEOUT_SECONDS = 300.0
 COLLECTION_NAME = "CANOPY_SENTINEL2_L2A"
-ENV_ID = "SH_CLIENT_ID"
-ENV_SECRET = "SH_CLIENT_SECRET"
 
-EVALSCRIPT = """//VERSION=3
+EVALSCRIPT = Template("""//VERSION=3
 function setup() {
   return {
     input: [{bands: ["B04", "B03", "B02", "dataMask", "SCL"]}],
@@ -66,13 +61,15 @@ function setup() {
 }
 
 function evaluatePixel(s) {
-  return [s.B04 * 10000, s.B03 * 10000, s.B02 * 10000, s.dataMask, s.SCL];
+  return [s.B04 * $scale, s.B03 * $scale, s.B02 * $scale, s.dataMask, s.SCL];
 }
-"""
+""").substitute(scale=REFLECTANCE_SCALE)
 
 
 @dataclass(frozen=True)
 class FetchedScene:
+    """One cached answer; scenes() turns it into the SceneSpec every source returns."""
+
     scene_id: str  # f"{aoi.name}-{index:03d}", index of the sub-request within the AOI
     path: Path  # cached GeoTIFF (format in the module docstring)
     aoi: str
@@ -100,18 +97,37 @@ class SubRequest:
 
 
 # ---------------------------------------------------------------------------------------------
-# Public entry point
+# Public entry points
+
+
+def scenes(params: CanopyParams, workdir: Path, *, progress: bool) -> list[SceneSpec]:
+    """The source's scenes, one per sub-request; answers go to the cache, not to `workdir`."""
+    etl = params.etl
+    return [scene_spec(fetched, etl.reflectance_range)
+            for fetched in fetch_scenes(etl.sentinelhub, progress=progress)]
+
+
+def scene_spec(fetched: FetchedScene, reflectance_range: tuple[float, float]) -> SceneSpec:
+    """A cached answer as a scene: RGB, dataMask and SCL bands; the range in the file's units."""
+    path = str(fetched.path)
+    low, high = reflectance_range
+    return SceneSpec(
+        scene_id=slug(fetched.scene_id),
+        source="sentinelhub",
+        rgb=(BandSource(path, 1), BandSource(path, 2), BandSource(path, 3)),
+        mask=BandSource(path, 4),
+        scl=BandSource(path, 5),
+        scale_mode="reflectance",
+        reflectance_range=(low * REFLECTANCE_SCALE, high * REFLECTANCE_SCALE),
+        acquired=fetched.time_interval,
+        extra={"aoi": fetched.aoi},
+    )
 
 
 def fetch_scenes(params: SentinelHubParams, *, progress: bool = True) -> list[FetchedScene]:
     """Download (or read from the cache) every sub-request of every AOI, in params order."""
-    names = [aoi.name for aoi in params.aois]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise UserError(
-            f"etl.sentinelhub.aois: AOI names must be unique, {duplicates[0]!r} appears more than "
-            "once; rename one of them"
-        )
+    from canopy.etl.sources import sentinelhub_client as client
+
     plans = plan_requests(params)
     cache_dir = Path(params.cache_dir)
     missing = [plan for plan in plans if not _cached_ok(_cache_path(cache_dir, plan), plan)]
@@ -119,28 +135,30 @@ def fetch_scenes(params: SentinelHubParams, *, progress: bool = True) -> list[Fe
         "sentinelhub: %d sub-requests over %d AOIs, %d cached, %d to download",
         len(plans), len(params.aois), len(plans) - len(missing), len(missing),
     )
-    missing_keys = {plan.key for plan in missing}
-    fetcher = _Fetcher(params) if missing else None  # credentials only needed to download
-    scenes = []
-    fetched: set[str] = set()  # two AOIs with the same window share one file
+    to_download = {plan.key for plan in missing}  # two AOIs with the same window share one file
+    fetched = []
     with contextlib.ExitStack() as stack:
-        if fetcher is not None:
-            stack.enter_context(_redacted_logs(fetcher.secrets))
+        # Credentials are only needed (and read) when something is downloaded.
+        fetcher = stack.enter_context(client.Fetcher(params)) if missing else None
         bar = stack.enter_context(
             tqdm(total=len(plans), desc="sentinelhub", unit="req", disable=None if progress else True)
         )
         for plan in plans:
             path = _cache_path(cache_dir, plan)
-            if plan.key in missing_keys and plan.key not in fetched:
+            if plan.key in to_download:
+                to_download.discard(plan.key)
                 assert fetcher is not None
-                content = fetcher.download(plan)
-                atomic_write_bytes(path, _normalise(content, plan, params))
-                fetched.add(plan.key)
-            scenes.append(
+                _download_to_cache(fetcher, plan, path, params)
+            fetched.append(
                 FetchedScene(scene_id=plan.scene_id, path=path, aoi=plan.aoi, time_interval=plan.time_interval)
             )
             bar.update(1)
-    return scenes
+    return fetched
+
+
+def _download_to_cache(fetcher: Fetcher, plan: SubRequest, path: Path, params: SentinelHubParams) -> None:
+    content = fetcher.download(plan.url, plan.payload, scene_id=plan.scene_id, aoi=plan.aoi)
+    atomic_write_bytes(path, _normalise(content, plan, params))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +205,9 @@ def plan_requests(params: SentinelHubParams) -> list[SubRequest]:
     """Every sub-request of every AOI, in a deterministic order, with its cache key."""
     from sentinelhub import CRS, BBox, MimeType, MosaickingOrder, SentinelHubRequest
 
-    config = _config(params)
+    from canopy.etl.sources.sentinelhub_client import sh_config
+
+    config = sh_config(params)  # no credentials: planning sends nothing
     collection = _collection()
     plans = []
     for aoi in params.aois:
@@ -211,7 +231,7 @@ def plan_requests(params: SentinelHubParams) -> list[SubRequest]:
             )
             download = request.get_download_list()[0]
             payload = json.loads(json.dumps(download.post_values))
-            key = _hash(
+            key = sha256_json(
                 {
                     "format": CACHE_FORMAT,
                     "base_url": params.base_url,
@@ -233,26 +253,6 @@ def plan_requests(params: SentinelHubParams) -> list[SubRequest]:
 def _even_parts(total: int, parts: int) -> list[int]:
     base, extra = divmod(total, parts)
     return [base + 1] * extra + [base] * (parts - extra)
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _config(params: SentinelHubParams, client_id: str = "", client_secret: str = "") -> Any:
-    """An SHConfig built from defaults only: it never reads nor writes the user's config file."""
-    from sentinelhub import SHConfig
-
-    return SHConfig(
-        use_defaults=True,
-        sh_client_id=client_id,
-        sh_client_secret=client_secret,
-        sh_base_url=params.base_url,
-        sh_token_url=params.token_url,
-        max_download_attempts=1,  # retries are ours (bounded, Retry-After aware), see _Fetcher
-        download_sleep_time=RETRY_BASE_SECONDS,
-        download_timeout_seconds=DOWNLOAD_TIMEOUT_SECONDS,
-    )
 
 
 def _collection() -> Any:
@@ -332,293 +332,6 @@ def _normalise(content: bytes, plan: SubRequest, params: SentinelHubParams) -> b
             dst.update_tags(
                 source="sentinelhub", collection="sentinel-2-l2a", time_interval=plan.time_interval,
                 mosaicking_order="leastCC", resolution=str(params.resolution), request_key=plan.key,
-                reflectance_scale="10000",
+                reflectance_scale=str(REFLECTANCE_SCALE),
             )
         return memfile.read()
-
-
-# ---------------------------------------------------------------------------------------------
-# Credentials
-
-
-@dataclass(frozen=True)
-class _Credentials:
-    client_id: str
-    client_secret: str
-    origin: str  # where they came from, for error messages (never the values)
-
-    def __repr__(self) -> str:  # never show the values
-        return f"_Credentials(origin={self.origin!r})"
-
-
-def _credentials(params: SentinelHubParams) -> _Credentials:
-    """From env SH_CLIENT_ID/SH_CLIENT_SECRET, else a sentinelhub config profile (read only)."""
-    from sentinelhub import SHConfig
-    from sentinelhub.config import DEFAULT_PROFILE, SH_PROFILE_ENV_VAR
-
-    env_id, env_secret = os.environ.get(ENV_ID, ""), os.environ.get(ENV_SECRET, "")
-    if env_id and env_secret:
-        return _Credentials(env_id, env_secret, f"env {ENV_ID}/{ENV_SECRET}")
-    if env_id or env_secret:
-        present, absent = (ENV_ID, ENV_SECRET) if env_id else (ENV_SECRET, ENV_ID)
-        raise UserError(f"{present} is set but {absent} is not: set both (or neither, to use a profile)")
-
-    profile = params.profile or os.environ.get(SH_PROFILE_ENV_VAR) or DEFAULT_PROFILE
-    location = Path(SHConfig.get_config_location())
-    profiles: dict[str, Any] = {}
-    if location.is_file():
-        import tomli  # a sentinelhub dependency
-
-        try:
-            profiles = tomli.loads(location.read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
-            raise UserError(
-                f"cannot read the sentinelhub config file {location}: fix it, or set {ENV_ID} and "
-                f"{ENV_SECRET}"
-            ) from None
-    entry = profiles.get(profile)
-    if isinstance(entry, dict) and entry.get("sh_client_id") and entry.get("sh_client_secret"):
-        return _Credentials(
-            str(entry["sh_client_id"]), str(entry["sh_client_secret"]),
-            f"sentinelhub config profile {profile!r} in {location}",
-        )
-    if params.profile is not None:
-        raise UserError(
-            f"sentinelhub config profile {profile!r} (etl.sentinelhub.profile) has no sh_client_id and "
-            f"sh_client_secret in {location}: add them with `sentinelhub.config --profile {profile} "
-            f"--sh_client_id ... --sh_client_secret ...`, or set {ENV_ID} and {ENV_SECRET}"
-        )
-    raise UserError(
-        f"no Sentinel Hub credentials: set {ENV_ID} and {ENV_SECRET} to an OAuth client of your "
-        "account (Copernicus Data Space: Sentinel Hub dashboard > User settings > OAuth clients), "
-        "or name a sentinelhub config profile holding them in etl.sentinelhub.profile"
-    )
-
-
-def _credentials_error(answer: int | str, path: str, creds: _Credentials) -> UserError:
-    """`answer` is an HTTP status or an OAuth error code such as 'unauthorized_client'."""
-    what = f"HTTP {answer}" if isinstance(answer, int) else answer
-    extra = " (or the account lacks access or quota for this request)" if answer == 403 else ""
-    return UserError(
-        f"Sentinel Hub refused the credentials ({what} from {path}){extra}: set {ENV_ID} "
-        f"and {ENV_SECRET} to a valid OAuth client for this deployment, or a sentinelhub config "
-        f"profile in etl.sentinelhub.profile; the ones used came from {creds.origin}"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Download with bounded retries
-
-
-class _Fetcher:
-    """Token and Process API calls, with bounded retries that honour Retry-After.
-
-    sentinelhub's own download client retries 429 answers in an inner loop (config.max_retries)
-    and 5xx answers in an outer loop (max_download_attempts), so the two multiply; a 429's
-    Retry-After is not capped and a 5xx's is ignored. Here the library builds the request and
-    handles OAuth (SentinelHubSession, with its retries switched off), and one loop retries
-    429, 5xx and connection errors at most `max_retries` times for each call.
-    """
-
-    def __init__(self, params: SentinelHubParams):
-        self.params = params
-        self.creds = _credentials(params)
-        self.config = _config(params, self.creds.client_id, self.creds.client_secret)
-        self.session: Any = None
-        self.token_path = urlsplit(params.token_url).path or "/"
-
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        return (self.creds.client_secret,)
-
-    def download(self, plan: SubRequest) -> bytes:
-        from sentinelhub.constants import SHConstants
-
-        path = urlsplit(plan.url).path
-        headers_base = {**SHConstants.HEADERS, "content-type": "application/json", "accept": "image/tiff"}
-
-        def attempt() -> bytes:
-            headers = {**headers_base, **self._auth_headers()}
-            try:
-                response = requests.post(
-                    plan.url, json=plan.payload, headers=headers, timeout=DOWNLOAD_TIMEOUT_SECONDS
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                raise _Retry(f"connection failed ({type(exc).__name__})", None) from None
-            status = response.status_code
-            if status == 200:
-                return response.content
-            failure = self._status_failure(response, path)
-            if failure is not None:
-                raise failure
-            raise UserError(
-                f"Sentinel Hub rejected scene {plan.scene_id} (HTTP {status} from {path}): "
-                f"{_server_message(response)}; check etl.sentinelhub (AOI {plan.aoi!r}, resolution)"
-            )
-
-        return self._with_retries(attempt, plan.url, "base_url")
-
-    def _auth_headers(self) -> dict[str, str]:
-        """Bearer header; creates or refreshes the session (OAuth client credentials) as needed."""
-        from sentinelhub import SentinelHubSession
-
-        def attempt() -> dict[str, str]:
-            try:
-                if self.session is None:
-                    self.session = SentinelHubSession(config=self.config)
-                return self.session.session_headers
-            except Exception as exc:  # noqa: BLE001
-                raise self._token_failure(exc) from None
-
-        return self._with_retries(attempt, self.params.token_url, "token_url")
-
-    def _status_failure(self, response: requests.Response, path: str) -> Exception | None:
-        """The error for a status both endpoints treat alike: 401/403 name the credentials,
-        429/5xx are retried; None for any other status (each caller words its own)."""
-        status = response.status_code
-        if status in (401, 403):
-            return _credentials_error(status, path, self.creds)
-        if status == 429 or status >= 500:
-            return _Retry(f"HTTP {status}", _retry_after(response))
-        return None
-
-    def _token_failure(self, exc: Exception) -> Exception:
-        from oauthlib.oauth2 import OAuth2Error
-        from oauthlib.oauth2.rfc6749.errors import InsecureTransportError
-        from sentinelhub.exceptions import DownloadFailedException
-
-        path = self.token_path
-        if isinstance(exc, (_Retry, UserError)):
-            return exc
-        if isinstance(exc, InsecureTransportError):
-            return UserError(f"etl.sentinelhub.token_url must be an https:// URL, got {self.params.token_url}")
-        if isinstance(exc, OAuth2Error):  # the endpoint answered with an OAuth error code
-            return _credentials_error(f"OAuth error {exc.error}", path, self.creds)
-        response = getattr(exc, "response", None)
-        if isinstance(exc, DownloadFailedException) and exc.request_exception is not None:
-            response = getattr(exc.request_exception, "response", None)
-            if response is None:
-                return _Retry(f"connection failed ({type(exc.request_exception).__name__})", None)
-        if isinstance(exc, requests.RequestException) and response is None:
-            return _Retry(f"connection failed ({type(exc).__name__})", None)
-        if response is not None:
-            status = response.status_code
-            failure = self._status_failure(response, path)
-            if failure is not None:
-                return failure
-            return UserError(
-                f"the Sentinel Hub token endpoint answered HTTP {status} at {path}: check "
-                f"etl.sentinelhub.token_url ({self.params.token_url})"
-            )
-        return UserError(
-            f"could not get a Sentinel Hub token from {path} ({type(exc).__name__}): check "
-            f"etl.sentinelhub.token_url ({self.params.token_url})"
-        )
-
-    def _with_retries(self, attempt: Any, url: str, key: str) -> Any:
-        """Run `attempt`, retrying on _Retry at most max_retries times; `key` names the URL param."""
-        max_retries = self.params.max_retries
-        for number in range(max_retries + 1):
-            try:
-                return attempt()
-            except _Retry as retry:
-                if number == max_retries:
-                    raise UserError(
-                        f"Sentinel Hub {url} failed {max_retries + 1} times in a row (last: "
-                        f"{retry.problem}): the service is busy or down, or etl.sentinelhub.{key} "
-                        f"is wrong; try again later or raise etl.sentinelhub.max_retries "
-                        f"(now {max_retries})"
-                    ) from None
-                wait = retry.wait if retry.wait is not None else RETRY_BASE_SECONDS * 2**number
-                wait = min(wait, MAX_WAIT_SECONDS)
-                LOGGER.info(
-                    "sentinelhub: %s from %s; retry %d of %d in %.2f s",
-                    retry.problem, url, number + 1, max_retries, wait,
-                )
-                time.sleep(wait)
-        raise AssertionError("unreachable")
-
-
-class _Retry(Exception):
-    """A temporary failure: 429, 5xx or a connection error."""
-
-    def __init__(self, problem: str, wait: float | None):
-        super().__init__(problem)
-        self.problem = problem
-        self.wait = wait
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    """Seconds to wait from Sentinel Hub's Retry-After header, which is in milliseconds."""
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        millis = float(value)
-    except ValueError:
-        return None
-    return max(millis, 0.0) / 1000.0 if math.isfinite(millis) else None
-
-
-def _server_message(response: requests.Response) -> str:
-    from sentinelhub.decoding import decode_sentinelhub_err_msg
-
-    try:
-        message = decode_sentinelhub_err_msg(response)
-    except Exception:  # noqa: BLE001
-        message = response.reason or ""
-    message = " ".join(str(message).split())
-    return (message[:300] + "...") if len(message) > 300 else (message or "no details")
-
-
-# ---------------------------------------------------------------------------------------------
-# Keeping secrets out of logs
-
-# requests_oauthlib logs the token request body (client_secret) and the token at DEBUG level.
-_SECRET_PATTERNS = [
-    re.compile(r"(client_secret|access_token|refresh_token|id_token)(['\"]?\s*[:=]\s*['\"]?)[^'\"&,\s}]+"),
-    re.compile(r"(Bearer)(\s+)[^'\"\s,}]+"),
-]
-_LOGGER_PREFIXES = ("requests_oauthlib", "oauthlib", "sentinelhub", "urllib3", "requests", __name__)
-
-
-class _RedactSecrets(logging.Filter):
-    def __init__(self, secrets: tuple[str, ...]):
-        super().__init__()
-        self.secrets = [secret for secret in secrets if secret]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001
-            return True
-        redacted = message
-        for secret in self.secrets:
-            redacted = redacted.replace(secret, "***")
-        for pattern in _SECRET_PATTERNS:
-            redacted = pattern.sub(r"\1\2***", redacted)
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        return True
-
-
-@contextlib.contextmanager
-def _redacted_logs(secrets: tuple[str, ...]) -> Iterator[None]:
-    """Redact secrets from records of the HTTP/OAuth loggers while downloads run.
-
-    A logger's filters only see records logged on that very logger, so the filter goes on each
-    existing logger under the prefixes (all of them are imported by now).
-    """
-    filt = _RedactSecrets(secrets)
-    names = set(_LOGGER_PREFIXES) | {
-        name for name in logging.root.manager.loggerDict
-        if name.startswith(tuple(prefix + "." for prefix in _LOGGER_PREFIXES))
-    }
-    loggers = [logging.getLogger(name) for name in sorted(names)]
-    for logger in loggers:
-        logger.addFilter(filt)
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(filt)

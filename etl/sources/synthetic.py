@@ -16,9 +16,15 @@ from PIL import Image
 
 from canopy.etl.params import EtlParams
 from canopy.etl.scene import BandSource, SceneSpec
+from canopy.params import CanopyParams
 from canopy.seeding import Stream, numpy_rng
 
 SUN = np.array([-0.6, -0.6, 0.55])  # light from the upper left, as in most orthophotos
+
+
+def scenes(params: CanopyParams, workdir: Path, *, progress: bool) -> list[SceneSpec]:
+    """The source's scenes, drawn from the top-level seed (rendering draws no progress bar)."""
+    return synthetic_scenes(params.etl, params.seed, workdir)
 
 
 def synthetic_scenes(params: EtlParams, seed: int, workdir: Path) -> list[SceneSpec]:

@@ -17,6 +17,7 @@ import rasterio
 from canopy.errors import UserError
 from canopy.etl.params import SentinelHubParams
 from canopy.etl.sources import sentinelhub as sh
+from canopy.etl.sources import sentinelhub_client as client
 from tests.etl.sh_standin import PROCESS_PATH, TOKEN_PATH, StandIn
 
 SMALL = {"name": "berlin", "bbox": [13.40, 52.50, 13.43, 52.52],
@@ -41,7 +42,7 @@ def isolated_env(monkeypatch, tmp_path):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the stand-in speaks http
-    monkeypatch.setattr(sh, "RETRY_BASE_SECONDS", 0.01)
+    monkeypatch.setattr(client, "RETRY_BASE_SECONDS", 0.01)
     yield
     written = [p for root in (xdg, home) for p in root.rglob("*") if p.is_file()]
     assert written == [], f"something wrote {written} (sentinelhub's config file?)"
@@ -397,7 +398,7 @@ def test_secret_not_in_params_or_scenes(standin, creds, tmp_path):
     scenes = sh.fetch_scenes(params, progress=False)
     assert standin.client_secret not in params.model_dump_json()
     assert standin.client_secret not in repr(scenes)
-    assert standin.client_secret not in repr(sh._credentials(params))
+    assert standin.client_secret not in repr(client.read_credentials(params))
 
 
 def test_etl_command_tiles_sentinelhub_scenes(standin, creds, tmp_path, monkeypatch):
