@@ -10,7 +10,7 @@ scheduler: the caller owns the loop, this class owns the math.
 A deterministic multistep solver of the diffusion ODE in its data-prediction (x0) form: each
 step reuses the previous step's x0 estimate for a second-order update, so it costs one network
 call per step like DDIM, with a global error that falls as 1/steps^2 instead of 1/steps. Use it
-for the fewest steps at a given quality. Same timestep spacings as DDIM (model/ddim.py).
+for the fewest steps at a given quality. Same timestep spacings as DDIM (model/spacing.py).
 
 Pure math: no files, no params import.
 """
@@ -21,8 +21,8 @@ import math
 
 import torch
 
-from canopy.model.ddim import sampling_timesteps
 from canopy.model.diffusion import GaussianDiffusion
+from canopy.model.spacing import sampling_timesteps
 
 
 class DPMSolverMultistepScheduler:
