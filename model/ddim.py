@@ -1,13 +1,8 @@
-"""DDIM sampling steps (Song et al. 2021, "Denoising Diffusion Implicit Models"), in the style of
-a diffusers scheduler: the caller owns the loop and the noise, this class owns the math.
+"""DDIM sampling steps (Song et al. 2021, "Denoising Diffusion Implicit Models") as a Scheduler
+(model/scheduler.py), over timesteps spaced by model/spacing.py.
 
-    for t, t_prev in scheduler.pairs():
-        out = model(x, t)
-        x = scheduler.step(out, t, t_prev, x, noise=...)
-
-Timesteps from model/spacing.py. Pure math: no files, no params import. eta = 0 is
-deterministic DDIM; eta = 1 with as many steps as training timesteps is ancestral DDPM
-sampling (Ho et al. 2020, algorithm 2).
+eta = 0 is deterministic DDIM; eta = 1 with as many steps as training timesteps is ancestral
+DDPM sampling (Ho et al. 2020, algorithm 2). Pure math: no files, no params import.
 """
 
 from __future__ import annotations
@@ -15,10 +10,11 @@ from __future__ import annotations
 import torch
 
 from canopy.model.diffusion import GaussianDiffusion
+from canopy.model.scheduler import Scheduler
 from canopy.model.spacing import sampling_timesteps
 
 
-class DDIMScheduler:
+class DDIMScheduler(Scheduler):
     """One DDIM update from t to t_prev < t (Song et al. 2021, eq. 12 and 16):
 
         x0_hat = the network's estimate of x_0 (clipped to [-1, 1]); eps_hat re-derived from it
@@ -42,10 +38,16 @@ class DDIMScheduler:
         self.timesteps = sampling_timesteps(diffusion.timesteps, steps, spacing)
         self.eta = eta
         self.clip = clip
+        self.spacing = spacing
 
-    def pairs(self) -> list[tuple[int, int]]:
-        """(t, t_prev) for each step, t_prev = -1 on the last."""
-        return list(zip(self.timesteps, [*self.timesteps[1:], -1]))
+    @classmethod
+    def from_settings(
+        cls, diffusion: GaussianDiffusion, *, steps: int, eta: float, spacing: str
+    ) -> DDIMScheduler:
+        return cls(diffusion, steps, eta, spacing=spacing)
+
+    def needs_noise(self, t: int, t_prev: int) -> bool:
+        return self.eta > 0 and t_prev >= 0
 
     def _alpha_bar(self, t: int) -> torch.Tensor:
         ab = self.diffusion.alphas_cumprod
@@ -66,19 +68,17 @@ class DDIMScheduler:
         """x_{t_prev} from x_t and the network's output at (x_t, t). `noise` (like x_t) is
         needed when eta > 0; the caller draws it so that it controls seeding per image."""
         d = self.diffusion
-        t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
         x_t = x_t.float()
-        x0, eps = d.predict_x0_eps(x_t, t_batch, model_output)
+        x0, eps = self._predict_x0_eps(model_output, t, x_t)
         if self.clip:
-            # Images live in [-1, 1]; re-deriving eps keeps x0 and eps consistent with x_t.
-            x0 = x0.clamp(-1.0, 1.0)
+            # Re-deriving eps from the clipped x0 keeps the two consistent with x_t.
             a = d.sqrt_alphas_cumprod[t]
             s = d.sqrt_one_minus_alphas_cumprod[t]
             eps = (x_t - a * x0) / s
         a_prev = self._alpha_bar(t_prev)
         sigma = self.sigma(t, t_prev)
         x_prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
-        if self.eta > 0 and t_prev >= 0:
+        if self.needs_noise(t, t_prev):
             if noise is None:
                 raise ValueError("eta > 0 needs `noise` for the stochastic part of the step")
             x_prev = x_prev + sigma * noise

@@ -15,61 +15,16 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
-from canopy.model.ddim import DDIMScheduler
-from canopy.model.ddpm import DDPMScheduler
-from canopy.model.diffusion import GaussianDiffusion
-from canopy.model.dpmsolver import DPMSolverMultistepScheduler
 from canopy.model.images import to_uint8
+from canopy.model.scheduler import Scheduler
 from canopy.seeding import Stream, torch_seed
 
 
-@dataclass(frozen=True)
-class Step:
-    t: int  # timestep the network sees
-    t_prev: int  # where the step lands (-1 = the clean image)
-    noisy: bool  # whether the step adds fresh noise
-
-
-class Sampler:
-    """A uniform view of the schedulers in model/: the steps, and one update."""
-
-    def __init__(self, diffusion: GaussianDiffusion, name: str, steps: int, eta: float,
-                 spacing: str = "trailing") -> None:
-        self.name = name
-        if name == "ddpm":
-            self._ddpm = DDPMScheduler(diffusion)
-            self.steps = [Step(t, t - 1, t > 0) for t in self._ddpm.timesteps]
-        elif name == "ddim":
-            self._ddim = DDIMScheduler(diffusion, steps, eta, spacing=spacing)
-            self.steps = [Step(t, prev, eta > 0 and prev >= 0) for t, prev in self._ddim.pairs()]
-        elif name == "dpmpp2m":
-            if eta != 0:
-                raise ValueError(f"dpmpp2m is deterministic: eta must be 0, got {eta}")
-            self._dpm = DPMSolverMultistepScheduler(diffusion, steps, spacing=spacing)
-            self.steps = [Step(t, prev, False) for t, prev in self._dpm.pairs()]
-        else:
-            raise ValueError(f"unknown sampler {name!r}: use ddpm, ddim or dpmpp2m")
-
-    def reset(self) -> None:
-        """Before each batch: DPM-Solver++ carries the previous x0 estimate between steps."""
-        if self.name == "dpmpp2m":
-            self._dpm.reset()
-
-    def update(self, out: torch.Tensor, step: Step, x: torch.Tensor,
-               noise: torch.Tensor | None) -> torch.Tensor:
-        if self.name == "ddpm":
-            return self._ddpm.step(out, step.t, x, noise)
-        if self.name == "dpmpp2m":
-            return self._dpm.step(out, step.t, step.t_prev, x)
-        return self._ddim.step(out, step.t, step.t_prev, x, noise)
-
-
-def generate(net: torch.nn.Module, sampler: Sampler, indices: Sequence[int], seed: int,
+def generate(net: torch.nn.Module, scheduler: Scheduler, indices: Sequence[int], seed: int,
              shape: tuple[int, int, int], device: torch.device,
              amp_dtype: torch.dtype | None, progress: bool = False,
              channels_last: bool = False) -> torch.Tensor:
@@ -82,15 +37,16 @@ def generate(net: torch.nn.Module, sampler: Sampler, indices: Sequence[int], see
         return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
 
     x = noise()
-    sampler.reset()  # the same Sampler runs batch after batch
-    bar = tqdm(sampler.steps, desc="steps", leave=False, disable=not progress)
+    scheduler.reset()  # the same scheduler runs batch after batch
+    bar = tqdm(scheduler.pairs(), desc="steps", leave=False, disable=not progress)
     with torch.inference_mode(), _batch_invariant_kernels(device, amp_dtype):
-        for step in bar:
-            t = torch.tensor([step.t], device=device)  # one row: embedded once, broadcast
+        for t, t_prev in bar:
+            t_row = torch.tensor([t], device=device)  # one row: embedded once, broadcast
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                 enabled=amp_dtype is not None):
-                out = net(x.contiguous(memory_format=layout), t)
-            x = sampler.update(out.float(), step, x, noise() if step.noisy else None)
+                out = net(x.contiguous(memory_format=layout), t_row)
+            step_noise = noise() if scheduler.needs_noise(t, t_prev) else None
+            x = scheduler.step(out.float(), t, t_prev, x, step_noise)
     return to_uint8(x).cpu()
 
 
