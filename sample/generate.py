@@ -1,25 +1,14 @@
-"""The sampling loop: reproducible per image, whatever the batch.
-
-Image i's starting noise and every per-step noise come from its own CPU generator seeded by
-(seed, i), then move to the device, so image i does not depend on how many images are asked
-for or on which others share its batch. Seeding alone is not enough: on CPU, fp32 oneDNN
-convolutions and any GEMM over the batch give results that differ in the last bits with the
-batch size, and 50-1000 denoising steps turn that into different pixels. So the timestep is
-embedded once for the whole batch (one row, broadcast), and fp32 convolutions on CPU run on
-ATen's per-image kernels instead of oneDNN's (measured: batch-invariant, and no slower for
-these shapes); oneDNN's bf16 path is batch-invariant as it is. tests/sample checks this.
-"""
+"""The images of `canopy sample`: image i is seeded by (seed, i) alone, whatever the batch, and
+drawn by the sampling loop that the training previews share (model/sampling.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm import tqdm
 
-from canopy.model.images import to_uint8
+from canopy.model.sampling import sample_images
 from canopy.model.scheduler import Scheduler
 from canopy.seeding import Stream, torch_seed
 
@@ -28,41 +17,9 @@ def generate(net: torch.nn.Module, scheduler: Scheduler, indices: Sequence[int],
              shape: tuple[int, int, int], device: torch.device,
              amp_dtype: torch.dtype | None, progress: bool = False,
              channels_last: bool = False) -> torch.Tensor:
-    """Images `indices` as a uint8 tensor (B, H, W, C) on the CPU. With `channels_last` the
-    network sees NHWC inputs (convert its weights too: `net.to(memory_format=...)`)."""
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    generators = [torch.Generator().manual_seed(torch_seed(seed, Stream.SAMPLE_NOISE, i)) for i in indices]
-
-    def noise() -> torch.Tensor:
-        return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
-
-    x = noise()
-    scheduler.reset()  # the same scheduler runs batch after batch
-    bar = tqdm(scheduler.pairs(), desc="steps", leave=False, disable=not progress)
-    with torch.inference_mode(), _batch_invariant_kernels(device, amp_dtype):
-        for t, t_prev in bar:
-            t_row = torch.tensor([t], device=device)  # one row: embedded once, broadcast
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
-                out = net(x.contiguous(memory_format=layout), t_row)
-            step_noise = noise() if scheduler.needs_noise(t, t_prev) else None
-            x = scheduler.step(out.float(), t, t_prev, x, step_noise)
-    return to_uint8(x).cpu()
-
-
-@contextlib.contextmanager
-def _batch_invariant_kernels(device: torch.device, amp_dtype: torch.dtype | None) -> Iterator[None]:
-    if device.type == "cpu" and amp_dtype is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # a note about Intel GPUs' TF32
-            with torch.backends.mkldnn.flags(enabled=False):
-                yield
-    elif device.type == "cuda":
-        previous = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous
-    else:
-        yield
+    """Images `indices` as a uint8 tensor (B, H, W, C) on the CPU."""
+    seeds = [torch_seed(seed, Stream.SAMPLE_NOISE, i) for i in indices]
+    with tqdm(total=len(scheduler.timesteps), desc="steps", leave=False,
+              disable=not progress) as bar:
+        return sample_images(net, scheduler, seeds, shape, device, amp_dtype, channels_last,
+                             on_step=bar.update)
