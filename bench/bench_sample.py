@@ -4,7 +4,7 @@
         [--samplers ddim:50 ddpm] [--models models] [--batch 16] [--json out.json]
 
 Loads the checkpoint in sample.models (or --models) once, then times the sampling loop of
-`canopy sample` (sample.generate, batches of sample.batch_size or --batch, the device and
+`canopy sample` (sample/generate.py, batches of sample.batch_size or --batch, the device and
 precision it picks) for each sampler on the same images (same seed, so the same starting
 noise), writes each set as PNGs and scores it with `canopy evaluate` (SWD only) against the
 val tiles. A sampler is NAME[:STEPS[:ETA[:SPACING]]]: `ddpm` (all diffusion.timesteps steps),
@@ -41,9 +41,11 @@ from canopy.accelerator import (
     pick_precision,
     precision_name,
 )
+from canopy.model.registry import make_scheduler
+from canopy.model.scheduler import Scheduler
 from canopy.params import load_params
 from canopy.sample.checkpoint import load_checkpoint
-from canopy.sample.generate import Sampler, generate
+from canopy.sample.generate import generate
 from canopy.sample.run import write_grid
 
 
@@ -57,7 +59,7 @@ def parse_sampler(spec: str, default_spacing: str) -> tuple[str, int, float, str
     return name, steps, eta, spacing
 
 
-def sample_set(checkpoint, sampler: Sampler, n: int, batch: int, seed: int, device, amp,
+def sample_set(checkpoint, sampler: Scheduler, n: int, batch: int, seed: int, device, amp,
                channels_last: bool, out: Path) -> float:
     """Seconds spent in the sampling loop for n images; the PNGs go to `out`."""
     out.mkdir(parents=True)
@@ -124,12 +126,14 @@ def main() -> None:
         eval_params.write_text(yaml.safe_dump(raw))
         # One untimed network call at the timed batch shape first: kernel selection, oneDNN
         # primitive creation and allocator warm-up would otherwise land on the first sampler.
-        generate(checkpoint.net, Sampler(checkpoint.diffusion, "ddim", 1, 0.0),
+        warm_up = make_scheduler("ddim", checkpoint.diffusion, steps=1, eta=0.0, spacing="trailing")
+        generate(checkpoint.net, warm_up,
                  list(range(min(batch, args.n))), params.seed + 1, checkpoint.image_shape, device, amp,
                  channels_last=channels_last)
         for position, spec in enumerate(args.samplers):
             name, steps, eta, spacing = parse_sampler(spec, settings.spacing)
-            sampler = Sampler(checkpoint.diffusion, name, steps, eta, spacing)
+            sampler = make_scheduler(name, checkpoint.diffusion, steps=steps, eta=eta,
+                                     spacing=spacing)
             label = name if name == "ddpm" else f"{name}:{steps}:{eta:g}:{spacing}"
             # Numbered: the same sampler may run twice (interleaved timings).
             out = Path(tmp) / f"{position:02d}-{label.replace(':', '_')}"
@@ -140,7 +144,7 @@ def main() -> None:
                 args.grids.mkdir(parents=True, exist_ok=True)
                 write_grid(out, 64, args.n)  # as `canopy sample` draws it
                 shutil.move(out / "grid.png", args.grids / f"{out.name}.png")
-            row = {"sampler": label, "steps": len(sampler.steps), "s_per_image": seconds / args.n,
+            row = {"sampler": label, "steps": len(sampler.timesteps), "s_per_image": seconds / args.n,
                    **{k: metrics[k] for k in ("swd", "swd_floor", "n_samples", "n_real")}}
             rows.append(row)
             print(f"{label:>20} {row['steps']:>5} steps {row['s_per_image']:.4f} s/image "

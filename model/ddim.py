@@ -1,12 +1,8 @@
-"""DDIM sampling steps (Song et al. 2021, "Denoising Diffusion Implicit Models"), in the style of
-a diffusers scheduler: the caller owns the loop and the noise, this class owns the math.
+"""DDIM sampling steps (Song et al. 2021, "Denoising Diffusion Implicit Models") as a Scheduler
+(model/scheduler.py), over timesteps spaced by model/spacing.py.
 
-    for t, t_prev in scheduler.pairs():
-        out = model(x, t)
-        x = scheduler.step(out, t, t_prev, x, noise=...)
-
-Pure math: no files, no params import. eta = 0 is deterministic DDIM; eta = 1 with as many
-steps as training timesteps is ancestral DDPM sampling (Ho et al. 2020, algorithm 2).
+eta = 0 is deterministic DDIM; eta = 1 with as many steps as training timesteps is ancestral
+DDPM sampling (Ho et al. 2020, algorithm 2). Pure math: no files, no params import.
 """
 
 from __future__ import annotations
@@ -14,63 +10,11 @@ from __future__ import annotations
 import torch
 
 from canopy.model.diffusion import GaussianDiffusion
+from canopy.model.scheduler import Scheduler
+from canopy.model.spacing import sampling_timesteps
 
 
-def trailing_timesteps(timesteps: int, steps: int) -> list[int]:
-    """`steps` timesteps, descending, spaced evenly and ending on the last one (T - 1).
-
-    "Trailing" spacing (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps
-    are Flawed", table 2): t_k = round(T - k T / steps) - 1 for k = 0 .. steps - 1, e.g.
-    T = 1000, steps = 50 -> 999, 979, ..., 19. Starting at T - 1 means sampling starts from
-    the noisiest level the network was trained on, which leading spacing (999 never used)
-    misses.
-    """
-    if not 1 <= steps <= timesteps:
-        raise ValueError(f"sampling steps must be in 1..{timesteps}, got {steps}")
-    ratio = timesteps / steps
-    return [int(round(timesteps - k * ratio)) - 1 for k in range(steps)]
-
-
-def quadratic_timesteps(timesteps: int, steps: int) -> list[int]:
-    """`steps` distinct timesteps, descending from T - 1 to 0, spaced quadratically: dense at
-    low noise, where the fine detail of an image is decided.
-
-    The DDIM paper's quadratic spacing (Song et al. 2021, appendix D.2, t_i ~ i^2), stretched
-    over the whole range so that sampling still starts at the noisiest level trained on (the
-    point of trailing spacing) and ends with an update at t = 0:
-
-        t_k = round((T - 1) ((S - 1 - k) / (S - 1))^2),  k = 0 .. S - 1
-
-    and where rounding repeats a timestep near t = 0, each is pushed up to one above the next,
-    so there are exactly S steps. T = 1000, S = 50 -> 999, 959, 919, ..., 7, 4, 2, 1, 0 against
-    trailing's 999, 979, ..., 39, 19. Measured (issue 4): with a last step that jumps from
-    t = 19 straight to the clean image, trailing spacing leaves the finest pyramid level of
-    the samples' SWD about 1.7x that of quadratic spacing.
-    """
-    if not 1 <= steps <= timesteps:
-        raise ValueError(f"sampling steps must be in 1..{timesteps}, got {steps}")
-    if steps == 1:
-        return [timesteps - 1]
-    ideal = [round((timesteps - 1) * ((steps - 1 - k) / (steps - 1)) ** 2) for k in range(steps)]
-    out = [0] * steps
-    for k in range(steps - 2, -1, -1):  # from the clean end up: strictly decreasing
-        out[k] = max(int(ideal[k]), out[k + 1] + 1)
-    return out
-
-
-SPACINGS = ("trailing", "quadratic")
-
-
-def sampling_timesteps(timesteps: int, steps: int, spacing: str = "trailing") -> list[int]:
-    """The timesteps a few-step sampler visits, descending: `trailing` or `quadratic`."""
-    if spacing == "trailing":
-        return trailing_timesteps(timesteps, steps)
-    if spacing == "quadratic":
-        return quadratic_timesteps(timesteps, steps)
-    raise ValueError(f"unknown timestep spacing {spacing!r}: use {' or '.join(SPACINGS)}")
-
-
-class DDIMScheduler:
+class DDIMScheduler(Scheduler):
     """One DDIM update from t to t_prev < t (Song et al. 2021, eq. 12 and 16):
 
         x0_hat = the network's estimate of x_0 (clipped to [-1, 1]); eps_hat re-derived from it
@@ -94,10 +38,16 @@ class DDIMScheduler:
         self.timesteps = sampling_timesteps(diffusion.timesteps, steps, spacing)
         self.eta = eta
         self.clip = clip
+        self.spacing = spacing
 
-    def pairs(self) -> list[tuple[int, int]]:
-        """(t, t_prev) for each step, t_prev = -1 on the last."""
-        return list(zip(self.timesteps, [*self.timesteps[1:], -1]))
+    @classmethod
+    def from_settings(
+        cls, diffusion: GaussianDiffusion, *, steps: int, eta: float, spacing: str
+    ) -> DDIMScheduler:
+        return cls(diffusion, steps, eta, spacing=spacing)
+
+    def needs_noise(self, t: int, t_prev: int) -> bool:
+        return self.eta > 0 and t_prev >= 0
 
     def _alpha_bar(self, t: int) -> torch.Tensor:
         ab = self.diffusion.alphas_cumprod
@@ -118,19 +68,17 @@ class DDIMScheduler:
         """x_{t_prev} from x_t and the network's output at (x_t, t). `noise` (like x_t) is
         needed when eta > 0; the caller draws it so that it controls seeding per image."""
         d = self.diffusion
-        t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
         x_t = x_t.float()
-        x0, eps = d.predict_x0_eps(x_t, t_batch, model_output)
+        x0, eps = self._predict_x0_eps(model_output, t, x_t)
         if self.clip:
-            # Images live in [-1, 1]; re-deriving eps keeps x0 and eps consistent with x_t.
-            x0 = x0.clamp(-1.0, 1.0)
+            # Re-deriving eps from the clipped x0 keeps the two consistent with x_t.
             a = d.sqrt_alphas_cumprod[t]
             s = d.sqrt_one_minus_alphas_cumprod[t]
             eps = (x_t - a * x0) / s
         a_prev = self._alpha_bar(t_prev)
         sigma = self.sigma(t, t_prev)
         x_prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
-        if self.eta > 0 and t_prev >= 0:
+        if self.needs_noise(t, t_prev):
             if noise is None:
                 raise ValueError("eta > 0 needs `noise` for the stochastic part of the step")
             x_prev = x_prev + sigma * noise

@@ -1,9 +1,5 @@
 """Ancestral DDPM sampling (Ho et al. 2020, "Denoising Diffusion Probabilistic Models",
-algorithm 2), in the style of a diffusers scheduler: the caller owns the loop and the noise.
-
-    for t in scheduler.timesteps:                      # T-1, T-2, ..., 0
-        out = model(x, t)
-        x = scheduler.step(out, t, x, noise=...)
+algorithm 2): every timestep, T-1 down to 0, as a Scheduler (model/scheduler.py).
 
 Each step samples the posterior q(x_{t-1} | x_t, x_0) with x_0 replaced by the network's
 estimate (DDPM eq. 6-7):
@@ -21,9 +17,13 @@ from __future__ import annotations
 import torch
 
 from canopy.model.diffusion import GaussianDiffusion
+from canopy.model.scheduler import Scheduler
 
 
-class DDPMScheduler:
+class DDPMScheduler(Scheduler):
+    eta = 1.0  # the posterior's own noise: DDIM with eta = 1 over every timestep
+    spacing = "all"
+
     def __init__(self, diffusion: GaussianDiffusion, clip: bool = True) -> None:
         self.diffusion = diffusion
         self.clip = clip
@@ -37,26 +37,32 @@ class DDPMScheduler:
         self.coef_xt = ((1.0 - betas).sqrt() * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)).float()
         self.sigma = ((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * betas).sqrt().float()
 
-    @property
-    def steps(self) -> int:
-        return len(self.timesteps)
+    @classmethod
+    def from_settings(
+        cls, diffusion: GaussianDiffusion, *, steps: int, eta: float, spacing: str
+    ) -> DDPMScheduler:
+        return cls(diffusion)  # every timestep, its own noise: steps, eta and spacing unused
 
-    def needs_noise(self, t: int) -> bool:
+    def needs_noise(self, t: int, t_prev: int) -> bool:
         return t > 0
 
-    def step(self, model_output: torch.Tensor, t: int, x_t: torch.Tensor,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
+    def step(
+        self,
+        model_output: torch.Tensor,
+        t: int,
+        t_prev: int,
+        x_t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x_{t-1} from x_t and the network's output at (x_t, t); `noise` (like x_t) is drawn
         by the caller (so it controls seeding per image) and is needed for t > 0."""
-        d = self.diffusion
+        if t_prev != t - 1:
+            raise ValueError(f"DDPM steps one timestep at a time: t={t} to t_prev={t_prev}")
         x_t = x_t.float()
-        t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-        x0, _ = d.predict_x0_eps(x_t, t_batch, model_output)
-        if self.clip:
-            x0 = x0.clamp(-1.0, 1.0)  # images live in [-1, 1]
+        x0, _ = self._predict_x0_eps(model_output, t, x_t)
         device = x_t.device
         mean = self.coef_x0[t].to(device) * x0 + self.coef_xt[t].to(device) * x_t
-        if t == 0:
+        if not self.needs_noise(t, t_prev):
             return mean
         if noise is None:
             raise ValueError("DDPM steps with t > 0 need `noise`")

@@ -1,16 +1,10 @@
 """DPM-Solver++(2M) sampling steps (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided
-Sampling of Diffusion Probabilistic Models", algorithm 2), in the style of a diffusers
-scheduler: the caller owns the loop, this class owns the math.
-
-    scheduler.reset()                                  # a new batch starts without history
-    for t, t_prev in scheduler.pairs():
-        out = model(x, t)
-        x = scheduler.step(out, t, t_prev, x)
+Sampling of Diffusion Probabilistic Models", algorithm 2) as a Scheduler (model/scheduler.py).
 
 A deterministic multistep solver of the diffusion ODE in its data-prediction (x0) form: each
 step reuses the previous step's x0 estimate for a second-order update, so it costs one network
 call per step like DDIM, with a global error that falls as 1/steps^2 instead of 1/steps. Use it
-for the fewest steps at a given quality. Same timestep spacings as DDIM (model/ddim.py).
+for the fewest steps at a given quality. Same timestep spacings as DDIM (model/spacing.py).
 
 Pure math: no files, no params import.
 """
@@ -21,11 +15,12 @@ import math
 
 import torch
 
-from canopy.model.ddim import sampling_timesteps
 from canopy.model.diffusion import GaussianDiffusion
+from canopy.model.scheduler import Scheduler
+from canopy.model.spacing import sampling_timesteps
 
 
-class DPMSolverMultistepScheduler:
+class DPMSolverMultistepScheduler(Scheduler):
     """DPM-Solver++(2M) from t to t_prev < t. With a = alpha_bar,
 
         alpha_t = sqrt(a_t), sigma_t = sqrt(1 - a_t), lambda_t = log(alpha_t / sigma_t)
@@ -59,12 +54,15 @@ class DPMSolverMultistepScheduler:
     another run's history.
     """
 
+    eta = 0.0  # an ODE solver: no noise after the start
+
     def __init__(
         self, diffusion: GaussianDiffusion, steps: int, clip: bool = True, spacing: str = "trailing"
     ) -> None:
         self.diffusion = diffusion
         self.timesteps = sampling_timesteps(diffusion.timesteps, steps, spacing)
         self.clip = clip
+        self.spacing = spacing
         # lambda_t in float64 from the betas (like model/ddpm.py), coefficients computed from
         # it in float64 and used as float32 like the diffusion's buffers.
         alpha_bar = torch.cumprod(1.0 - diffusion.betas.double(), dim=0)
@@ -72,15 +70,22 @@ class DPMSolverMultistepScheduler:
         self._alpha_bar = alpha_bar.tolist()
         self.reset()
 
+    @classmethod
+    def from_settings(
+        cls, diffusion: GaussianDiffusion, *, steps: int, eta: float, spacing: str
+    ) -> DPMSolverMultistepScheduler:
+        if eta != 0:
+            raise ValueError(f"DPM-Solver++(2M) is deterministic: eta must be 0, got {eta}")
+        return cls(diffusion, steps, spacing=spacing)
+
+    def needs_noise(self, t: int, t_prev: int) -> bool:
+        return False
+
     def reset(self) -> None:
         """Forget the previous x0 estimate: the next step is a first step."""
         self._last_x0: torch.Tensor | None = None
         self._last_t: int | None = None  # the timestep _last_x0 was estimated at
         self._landed_at: int | None = None  # the t_prev of the last step
-
-    def pairs(self) -> list[tuple[int, int]]:
-        """(t, t_prev) for each step, t_prev = -1 on the last."""
-        return list(zip(self.timesteps, [*self.timesteps[1:], -1]))
 
     def coefficients(self, t: int, t_prev: int, t_last: int | None) -> tuple[float, float, float]:
         """(c_x, c_0, c_1) in float64 for x_prev = c_x x_t + c_0 x0_hat_t + c_1 x0_hat_{t_last};
@@ -99,22 +104,23 @@ class DPMSolverMultistepScheduler:
         return c_x, c_d * (1 + 1 / (2 * r)), -c_d / (2 * r)
 
     def step(
-        self, model_output: torch.Tensor, t: int, t_prev: int, x_t: torch.Tensor
+        self,
+        model_output: torch.Tensor,
+        t: int,
+        t_prev: int,
+        x_t: torch.Tensor,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x_{t_prev} from x_t and the network's output at (x_t, t)."""
+        """x_{t_prev} from x_t and the network's output at (x_t, t); no noise is used."""
         if self._landed_at is not None and self._landed_at != t:
             raise ValueError(
                 f"DPM-Solver++ step from t={t} does not continue the previous step (which landed "
                 f"at t={self._landed_at}): call reset() before a new run"
             )
-        d = self.diffusion
         x_t = x_t.float()
-        t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-        x0, _ = d.predict_x0_eps(x_t, t_batch, model_output)
-        if self.clip:
-            # Images live in [-1, 1]. The data-prediction form integrates the clipped x0 as it
-            # is: that is why the paper pairs it with thresholding.
-            x0 = x0.clamp(-1.0, 1.0)
+        # The data-prediction form integrates the clipped x0 as it is: that is why the paper
+        # pairs it with thresholding.
+        x0, _ = self._predict_x0_eps(model_output, t, x_t)
         c_x, c_0, c_1 = (torch.tensor(c, dtype=torch.float64).float().to(x_t.device)
                          for c in self.coefficients(t, t_prev, self._last_t))
         x_prev = c_x * x_t + c_0 * x0

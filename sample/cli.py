@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from canopy.errors import user_errors
+from canopy.model.registry import SCHEDULERS
 from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
 
 
@@ -16,7 +17,7 @@ def sample(
     n: int = typer.Option(None, "--n", help="Override sample.n: images to generate."),
     out: Path = typer.Option(None, "--out", "-o", help="Override sample.out (replaced atomically)."),
     sampler: str = typer.Option(None, "--sampler",
-                                help="Override sample.sampler: ddpm | ddim | dpmpp2m."),
+                                help=f"Override sample.sampler: {' | '.join(SCHEDULERS)}."),
     steps: int = typer.Option(None, "--steps", help="Override sample.steps (ddim, dpmpp2m)."),
     eta: float = typer.Option(None, "--eta", help="Override sample.eta (ddim)."),
     spacing: str = typer.Option(None, "--spacing",

@@ -6,7 +6,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from canopy.model.registry import SCHEDULERS
 from canopy.schema import Auto, StrictModel
+
+# The registry's names, in its order: the error for an unknown one lists them all.
+SamplerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
 
 
 class SampleParams(StrictModel):
@@ -15,7 +19,7 @@ class SampleParams(StrictModel):
     # ddpm: ancestral, all diffusion.timesteps steps (Ho et al. 2020); ddim: `steps` steps at
     # `spacing` with `eta` (Song et al. 2021); dpmpp2m: `steps` steps of DPM-Solver++(2M) at
     # the same spacing, deterministic (Lu et al. 2022).
-    sampler: Literal["ddpm", "ddim", "dpmpp2m"] = "ddim"
+    sampler: SamplerName = "ddim"
     steps: int = Field(50, ge=1)  # ddim and dpmpp2m; ddpm always takes every timestep
     eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim only: 0 deterministic, 1 DDPM-like noise
     # Timesteps of ddim and dpmpp2m, both from T-1: quadratic = dense at low noise, down to
@@ -32,9 +36,11 @@ class SampleParams(StrictModel):
 
     @model_validator(mode="after")
     def _eta_fits_sampler(self) -> SampleParams:
-        if self.sampler == "dpmpp2m" and self.eta != 0:
+        if SCHEDULERS[self.sampler].fixed_eta == 0 and self.eta != 0:
+            with_eta = " or ".join(name for name, entry in SCHEDULERS.items()
+                                   if entry.fixed_eta is None)
             raise ValueError(
-                f"sample.eta ({self.eta}) must be 0 with sample.sampler dpmpp2m, which is "
-                f"deterministic: set sample.eta to 0, or use sample.sampler ddim for eta > 0"
+                f"sample.eta ({self.eta}) must be 0 with sample.sampler {self.sampler}, which is "
+                f"deterministic: set sample.eta to 0, or use sample.sampler {with_eta} for eta > 0"
             )
         return self

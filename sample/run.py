@@ -22,9 +22,11 @@ from canopy.errors import UserError
 from canopy.fsutil import atomic_dir
 from canopy.hashing import sha256_bytes
 from canopy.imaging import contact_sheet
+from canopy.model.registry import make_scheduler
+from canopy.model.scheduler import Scheduler
 from canopy.params import CanopyParams
 from canopy.sample.checkpoint import Checkpoint, load_checkpoint
-from canopy.sample.generate import Sampler, generate
+from canopy.sample.generate import generate
 
 FORMAT_VERSION = 1
 
@@ -48,8 +50,8 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
                         f"{timesteps} diffusion timesteps; use at most {timesteps}")
     device = pick_device(settings.device, "sample.device")
     amp_dtype = pick_precision(settings.precision, device, "sample.precision")
-    sampler = Sampler(checkpoint.diffusion, settings.sampler, settings.steps, settings.eta,
-                      settings.spacing)
+    sampler = make_scheduler(settings.sampler, checkpoint.diffusion, steps=settings.steps,
+                             eta=settings.eta, spacing=settings.spacing)
     channels_last = pick_channels_last(settings.channels_last, device)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     net = checkpoint.net.to(device, memory_format=layout)
@@ -70,7 +72,7 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
             write_grid(staging, settings.grid_images, settings.n)
         _write_manifest(staging, params, checkpoint, sampler, device, amp_dtype, channels_last,
                         records)
-    return SampleResult(out, settings.n, str(device), precision_name(amp_dtype), len(sampler.steps))
+    return SampleResult(out, settings.n, str(device), precision_name(amp_dtype), len(sampler.timesteps))
 
 
 def check_matches_params(checkpoint: Checkpoint, params: CanopyParams) -> None:
@@ -100,7 +102,7 @@ def write_grid(folder: Path, limit: int, n: int) -> None:
              for i in range(min(limit, n))]
     Image.fromarray(contact_sheet(tiles)).save(folder / "grid.png", format="PNG")
 
-def _write_manifest(folder: Path, params: CanopyParams, checkpoint: Checkpoint, sampler: Sampler,
+def _write_manifest(folder: Path, params: CanopyParams, checkpoint: Checkpoint, sampler: Scheduler,
                     device: torch.device, amp_dtype, channels_last: bool,
                     records: list[dict]) -> None:
     settings = params.sample
@@ -109,9 +111,9 @@ def _write_manifest(folder: Path, params: CanopyParams, checkpoint: Checkpoint, 
         "n": settings.n,
         "seed": params.seed,
         "sampler": settings.sampler,
-        "steps": len(sampler.steps),
-        "eta": {"ddpm": 1.0, "ddim": settings.eta, "dpmpp2m": 0.0}[settings.sampler],
-        "timestep_spacing": "all" if settings.sampler == "ddpm" else settings.spacing,
+        "steps": len(sampler.timesteps),
+        "eta": sampler.eta,
+        "timestep_spacing": sampler.spacing,
         "weights": settings.weights,
         "checkpoint": {"file": checkpoint.path.name, "sha256": checkpoint.sha256,
                        "step": checkpoint.config.get("step")},

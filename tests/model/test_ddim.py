@@ -1,13 +1,9 @@
 import pytest
 import torch
 
-from canopy.model.ddim import (
-    DDIMScheduler,
-    quadratic_timesteps,
-    sampling_timesteps,
-    trailing_timesteps,
-)
+from canopy.model.ddim import DDIMScheduler
 from canopy.model.diffusion import GaussianDiffusion, make_betas
+from canopy.model.spacing import quadratic_timesteps, sampling_timesteps, trailing_timesteps
 
 
 def test_trailing_spacing():

@@ -32,9 +32,9 @@ def run_ddpm(diffusion, n=20000, seed=0):
     scheduler = DDPMScheduler(diffusion, clip=False)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, 1, 1, generator=gen)
-    for t in scheduler.timesteps:
-        noise = torch.randn(x.shape, generator=gen) if scheduler.needs_noise(t) else None
-        x = scheduler.step(exact_eps(diffusion, x, t), t, x, noise)
+    for t, t_prev in scheduler.pairs():
+        noise = torch.randn(x.shape, generator=gen) if scheduler.needs_noise(t, t_prev) else None
+        x = scheduler.step(exact_eps(diffusion, x, t), t, t_prev, x, noise)
     return x
 
 
@@ -43,7 +43,7 @@ def run_ddim(diffusion, steps, eta, n=20000, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, 1, 1, generator=gen)
     for t, t_prev in scheduler.pairs():
-        noise = torch.randn(x.shape, generator=gen) if eta > 0 and t_prev >= 0 else None
+        noise = torch.randn(x.shape, generator=gen) if scheduler.needs_noise(t, t_prev) else None
         x = scheduler.step(exact_eps(diffusion, x, t), t, t_prev, x, noise)
     return x
 
@@ -82,7 +82,7 @@ def test_ddpm_step_equals_ddim_eta_1_over_all_steps():
     noise = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     for t, t_prev in ddim.pairs():
         step_noise = noise if t > 0 else None
-        torch.testing.assert_close(ddpm.step(out, t, x, step_noise),
+        torch.testing.assert_close(ddpm.step(out, t, t_prev, x, step_noise),
                                    ddim.step(out, t, t_prev, x, step_noise), rtol=1e-4, atol=1e-5)
 
 
@@ -92,8 +92,8 @@ def test_ddpm_needs_noise_except_on_the_last_step():
     assert scheduler.timesteps == list(range(9, -1, -1))
     x = torch.zeros(1, 3, 4, 4)
     with pytest.raises(ValueError, match="need"):
-        scheduler.step(torch.zeros_like(x), 5, x)
-    assert torch.equal(scheduler.step(torch.zeros_like(x), 0, x), x)  # eps 0 at t=0: x0 = x
+        scheduler.step(torch.zeros_like(x), 5, 4, x)
+    assert torch.equal(scheduler.step(torch.zeros_like(x), 0, -1, x), x)  # eps 0 at t=0: x0 = x
 
 
 def exact_ode(diffusion: GaussianDiffusion, x: torch.Tensor, t_from: int, t_to: int
@@ -231,9 +231,9 @@ def test_schedulers_follow_the_diffusion_onto_another_device():
     x = torch.empty(2, 3, 4, 4, device="meta")
     out = torch.empty_like(x)
     ddpm = DDPMScheduler(diffusion)
-    assert ddpm.step(out, 50, x, torch.empty_like(x)).device.type == "meta"
+    assert ddpm.step(out, 50, 49, x, torch.empty_like(x)).device.type == "meta"
     ddim = DDIMScheduler(diffusion, 10, eta=1.0)
     t, t_prev = ddim.pairs()[0]
     assert ddim.step(out, t, t_prev, x, torch.empty_like(x)).device.type == "meta"
     # DPM-Solver++ reads its coefficients as Python floats (.tolist(), which meta tensors
-    # cannot do); it ran on CUDA on the H200 (bench/bench_sample.py, issue 4's note).
+    # cannot do); it ran on CUDA on the H200 (bench/bench_sample.py).

@@ -1,4 +1,4 @@
-"""`canopy sample`: reproducible sets, the files of SPEC.md, clear errors."""
+"""`canopy sample`: reproducible sets, the files it writes, clear errors."""
 
 from __future__ import annotations
 
@@ -100,20 +100,23 @@ def test_spacing_is_recorded_and_changes_the_images(workspace):
 
 
 def test_a_batch_starts_clean_after_an_interrupted_one(workspace):
-    """DPM-Solver++ carries the last x0 estimate from step to step: the Sampler that runs batch
-    after batch must not let an interrupted batch's history into the next one."""
+    """DPM-Solver++ carries the last x0 estimate from step to step: the scheduler that runs
+    batch after batch must not let an interrupted batch's history into the next one."""
     import torch
 
+    from canopy.model.registry import make_scheduler
+    from canopy.model.scheduler import Scheduler
     from canopy.sample.checkpoint import load_checkpoint
-    from canopy.sample.generate import Sampler, generate
+    from canopy.sample.generate import generate
 
     checkpoint = load_checkpoint(workspace / "models")
-    fresh, used = (Sampler(checkpoint.diffusion, "dpmpp2m", 5, 0.0) for _ in range(2))
+    fresh, used = (make_scheduler("dpmpp2m", checkpoint.diffusion, steps=5, eta=0.0,
+                                  spacing="trailing") for _ in range(2))
     x = torch.randn(2, *checkpoint.image_shape)
-    for step in used.steps[:2]:  # a batch stopped after two steps (an error, a Ctrl-C)
-        x = used.update(torch.randn_like(x), step, x, None)
+    for t, t_prev in used.pairs()[:2]:  # a batch stopped after two steps (an error, a Ctrl-C)
+        x = used.step(torch.randn_like(x), t, t_prev, x)
 
-    def first_two_images(sampler: Sampler) -> torch.Tensor:
+    def first_two_images(sampler: Scheduler) -> torch.Tensor:
         return generate(checkpoint.net, sampler, [0, 1], 3, checkpoint.image_shape,
                         torch.device("cpu"), None)
 

@@ -1,0 +1,76 @@
+"""The sampling loop of `canopy sample` and of the training previews: reproducible per image,
+whatever the batch.
+
+Image i's starting noise and every per-step noise come from its own CPU generator, seeded by
+the caller (one seed per image), then move to the device, so image i does not depend on how
+many images are asked for or on which others share its batch. Seeding alone is not enough: on
+CPU, fp32 oneDNN convolutions and any GEMM over the batch give results that differ in the last
+bits with the batch size, and 50-1000 denoising steps turn that into different pixels. So the
+timestep is embedded once for the whole batch (one row, broadcast), and fp32 convolutions on
+CPU run on ATen's per-image kernels instead of oneDNN's (measured: batch-invariant, and no
+slower for these shapes); oneDNN's bf16 path is batch-invariant as it is. tests/sample checks
+this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from canopy.model.images import to_uint8
+from canopy.model.scheduler import Scheduler
+
+
+def sample_images(
+    net: torch.nn.Module,
+    scheduler: Scheduler,
+    seeds: Sequence[int],
+    shape: tuple[int, int, int],
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    on_step: Callable[[], object] | None = None,
+) -> torch.Tensor:
+    """One image per seed, as a uint8 tensor (B, H, W, C) on the CPU. With `channels_last` the
+    network sees NHWC inputs (convert its weights too: `net.to(memory_format=...)`).
+    `on_step` is called after each step (a progress bar)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def noise() -> torch.Tensor:
+        return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+
+    x = noise()
+    scheduler.reset()  # the same scheduler runs batch after batch
+    with torch.inference_mode(), _batch_invariant_kernels(device, amp_dtype):
+        for t, t_prev in scheduler.pairs():
+            t_row = torch.tensor([t], device=device)  # one row: embedded once, broadcast
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                out = net(x.contiguous(memory_format=layout), t_row)
+            step_noise = noise() if scheduler.needs_noise(t, t_prev) else None
+            x = scheduler.step(out.float(), t, t_prev, x, step_noise)
+            if on_step is not None:
+                on_step()
+    return to_uint8(x).cpu()
+
+
+@contextlib.contextmanager
+def _batch_invariant_kernels(device: torch.device, amp_dtype: torch.dtype | None) -> Iterator[None]:
+    if device.type == "cpu" and amp_dtype is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a note about Intel GPUs' TF32
+            with torch.backends.mkldnn.flags(enabled=False):
+                yield
+    elif device.type == "cuda":
+        previous = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous
+    else:
+        yield
