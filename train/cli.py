@@ -1,4 +1,4 @@
-"""`canopy train`: data/tiles/ -> models/ (see train/loop.py and SPEC.md "models/")."""
+"""`canopy train`: tiles -> models (see train/loop.py and docs/contract.md "models/")."""
 
 from __future__ import annotations
 
