@@ -159,7 +159,15 @@ def read_manifest(root: Path, point_at: str) -> dict[str, Any]:
                         f"canopy reads tiles of format_version {FORMAT_VERSION}; {_FIX}")
     if not isinstance(manifest.get("tile_size"), int):
         raise UserError(f"{path}: no integer tile_size in it; {_FIX}")
+    if not _is_shard_list(manifest.get("shards")):
+        raise UserError(f"{path}: no list of shards with their file and sha256; {_FIX}")
     return manifest
+
+
+def _is_shard_list(shards: Any) -> bool:
+    return isinstance(shards, list) and all(
+        isinstance(shard, dict) and isinstance(shard.get("file"), str)
+        and isinstance(shard.get("sha256"), str) for shard in shards)
 
 
 def shard_hashes(manifest: dict[str, Any]) -> dict[str, str]:

@@ -66,3 +66,11 @@ def test_a_key_in_two_shards_is_refused(tmp_path):
     second.write_bytes(first.read_bytes())
     with pytest.raises(UserError, match="'train_0' is in both"):
         tiles.list_tiles(tmp_path, "train")
+
+
+def test_a_manifest_without_its_shard_list_is_refused(tmp_path):
+    write_folder(tmp_path, images(1), images(1))
+    path = tmp_path / tiles.MANIFEST_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), "shards": {"train": []}}))
+    with pytest.raises(UserError, match="no list of shards"):
+        tiles.read_manifest(tmp_path, point_at="--tiles")
