@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 import yaml
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
+from canopy import samples
 from canopy.accelerator import (
     pick_channels_last,
     pick_device,
@@ -46,7 +46,6 @@ from canopy.model.scheduler import Scheduler
 from canopy.params import load_params
 from canopy.sample.checkpoint import load_checkpoint
 from canopy.sample.generate import generate
-from canopy.sample.run import write_grid
 
 
 def parse_sampler(spec: str, default_spacing: str) -> tuple[str, int, float, str]:
@@ -71,7 +70,7 @@ def sample_set(checkpoint, sampler: Scheduler, n: int, batch: int, seed: int, de
                           device, amp, channels_last=channels_last)  # CPU tensors: device done
         seconds += time.perf_counter() - start
         for index, image in zip(indices, images.numpy()):
-            Image.fromarray(image).save(out / f"{index:06d}.png")
+            samples.write_image(out, index, image)
     return seconds
 
 
@@ -142,7 +141,7 @@ def main() -> None:
             metrics = swd_of(out, args.tiles, eval_params, Path(tmp) / f"{out.name}.json")
             if args.grids:
                 args.grids.mkdir(parents=True, exist_ok=True)
-                write_grid(out, 64, args.n)  # as `canopy sample` draws it
+                samples.write_grid(out, min(64, args.n))  # as `canopy sample` draws it
                 shutil.move(out / "grid.png", args.grids / f"{out.name}.png")
             row = {"sampler": label, "steps": len(sampler.timesteps), "s_per_image": seconds / args.n,
                    **{k: metrics[k] for k in ("swd", "swd_floor", "n_samples", "n_real")}}

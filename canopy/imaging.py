@@ -1,11 +1,16 @@
-"""Contact sheets: many tiles in one image, for people (previews and sample grids)."""
+"""Images shared by the stages: contact sheets (previews and sample grids, for people) and the
+checked decoding of the RGB PNGs that tiles and samples are stored as."""
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from canopy.errors import UserError
 
 
 def contact_sheet(images: Sequence[np.ndarray] | np.ndarray, pad: int = 2,
@@ -25,3 +30,18 @@ def contact_sheet(images: Sequence[np.ndarray] | np.ndarray, pad: int = 2,
         y, x = pad + row * (height + pad), pad + col * (width + pad)
         sheet[y:y + height, x:x + width] = image
     return sheet
+
+
+def decode_rgb_png(data: bytes, name: str, fix: str) -> np.ndarray:
+    """PNG bytes -> (H, W, 3) uint8 array. Anything but an 8-bit RGB PNG is a UserError that
+    names the image (`name`) and says what to do (`fix`)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            mode = image.mode
+            array = np.asarray(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise UserError(f"{name}: not a readable PNG ({err}); {fix}") from None
+    if mode != "RGB":
+        raise UserError(f"{name} is {mode}, not 8-bit RGB; {fix}")
+    return array

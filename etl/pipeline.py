@@ -24,24 +24,16 @@ from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 from tqdm import tqdm
 
-import canopy
 from canopy.errors import UserError
 from canopy.etl.params import EtlParams
 from canopy.etl.png import PNG_COMPRESS_LEVEL, encode_png
 from canopy.etl.scene import GDAL_ENV, SceneReader, SceneSpec
-from canopy.etl.shards import (
-    FORMAT_VERSION,
-    SPLITS,
-    ShardWriter,
-    TileLocation,
-    split_of,
-    write_manifest,
-)
 from canopy.etl.sources import SOURCES
 from canopy.etl.tiling import Candidate, count_tiles, scene_candidates
 from canopy.fsutil import atomic_dir
 from canopy.imaging import contact_sheet
 from canopy.params import CanopyParams, section_hash
+from canopy.tiles import SPLITS, ShardWriter, TileLocation, split_counts, split_of, write_manifest
 
 IN_FLIGHT_PER_WORKER = 48  # about one row of 128 px tiles of a 6000 px wide raster
 
@@ -102,24 +94,17 @@ def write_tiles(scenes: list[SceneSpec], params: CanopyParams, root: Path,
     shards = [shard for split in SPLITS for shard in writers[split].close()]
     if filters.kept == 0:
         raise UserError(_nothing_kept_message(filters, etl))
-    counts = {split: sum(s.tiles for s in shards if s.split == split) for split in SPLITS}
+    counts = split_counts(shards)
     synthetic = any(scene.source == "synthetic" for scene in scenes)
     if etl.preview_tiles:
         write_preview(root, placed, etl.preview_tiles, synthetic)
     shard_entries = [vars(shard) for shard in shards]
-    write_manifest(root / "manifest.json", {
-        "format_version": FORMAT_VERSION,
-        "canopy_version": canopy.__version__,
-        "synthetic": synthetic,
-        "tile_size": etl.tile_size,
-        "stride": etl.stride,
-        "counts": counts,
-        "shards": shard_entries,
-        "filters": {**vars(filters), "min_valid_fraction": etl.min_valid_fraction,
-                    "min_vegetation_fraction": etl.min_vegetation_fraction},
-        "sources": scene_reports,
-        "params_hash": section_hash(params, "etl", "seed"),
-    })
+    write_manifest(
+        root, tile_size=etl.tile_size, stride=etl.stride, shards=shards, synthetic=synthetic,
+        filters={**vars(filters), "min_valid_fraction": etl.min_valid_fraction,
+                 "min_vegetation_fraction": etl.min_vegetation_fraction},
+        sources=scene_reports, params_hash=section_hash(params, "etl", "seed"),
+    )
     return EtlResult(root, counts, filters, len(scenes), synthetic, shard_entries)
 
 
@@ -259,7 +244,7 @@ def write_preview(root: Path, placed: list[TileLocation], limit: int, synthetic:
     """A contact sheet of up to `limit` tiles spread evenly over the output."""
     count = min(limit, len(placed))
     picks = [placed[int(i * len(placed) / count)] for i in range(count)]
-    tiles = [np.asarray(Image.open(io.BytesIO(location.read(root))).convert("RGB"))
+    tiles = [np.asarray(Image.open(io.BytesIO(location.read())).convert("RGB"))
              for location in picks]
     sheet = Image.fromarray(contact_sheet(tiles))
     if synthetic:

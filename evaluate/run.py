@@ -1,6 +1,6 @@
 """The evaluate stage: data/samples/ and data/tiles/ -> metrics/evaluate.json (+ _details.json).
 
-What is compared with what (SPEC.md "metrics/"):
+What is compared with what (README "Files", metrics/):
   - the samples (first `max_samples` NNNNNN.png) against the held-out val tiles (a seeded subset
     of `max_real`): `swd`, `fid`, `kid`, with counts `n_samples`, `n_real`;
   - the real-vs-real floor, `*_floor`: as many train tiles as there are samples (a seeded
@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from canopy import samples as samples_io
+from canopy import tiles
 from canopy.accelerator import pick_device
 from canopy.errors import UserError
 from canopy.evaluate import images as images_io
@@ -79,18 +81,19 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
     seed = params.seed
 
     # --- inputs -------------------------------------------------------------------------
-    manifest = images_io.read_tiles_manifest(tiles_dir)
+    manifest = tiles.read_manifest(tiles_dir, point_at="--tiles")
     tile_size = manifest["tile_size"]
     if tile_size < ev.swd_patch_size:
         raise UserError(f"the tiles are {tile_size}px, smaller than evaluate.swd_patch_size "
                         f"({ev.swd_patch_size}); lower it or use larger tiles")
-    sample_paths = images_io.list_samples(samples_dir)
-    val_refs = images_io.list_tiles(tiles_dir, "val")
+    sample_paths = samples_io.list_samples(samples_dir)
+    samples_io.read_manifest(samples_dir)  # refuses another format version; none is fine
+    val_refs = images_io.tiles_by_key(tiles_dir, "val")
     if not val_refs:
         raise UserError(f"no val tiles in {tiles_dir / 'val'}: evaluate compares samples with "
                         "held-out tiles; raise etl.val_fraction or add imagery, then re-run "
                         "`canopy etl`")
-    train_refs = images_io.list_tiles(tiles_dir, "train")
+    train_refs = images_io.tiles_by_key(tiles_dir, "train")
     if not train_refs:
         raise UserError(f"no train tiles in {tiles_dir / 'train'}: the floor and the "
                         "memorisation check need them; re-run `canopy etl`")
@@ -100,13 +103,13 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
 
     used_samples = sample_paths[: ev.max_samples]
     with _bar(progress, len(used_samples), "read samples") as tick:
-        reads = (images_io.read_sample(path, tile_size) for path in used_samples)
+        reads = (samples_io.read_sample(path, tile_size) for path in used_samples)
         samples = images_io.stack(_ticked(reads, tick), len(used_samples), tile_size)
     val_pick = images_io.seeded_subset(len(val_refs), ev.max_real,
                                        numpy_rng(seed, Stream.EVAL_VAL_SUBSET))
     used_val = [val_refs[i] for i in val_pick]
     with _bar(progress, len(used_val), "read val tiles") as tick:
-        reads = images_io.iter_tiles(used_val, tile_size)
+        reads = tiles.read_tiles(used_val, tile_size)
         val = images_io.stack(_ticked(reads, tick), len(used_val), tile_size)
 
     # --- memorisation, and the floor's train subset, in one pass over the train tiles ----
@@ -121,7 +124,7 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
     kept = 0
     with _bar(progress, len(train_refs), "search train tiles") as tick:
         for start in range(0, len(train_refs), _TRAIN_BLOCK):
-            block = np.stack([images_io.read_tile(ref, tile_size)
+            block = np.stack([tiles.read_tile(ref, tile_size)
                               for ref in train_refs[start:start + _TRAIN_BLOCK]])
             for offset, image in enumerate(block):
                 if start + offset in floor_set:
@@ -158,7 +161,7 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
         "inputs": {
             "samples": str(samples_dir),
             "samples_found": len(sample_paths),
-            "samples_manifest_sha256": _sha_if_file(samples_dir / "manifest.json"),
+            "samples_manifest_sha256": _sha_if_file(samples_dir / samples_io.MANIFEST_FILE),
             "tiles": str(tiles_dir),
             "tiles_params_hash": manifest.get("params_hash"),
             "tile_size": tile_size,
@@ -296,7 +299,7 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
 
 
 def _near_copies(dist: np.ndarray, index: np.ndarray, samples: list[Path],
-                 train_refs: list[images_io.TileRef], threshold: float) -> list[dict[str, Any]]:
+                 train_refs: list[tiles.TileLocation], threshold: float) -> list[dict[str, Any]]:
     hits = [i for i in np.argsort(dist, kind="stable") if dist[i] < threshold]
     return [{"sample": samples[i].name, "train_tile": train_refs[index[i]].key,
              "distance": sig(dist[i])} for i in hits[:_NEAR_COPIES_LISTED]]

@@ -1,17 +1,15 @@
-"""`canopy sample`: EMA weights in models/ -> data/samples/ (PNGs, manifest, grid)."""
+"""`canopy sample`: EMA weights in models/ -> data/samples/ (PNGs, manifest, grid; the files:
+canopy/samples.py and README "Files")."""
 
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
+from canopy import samples
 from canopy.accelerator import (
     pick_channels_last,
     pick_device,
@@ -20,15 +18,11 @@ from canopy.accelerator import (
 )
 from canopy.errors import UserError
 from canopy.fsutil import atomic_dir
-from canopy.hashing import sha256_bytes
-from canopy.imaging import contact_sheet
 from canopy.model.registry import make_scheduler
 from canopy.model.scheduler import Scheduler
 from canopy.params import CanopyParams
 from canopy.sample.checkpoint import Checkpoint, load_checkpoint
 from canopy.sample.generate import generate
-
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -43,11 +37,9 @@ class SampleResult:
 def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool) -> SampleResult:
     settings = params.sample
     checkpoint = load_checkpoint(models, settings.weights)
+    # The checkpoint has params' diffusion.timesteps, so params' own check that sample.steps
+    # fits them holds for the checkpoint too.
     check_matches_params(checkpoint, params)
-    timesteps = checkpoint.diffusion.timesteps
-    if settings.sampler != "ddpm" and settings.steps > timesteps:
-        raise UserError(f"sample.steps ({settings.steps}) exceeds the model's "
-                        f"{timesteps} diffusion timesteps; use at most {timesteps}")
     device = pick_device(settings.device, "sample.device")
     amp_dtype = pick_precision(settings.precision, device, "sample.precision")
     sampler = make_scheduler(settings.sampler, checkpoint.diffusion, steps=settings.steps,
@@ -65,11 +57,11 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
             images = generate(net, sampler, indices, params.seed, checkpoint.image_shape, device,
                               amp_dtype, progress, channels_last)
             for index, image in zip(indices, images.numpy()):
-                records.append(_write_png(staging / f"{index:06d}.png", image))
+                records.append(samples.write_image(staging, index, image))
             bar.update(len(indices))
         bar.close()
         if settings.grid_images:
-            write_grid(staging, settings.grid_images, settings.n)
+            samples.write_grid(staging, min(settings.grid_images, settings.n))
         _write_manifest(staging, params, checkpoint, sampler, device, amp_dtype, channels_last,
                         records)
     return SampleResult(out, settings.n, str(device), precision_name(amp_dtype), len(sampler.timesteps))
@@ -89,38 +81,23 @@ def check_matches_params(checkpoint: Checkpoint, params: CanopyParams) -> None:
                         f"({'; '.join(changed)}): re-run `canopy train` (or `dvc repro`)")
 
 
-def _write_png(path: Path, image: np.ndarray) -> dict:
-    buffer = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
-    data = buffer.getvalue()
-    path.write_bytes(data)
-    return {"file": path.name, "sha256": sha256_bytes(data)}
-
-
-def write_grid(folder: Path, limit: int, n: int) -> None:
-    tiles = [np.asarray(Image.open(folder / f"{i:06d}.png").convert("RGB"))
-             for i in range(min(limit, n))]
-    Image.fromarray(contact_sheet(tiles)).save(folder / "grid.png", format="PNG")
-
 def _write_manifest(folder: Path, params: CanopyParams, checkpoint: Checkpoint, sampler: Scheduler,
                     device: torch.device, amp_dtype, channels_last: bool,
-                    records: list[dict]) -> None:
+                    records: list[samples.ImageRecord]) -> None:
     settings = params.sample
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "n": settings.n,
-        "seed": params.seed,
-        "sampler": settings.sampler,
-        "steps": len(sampler.timesteps),
-        "eta": sampler.eta,
-        "timestep_spacing": sampler.spacing,
-        "weights": settings.weights,
-        "checkpoint": {"file": checkpoint.path.name, "sha256": checkpoint.sha256,
-                       "step": checkpoint.config.get("step")},
-        "tile_size": checkpoint.image_shape[1],
-        "device": device.type,
-        "precision": precision_name(amp_dtype),
-        "channels_last": channels_last,
-        "images": records,
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    samples.write_manifest(folder, samples.SamplesManifest(
+        n=settings.n,
+        seed=params.seed,
+        sampler=settings.sampler,
+        steps=len(sampler.timesteps),
+        eta=sampler.eta,
+        timestep_spacing=sampler.spacing,
+        weights=settings.weights,
+        checkpoint=samples.CheckpointRecord(checkpoint.path.name, checkpoint.sha256,
+                                            checkpoint.config.get("step")),
+        tile_size=checkpoint.image_shape[1],
+        device=device.type,
+        precision=precision_name(amp_dtype),
+        channels_last=channels_last,
+        images=records,
+    ))

@@ -1,10 +1,9 @@
-"""What `canopy train` writes under train.out (default models/), per SPEC.md "models/":
+"""What `canopy train` writes under train.out (default models/; README "Files"):
 
-    models/ema.safetensors              EMA weights (fp32) for `canopy sample`; its safetensors
-                                        metadata holds "format" and "config" (JSON: how to
-                                        rebuild the network and the diffusion, step, hashes)
+    models/ema.safetensors              EMA weights (fp32) for `canopy sample`: the export,
+                                        whose format canopy/weights.py writes and reads
     models/state/step-00001000/         the full training state, for resuming
-        model.safetensors               raw weights
+        model.safetensors               raw weights (also read by `canopy sample`, weights: raw)
         ema.safetensors                 EMA weights
         optimizer.safetensors           AdamW moments, keys "<param index>.<name>"
         state.json                      step, hashes, resume params, grad scaler, file sha256s
@@ -24,15 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load, load_file, save
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
-from canopy.fsutil import atomic_dir, atomic_write_bytes
+from canopy import weights
+from canopy.fsutil import atomic_dir
 from canopy.hashing import sha256_bytes
 
 STATE_FORMAT = "canopy.train-state/1"
-EXPORT_FORMAT = "canopy.model/1"
-_STEP_PREFIX = "step-"
 
 
 @dataclass
@@ -45,11 +43,12 @@ def state_dirs(state_root: Path) -> list[Path]:
     """Complete state folders, newest (highest step) first."""
     if not state_root.is_dir():
         return []
+    prefix = weights.STEP_DIR_PREFIX
     found = [
         p for p in state_root.iterdir()
-        if p.is_dir() and p.name.startswith(_STEP_PREFIX) and p.name[len(_STEP_PREFIX):].isdigit()
+        if p.is_dir() and p.name.startswith(prefix) and p.name[len(prefix):].isdigit()
     ]
-    return sorted(found, key=lambda p: int(p.name[len(_STEP_PREFIX):]), reverse=True)
+    return sorted(found, key=lambda p: int(p.name[len(prefix):]), reverse=True)
 
 
 def clear_stale(state_root: Path) -> None:
@@ -70,10 +69,10 @@ def save_state(
     info: dict[str, Any],
 ) -> Path:
     """Write the state at `step` atomically, then delete older states."""
-    target = state_root / f"{_STEP_PREFIX}{step:08d}"
+    target = state_root / weights.step_dir_name(step)
     blobs = {
-        "model.safetensors": save(_tensors(model.state_dict())),
-        "ema.safetensors": save(_tensors(ema_model.state_dict())),
+        weights.RAW_WEIGHTS_FILE: save(weights.cpu_tensors(model.state_dict())),
+        "ema.safetensors": save(weights.cpu_tensors(ema_model.state_dict())),
         "optimizer.safetensors": save(_optimizer_tensors(optimizer)),
     }
     state = {
@@ -93,10 +92,6 @@ def save_state(
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
     return target
-
-
-def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -151,7 +146,7 @@ def try_resume(
             if sha256_bytes(blob) != digest:
                 raise ValueError(f"{name} does not match its sha256")
             blobs[name] = blob
-        model_sd = load(blobs["model.safetensors"])
+        model_sd = load(blobs[weights.RAW_WEIGHTS_FILE])
         ema_sd = load(blobs["ema.safetensors"])
         optim_sd = _optimizer_state(load(blobs["optimizer.safetensors"]), optimizer)
         # Check everything before loading anything: no half-loaded objects on a mismatch.
@@ -215,20 +210,4 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
 
 def export_ema(path: Path, ema_model: torch.nn.Module, config: dict[str, Any]) -> None:
     """models/ema.safetensors: EMA weights plus what `sample` needs to rebuild the network."""
-    metadata = {"format": EXPORT_FORMAT, "config": json.dumps(config, sort_keys=True)}
-    atomic_write_bytes(path, save(_tensors(ema_model.state_dict()), metadata=metadata))
-
-
-def load_export(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(EMA state_dict, config) from models/ema.safetensors. `canopy sample` does the same:
-
-        with safe_open(path, "pt") as f: config = json.loads(f.metadata()["config"])
-        net = Unet(**config["model"]); net.load_state_dict(load_file(path))
-        betas = make_betas(config["schedule"], config["diffusion"]["timesteps"])
-        diffusion = GaussianDiffusion(betas, config["diffusion"]["objective"])
-    """
-    with safe_open(str(path), "pt") as handle:
-        meta = handle.metadata() or {}
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path} is not a {EXPORT_FORMAT} file (format {meta.get('format')!r})")
-    return load_file(str(path)), json.loads(meta["config"])
+    weights.write_export(path, ema_model.state_dict(), config)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from canopy.errors import UserError
 from canopy.etl.pipeline import run_etl
-from canopy.etl.shards import split_of
+from canopy.tiles import split_of
 from tests.etl.rasters import forest_rgb, make_params, write_raster
 
 
@@ -168,12 +168,12 @@ def test_failed_run_keeps_the_previous_output(tmp_path, monkeypatch):
     run_etl(local_params(str(path)), out, progress=False)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
-    from canopy.etl import shards
+    from canopy import tiles
 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-run
 
-    monkeypatch.setattr(shards.ShardWriter, "add", explode)
+    monkeypatch.setattr(tiles.ShardWriter, "add", explode)
     with pytest.raises(KeyboardInterrupt):
         run_etl(local_params(str(path), stride=8), out, progress=False)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -1,4 +1,5 @@
-"""Small synthetic forest-like images and the on-disk layouts evaluate reads (SPEC.md).
+"""Small synthetic forest-like images, and the folders evaluate reads (README "Files") written
+with the formats' own writers.
 
 `forest_images` draws canopy-like textures (a green base colour per image, blobs of crowns at
 two scales and pixel noise); `degrade` applies the shifts a bad model would show (blur, noise,
@@ -7,13 +8,13 @@ a colour cast), so tests can check that metrics order them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from tests.tiles import png_bytes, write_tiles  # noqa: F401 (re-exported for the tests)
+from canopy import samples
+from tests.tiles import write_tiles  # noqa: F401 (re-exported for the tests)
 
 
 def _field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -52,9 +53,13 @@ def degrade(images: np.ndarray, blur: float = 0.0, noise: float = 0.0,
 
 
 def write_samples(folder: Path, images: np.ndarray) -> Path:
+    """A samples folder as `canopy sample` writes it; the settings it records are placeholders."""
     folder.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(images):
-        (folder / f"{i:06d}.png").write_bytes(png_bytes(image))
-    (folder / "grid.png").write_bytes(png_bytes(images[0]))
-    (folder / "manifest.json").write_text(json.dumps({"images": len(images)}))
+    records = [samples.write_image(folder, i, image) for i, image in enumerate(images)]
+    samples.write_grid(folder, len(records))
+    samples.write_manifest(folder, samples.SamplesManifest(
+        n=len(records), seed=0, sampler="test", steps=1, eta=0.0, timestep_spacing="test",
+        weights="ema", checkpoint=samples.CheckpointRecord("test.safetensors", "", None),
+        tile_size=int(images.shape[1]), device="cpu", precision="fp32", channels_last=False,
+        images=records))
     return folder

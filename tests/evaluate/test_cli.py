@@ -14,8 +14,8 @@ from canopy.cli import app
 from canopy.evaluate import inception
 from tests.evaluate.synthetic import degrade, forest_images, write_samples, write_tiles
 
-SPEC_KEYS = {"swd", "memorised_fraction", "n_samples", "n_real"}
-FLOOR_KEYS = {f"{key}_floor" for key in SPEC_KEYS}
+METRIC_KEYS = {"swd", "memorised_fraction", "n_samples", "n_real"}
+FLOOR_KEYS = {f"{key}_floor" for key in METRIC_KEYS}
 FAST = {"swd_patches_per_image": 32, "swd_projections": 32, "swd_repeats": 2,
         "memorisation_size": 8}
 
@@ -50,7 +50,7 @@ def test_writes_flat_spec_metrics_with_counts_and_floor(workspace):
     result = invoke(workspace)
     assert result.exit_code == 0, result.output
     metrics = read_metrics(workspace)
-    assert SPEC_KEYS | FLOOR_KEYS <= set(metrics)
+    assert METRIC_KEYS | FLOOR_KEYS <= set(metrics)
     assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())
     assert (metrics["n_samples"], metrics["n_real"]) == (10, 9)
     assert (metrics["n_samples_floor"], metrics["n_real_floor"], metrics["n_train"]) == (10, 9, 30)

@@ -1,15 +1,15 @@
-"""A tiny checkpoint in the format `canopy train` writes (README "models/"), and its params."""
+"""A tiny checkpoint written with the export writer `canopy train` uses (README "Files",
+models/), and its params."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from safetensors.torch import save_file
 
+from canopy import weights
 from canopy.model.unet import Unet
 
 MODEL = {"dim": 8, "init_dim": None, "dim_mults": [1, 2], "channels": 3, "convnext_mult": 2,
@@ -22,11 +22,8 @@ def write_checkpoint(models: Path, model: dict = MODEL, tile_size: int = 16, see
     net = Unet(**model)
     config = {"model": model, "diffusion": DIFFUSION, "schedule": "linear", "seed": 0,
               "tile_size": tile_size, "step": 7, "params_hash": "x", "data_hash": "y"}
-    models.mkdir(parents=True, exist_ok=True)
-    path = models / "ema.safetensors"
-    tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
-    save_file(tensors, str(path), metadata={"format": "canopy.model/1",
-                                            "config": json.dumps(config, sort_keys=True)})
+    path = models / weights.EXPORT_FILE
+    weights.write_export(path, net.state_dict(), config)
     return path
 
 

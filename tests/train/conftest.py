@@ -1,4 +1,5 @@
-"""Tiny etl outputs (SPEC.md "data/tiles/"), written here so the train tests need no etl run."""
+"""Tiny etl outputs (README "Files", data/tiles/), written with the tiles writer so the train
+tests need no etl run."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
 from canopy.errors import UserError
+from canopy.tiles import decode_tile
 from canopy.train import data
 from canopy.train.data import (
     BatchStream,
@@ -90,11 +92,11 @@ def test_missing_or_bad_inputs_are_user_errors(tmp_path):
 def test_a_bad_tile_surfaces_as_an_error_item(tmp_path):
     tiles = write_tiles(tmp_path / "tiles", n_train=3, shard_size=3)
     index = build_index(train_shards(tiles), tiles)
-    bad = data.TileIndex(index.shards, index.shard_of, index.offset, index.size, index.keys, 32)
+    bad = dataclasses.replace(index, tile_size=32)
     item = next(iter(BatchStream(bad, 2, 0, False)))
     assert "expected 32x32" in item["error"]
     gray = png_bytes(np.zeros((16, 16), dtype=np.uint8))
     with pytest.raises(UserError, match="not 8-bit RGB"):
-        data._decode(gray, 16, "x")
+        decode_tile(gray, 16, "x")
     with pytest.raises(UserError, match="not a readable PNG"):
-        data._decode(b"nope", 16, "x")
+        decode_tile(b"nope", 16, "x")

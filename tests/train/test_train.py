@@ -11,6 +11,7 @@ from canopy.cli import app
 from canopy.model.unet import Unet
 from canopy.train import checkpoint
 from canopy.train.loop import train
+from canopy.weights import EXPORT_FILE, read_export
 
 from .conftest import tiny_params
 
@@ -112,11 +113,11 @@ def test_mismatched_weights_start_fresh(tiles, tmp_path, capsys):
 def test_export_rebuilds_the_network(tiles, tmp_path):
     out = tmp_path / "models"
     train(tiny_params(tiles, out, steps=4), quiet=True)
-    weights, config = checkpoint.load_export(out / "ema.safetensors")
+    state, config = read_export(out / EXPORT_FILE)
     assert config["step"] == 4 and config["schedule"] == "linear" and config["tile_size"] == 16
     assert config["diffusion"]["timesteps"] == 100 and config["diffusion"]["objective"] == "eps"
     net = Unet(**config["model"])
-    net.load_state_dict(weights)
+    net.load_state_dict(state)
     assert net(torch.zeros(1, 3, 16, 16), torch.tensor([5])).shape == (1, 3, 16, 16)
     grids = sorted(p.name for p in (out / "live" / "plots" / "images" / "samples").iterdir())
     assert grids == ["4.png"]

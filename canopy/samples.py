@@ -1,0 +1,131 @@
+"""The samples folder that `canopy sample` writes and evaluate reads (README "Files",
+`data/samples/`): `000000.png ...`, `grid.png` and manifest.json.
+
+Only the numbered images are samples: evaluate ignores grid.png and any other file, so a
+folder of another model's images named the same way can be scored too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from canopy.errors import UserError
+from canopy.hashing import sha256_bytes
+from canopy.imaging import contact_sheet, decode_rgb_png
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+GRID_FILE = "grid.png"
+_IMAGE_NAME = re.compile(r"^\d{6,}\.png$")
+_FIX = "re-run `canopy sample` after `canopy etl`"
+
+
+def image_name(index: int) -> str:
+    return f"{index:06d}.png"
+
+
+# --- writing -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImageRecord:
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """The weights the samples came from."""
+
+    file: str
+    sha256: str
+    step: int | None
+
+
+@dataclass(frozen=True)
+class SamplesManifest:
+    n: int
+    seed: int
+    sampler: str
+    steps: int
+    eta: float
+    timestep_spacing: str
+    weights: str
+    checkpoint: CheckpointRecord
+    tile_size: int
+    device: str
+    precision: str
+    channels_last: bool
+    images: list[ImageRecord]
+
+
+def write_image(folder: Path, index: int, image: np.ndarray) -> ImageRecord:
+    """Sample `index`, an (H, W, 3) uint8 array, as `folder/NNNNNN.png`."""
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
+    data = buffer.getvalue()
+    name = image_name(index)
+    (folder / name).write_bytes(data)
+    return ImageRecord(name, sha256_bytes(data))
+
+
+def write_grid(folder: Path, count: int) -> None:
+    """grid.png: a contact sheet of the first `count` samples already in `folder`."""
+    images = [np.asarray(Image.open(folder / image_name(i)).convert("RGB")) for i in range(count)]
+    Image.fromarray(contact_sheet(images)).save(folder / GRID_FILE, format="PNG")
+
+
+def write_manifest(folder: Path, manifest: SamplesManifest) -> None:
+    content = {"format_version": FORMAT_VERSION, **asdict(manifest)}
+    (folder / MANIFEST_FILE).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+# --- reading -------------------------------------------------------------------------------
+
+def list_samples(folder: Path) -> list[Path]:
+    """The sample images `NNNNNN.png` in file-name order (grid.png and others ignored)."""
+    if not folder.is_dir():
+        raise UserError(f"samples folder {folder} not found: run `canopy sample` first "
+                        "or pass --samples DIR")
+    paths = sorted(p for p in folder.iterdir() if _IMAGE_NAME.match(p.name) and p.is_file())
+    if not paths:
+        raise UserError(f"no sample images (NNNNNN.png) in {folder}: run `canopy sample` "
+                        "first or pass --samples DIR")
+    return paths
+
+
+def read_sample(path: Path, tile_size: int) -> np.ndarray:
+    """One sample as an (H, W, 3) uint8 array; it must have the tiles' size."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    array = decode_rgb_png(data, str(path), _FIX)
+    height, width = array.shape[:2]
+    if (height, width) != (tile_size, tile_size):
+        raise UserError(f"{path} is {width}x{height} px but the tiles are "
+                        f"{tile_size}x{tile_size}; {_FIX}")
+    return array
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The folder's manifest, checked; None when there is none (images from elsewhere)."""
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}): re-run `canopy sample`") from None
+    found = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if found != FORMAT_VERSION:
+        raise UserError(f"{path}: format_version {found!r}, but this canopy reads samples of "
+                        f"format_version {FORMAT_VERSION}; re-run `canopy sample`")
+    return manifest

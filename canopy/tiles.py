@@ -1,0 +1,228 @@
+"""The tiles folder that `canopy etl` writes and train and evaluate read (README "Files",
+`data/tiles/`): WebDataset-style tar shards of `<key>.png` + `<key>.json` per split, and
+manifest.json.
+
+The writer is deterministic: tar headers carry fixed owners, modes and times, and the split is
+a pure function of the tile key, so the same tiles give byte-identical shards. Readers index
+the tar headers once and then read each tile's PNG bytes by offset, never unpacking a shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+import canopy
+from canopy.errors import UserError
+from canopy.hashing import canonical_json, sha256_file
+from canopy.imaging import decode_rgb_png
+
+SPLITS = ("train", "val")
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+_FIX = "re-run `canopy etl`"
+
+
+def split_of(key: str, val_fraction: float) -> str:
+    """'val' for a stable `val_fraction` of keys: adding imagery never moves a tile."""
+    bucket = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
+    return "val" if bucket < val_fraction else "train"
+
+
+class TileLocation(NamedTuple):
+    """Where one tile's PNG bytes are inside a shard, to read them without scanning the tar.
+    A tuple: the train index holds one per tile, and its data workers get a pickled copy."""
+
+    key: str
+    shard: Path
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        with open(self.shard, "rb") as handle:
+            handle.seek(self.offset)
+            return handle.read(self.size)
+
+
+# --- writing -------------------------------------------------------------------------------
+
+@dataclass
+class ShardInfo:
+    """One shard as the manifest lists it."""
+
+    split: str
+    file: str  # relative to the tiles folder
+    tiles: int = 0
+    sha256: str = ""
+
+
+@dataclass
+class ShardWriter:
+    """Append tiles to `<root>/<split>/shard-NNNNNN.tar`, `shard_size` tiles per shard."""
+
+    root: Path
+    split: str
+    shard_size: int
+    shards: list[ShardInfo] = field(default_factory=list)
+    _tar: tarfile.TarFile | None = None
+
+    def add(self, key: str, png: bytes, metadata: dict) -> TileLocation:
+        """Write one tile; return where its PNG bytes are."""
+        if self._tar is None or self.shards[-1].tiles >= self.shard_size:
+            self._open_next()
+        offset = _add_member(self._tar, f"{key}.png", png)
+        _add_member(self._tar, f"{key}.json", (canonical_json(metadata) + "\n").encode("utf-8"))
+        self.shards[-1].tiles += 1
+        return TileLocation(key, self.root / self.shards[-1].file, offset, len(png))
+
+    def _open_next(self) -> None:
+        self._close_current()
+        name = f"{self.split}/shard-{len(self.shards):06d}.tar"
+        (self.root / self.split).mkdir(parents=True, exist_ok=True)
+        self.shards.append(ShardInfo(self.split, name))
+        self._tar = tarfile.open(self.root / name, "w", format=tarfile.PAX_FORMAT)
+
+    def _close_current(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+            self.shards[-1].sha256 = sha256_file(self.root / self.shards[-1].file)
+
+    def close(self) -> list[ShardInfo]:
+        self._close_current()
+        return self.shards
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
+    """Append a member with normalised header fields; return the offset of its data."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+    padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return tar.offset - padded
+
+
+def split_counts(shards: Iterable[ShardInfo]) -> dict[str, int]:
+    shards = list(shards)
+    return {split: sum(s.tiles for s in shards if s.split == split) for split in SPLITS}
+
+
+def write_manifest(root: Path, *, tile_size: int, stride: int, shards: list[ShardInfo],
+                   synthetic: bool, filters: dict[str, Any], sources: list[dict[str, Any]],
+                   params_hash: str) -> None:
+    """`<root>/manifest.json`; `filters` and `sources` are etl's counts and scene reports."""
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "canopy_version": canopy.__version__,
+        "synthetic": synthetic,
+        "tile_size": tile_size,
+        "stride": stride,
+        "counts": split_counts(shards),
+        "shards": [vars(shard) for shard in shards],
+        "filters": filters,
+        "sources": sources,
+        "params_hash": params_hash,
+    }
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    (root / MANIFEST_FILE).write_text(text, encoding="utf-8")
+
+
+# --- reading -------------------------------------------------------------------------------
+
+def read_manifest(root: Path, point_at: str) -> dict[str, Any]:
+    """The manifest of the tiles folder `root`, checked; `point_at` names the option that
+    chooses the folder, for the message when there is none."""
+    path = root / MANIFEST_FILE
+    if not path.is_file():
+        raise UserError(f"{path} not found: run `canopy etl` first (or `dvc repro etl`), "
+                        f"or point {point_at} at an etl output folder")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}): {_FIX}") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: expected a JSON object; {_FIX}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: format_version {manifest.get('format_version')!r}, but this "
+                        f"canopy reads tiles of format_version {FORMAT_VERSION}; {_FIX}")
+    if not isinstance(manifest.get("tile_size"), int):
+        raise UserError(f"{path}: no integer tile_size in it; {_FIX}")
+    if not _is_shard_list(manifest.get("shards")):
+        raise UserError(f"{path}: no list of shards with their file and sha256; {_FIX}")
+    return manifest
+
+
+def _is_shard_list(shards: Any) -> bool:
+    return isinstance(shards, list) and all(
+        isinstance(shard, dict) and isinstance(shard.get("file"), str)
+        and isinstance(shard.get("sha256"), str) for shard in shards)
+
+
+def shard_hashes(manifest: dict[str, Any]) -> dict[str, str]:
+    """{shard file relative to the tiles folder: sha256}, as the manifest lists them."""
+    return {shard["file"]: shard["sha256"] for shard in manifest.get("shards", [])}
+
+
+def shard_files(root: Path, split: str) -> list[Path]:
+    """The shards of a split that are on disk, in name order."""
+    return sorted((root / split).glob("*.tar"))
+
+
+def index_shards(shards: Iterable[Path]) -> list[TileLocation]:
+    """Every tile of the shards, in shard and then tar order, from the tar headers only."""
+    locations: list[TileLocation] = []
+    seen: dict[str, Path] = {}
+    for shard in shards:
+        for location in _index_shard(shard):
+            if location.key in seen:
+                raise UserError(f"tile key {location.key!r} is in both {seen[location.key]} and "
+                                f"{shard}: keys must be unique; {_FIX}")
+            seen[location.key] = shard
+            locations.append(location)
+    return locations
+
+
+def _index_shard(shard: Path) -> list[TileLocation]:
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            return [TileLocation(member.name[: -len(".png")], shard, member.offset_data,
+                                 member.size)
+                    for member in tar if member.isfile() and member.name.endswith(".png")]
+    except (tarfile.TarError, OSError) as err:
+        raise UserError(f"{shard} is not a readable tar shard ({err}); {_FIX}") from None
+
+
+def list_tiles(root: Path, split: str) -> list[TileLocation]:
+    """Every tile of a split, in shard and then tar order."""
+    return index_shards(shard_files(root, split))
+
+
+def decode_tile(data: bytes, tile_size: int, name: str) -> np.ndarray:
+    """A tile's PNG bytes -> (tile_size, tile_size, 3) uint8; a UserError for anything else."""
+    array = decode_rgb_png(data, name, _FIX)
+    height, width = array.shape[:2]
+    if (height, width) != (tile_size, tile_size):
+        raise UserError(f"{name} is {width}x{height} px, expected {tile_size}x{tile_size}; {_FIX}")
+    return array
+
+
+def read_tile(location: TileLocation, tile_size: int) -> np.ndarray:
+    name = f"tile {location.key} in {location.shard}"
+    return decode_tile(location.read(), tile_size, name)
+
+
+def read_tiles(locations: Iterable[TileLocation], tile_size: int) -> Iterator[np.ndarray]:
+    for location in locations:
+        yield read_tile(location, tile_size)

@@ -1,0 +1,91 @@
+"""The weights that `canopy train` writes under models/ and `canopy sample` reads (README "Files",
+`models/`): safetensors files, so nothing is unpickled.
+
+    models/ema.safetensors                          the export: EMA weights, with safetensors
+                                                    metadata "format" = canopy.model/1 and
+                                                    "config" = JSON {model, diffusion, schedule,
+                                                    seed, tile_size, step, params_hash, data_hash}
+    models/state/step-NNNNNNNN/model.safetensors    raw weights of a training state (the rest of
+                                                    the state is train's own: train/checkpoint.py)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+
+from canopy.errors import UserError
+from canopy.fsutil import atomic_write_bytes
+
+EXPORT_FORMAT = "canopy.model/1"
+EXPORT_FILE = "ema.safetensors"
+STATE_DIR = "state"
+STEP_DIR_PREFIX = "step-"
+RAW_WEIGHTS_FILE = "model.safetensors"
+_RETRAIN = "re-run `canopy train`"
+
+
+def step_dir_name(step: int) -> str:
+    """The state folder of `step`; zero-padded, so name order is step order."""
+    return f"{STEP_DIR_PREFIX}{step:08d}"
+
+
+def cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state_dict as safetensors stores it: detached, on the CPU, contiguous."""
+    return {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
+
+
+def write_export(path: Path, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    """The export at `path` (atomically): `state` plus the config that rebuilds the network."""
+    metadata = {"format": EXPORT_FORMAT, "config": json.dumps(config, sort_keys=True)}
+    atomic_write_bytes(path, save(cpu_tensors(state), metadata=metadata))
+
+
+def read_export_config(path: Path) -> dict[str, Any]:
+    """The config of the export at `path`, checked; its tensors are not loaded."""
+    if not path.is_file():
+        raise UserError(f"{path} not found: train a model first (`canopy train`, or `dvc repro`)"
+                        ", or point --models at the folder `canopy train` wrote")
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path} cannot be read ({err}): it is corrupt; {_RETRAIN}") from None
+    if metadata.get("format") != EXPORT_FORMAT:
+        raise UserError(f"{path} is not a Canopy model (format {metadata.get('format')!r}, "
+                        f"expected {EXPORT_FORMAT!r})")
+    try:
+        config = json.loads(metadata["config"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: its config metadata is unreadable ({err})") from None
+    if not isinstance(config, dict) or "tile_size" not in config or "model" not in config:
+        raise UserError(f"{path}: its config lacks the model shape or tile size")
+    return config
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file (the export or a state's raw weights), on the CPU."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path} cannot be read ({err}): it is corrupt; {_RETRAIN}") from None
+
+
+def read_export(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(EMA state_dict, config) of the export at `path`."""
+    config = read_export_config(path)
+    return read_weights(path), config
+
+
+def latest_raw_weights(models: Path) -> Path:
+    """The raw weights of the newest training state under `models`."""
+    states = sorted((models / STATE_DIR).glob(f"{STEP_DIR_PREFIX}*/{RAW_WEIGHTS_FILE}"))
+    if not states:
+        raise UserError(f"no training state with raw weights under {models / STATE_DIR}: "
+                        "use sample.weights: ema")
+    return states[-1]

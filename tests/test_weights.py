@@ -1,0 +1,45 @@
+"""canopy/weights.py: the export the writer makes, the reader gets back; other files are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from canopy import weights
+from canopy.errors import UserError
+
+CONFIG = {"model": {"dim": 8}, "tile_size": 16, "schedule": "linear", "step": 3}
+
+
+def test_the_reader_gets_back_what_the_writer_wrote(tmp_path):
+    state = {"a.weight": torch.arange(6.0).reshape(2, 3).t(), "b": torch.ones(2)}  # a.t(): strided
+    path = tmp_path / weights.EXPORT_FILE
+    weights.write_export(path, state, CONFIG)
+    loaded, config = weights.read_export(path)
+    assert config == CONFIG and weights.read_export_config(path) == CONFIG
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[name], state[name]) for name in state)
+
+
+def test_a_file_of_another_format_is_refused_in_one_line(tmp_path):
+    path = tmp_path / weights.EXPORT_FILE
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"format": "canopy.model/2"})
+    with pytest.raises(UserError, match="is not a Canopy model .*'canopy.model/2'") as err:
+        weights.read_export_config(path)
+    assert "\n" not in str(err.value)
+    path.write_bytes(b"not safetensors")
+    with pytest.raises(UserError, match="it is corrupt"):
+        weights.read_export_config(path)
+    with pytest.raises(UserError, match="not found: train a model first"):
+        weights.read_export_config(tmp_path / "none.safetensors")
+
+
+def test_the_newest_state_holds_the_raw_weights(tmp_path):
+    for step in (9, 10):
+        folder = tmp_path / weights.STATE_DIR / weights.step_dir_name(step)
+        folder.mkdir(parents=True)
+        save_file({"x": torch.zeros(1)}, str(folder / weights.RAW_WEIGHTS_FILE))
+    assert weights.latest_raw_weights(tmp_path).parent.name == "step-00000010"
+    with pytest.raises(UserError, match="use sample.weights: ema"):
+        weights.latest_raw_weights(tmp_path / "empty")
