@@ -13,7 +13,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -182,7 +181,6 @@ def test_serve_on_loopback_prints_its_url_and_needs_no_invite(workspace):
     assert (workspace / "db" / "answers.sqlite").is_file()
 
 
-@pytest.mark.slow
 def test_serve_elsewhere_than_loopback_requires_the_printed_invite(workspace):
     process, url = start_serve(workspace, "--host", "0.0.0.0")
     try:
