@@ -6,6 +6,7 @@ import typer
 
 from canopy.etl.cli import etl
 from canopy.evaluate.cli import evaluate
+from canopy.judge.cli import judge_app
 from canopy.sample.cli import sample
 from canopy.train.cli import train
 
@@ -31,6 +32,8 @@ def canopy() -> None:
 # gathers them under one root.
 for command in (etl, train, sample, evaluate):
     app.command()(command)
+# Not a stage: people judge the samples after a run (serve, then report).
+app.add_typer(judge_app, name="judge")
 
 
 def main() -> None:

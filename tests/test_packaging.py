@@ -51,7 +51,9 @@ def test_wheel_holds_every_stage_under_the_root(wheel):
     packages = {str(Path(name).parent) for name in wheel.namelist()
                 if name.endswith("/__init__.py")}
     assert {"canopy", "canopy/etl", "canopy/etl/sources", "canopy/model", "canopy/train",
-            "canopy/sample", "canopy/evaluate"} <= packages
+            "canopy/sample", "canopy/evaluate", "canopy/judge"} <= packages
+    assert {f"canopy/judge/static/{name}" for name in ("index.html", "app.js", "style.css")} \
+        <= set(wheel.namelist())
     assert not any(part in ("tests", "bench", "models", "data")
                    for name in wheel.namelist() for part in Path(name).parts)
 
