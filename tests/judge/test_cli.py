@@ -134,7 +134,7 @@ def test_report_refuses_samples_that_have_no_answers(workspace):
         client.answer(client.deal()["images"][0])
     # The samples change (another run): the answers in the database are not theirs.
     manifest = workspace / "samples" / "manifest.json"
-    manifest.write_text(json.dumps({"images": 10, "seed": 1}))
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "seed": 1}))
     assert_refused(judge(workspace, *report_args(workspace)), "no answers for the samples",
                    "1 other experiment")
     assert written(workspace) == ["db/answers.sqlite"]
