@@ -76,7 +76,7 @@ def run_etl(raster: Path, workdir: Path) -> tuple[float, int, float, float]:
     out = workdir / "tiles"
     start = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "canopy.cli", "etl", "-q", "-p",
-                                str(params_path), "-o", str(out)], cwd=REPO,
+                                str(params_path), "--tiles", str(out)], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peaks: list[tuple[float, float]] = []
     sampler = threading.Thread(target=lambda: peaks.append(peak_tree_rss(process)))

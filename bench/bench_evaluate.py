@@ -82,7 +82,7 @@ def main() -> None:
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "canopy.cli", "evaluate", "-q", "--params",
                             str(root / "params.yaml"), "--samples", str(root / "samples"),
-                            "--tiles", str(root / "tiles"), "--out", str(root / "m.json")],
+                            "--tiles", str(root / "tiles"), "--metrics", str(root / "metrics")],
                            check=True, cwd=REPO)
             print(f"  whole command, fid {str(fid).lower():<5}               "
                   f"{time.perf_counter() - start:7.2f} s", flush=True)

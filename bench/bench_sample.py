@@ -3,7 +3,7 @@
     python bench/bench_sample.py [--params params.yaml] [--n 64] [--tiles data/tiles]
         [--samplers ddim:50 ddpm] [--models models] [--batch 16] [--json out.json]
 
-Loads the checkpoint in sample.models (or --models) once, then times the sampling loop of
+Loads the checkpoint in paths.models (or --models) once, then times the sampling loop of
 `canopy sample` (sample/generate.py, batches of sample.batch_size or --batch, the device and
 precision it picks) for each sampler on the same images (same seed, so the same starting
 noise), writes each set as PNGs and scores it with `canopy evaluate` (SWD only) against the
@@ -74,11 +74,11 @@ def sample_set(checkpoint, sampler: Scheduler, n: int, batch: int, seed: int, de
     return seconds
 
 
-def swd_of(samples: Path, tiles: Path, params_path: Path, out: Path) -> dict:
+def swd_of(samples: Path, tiles: Path, params_path: Path, metrics: Path) -> dict:
     subprocess.run([sys.executable, "-m", "canopy.cli", "evaluate", "-q", "-p", str(params_path),
-                    "--samples", str(samples), "--tiles", str(tiles), "--out", str(out)],
+                    "--samples", str(samples), "--tiles", str(tiles), "--metrics", str(metrics)],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())
+    return json.loads((metrics / "evaluate.json").read_text())
 
 
 def main() -> None:
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", default=["ddim:50", "ddpm"],
                         help="NAME[:STEPS[:ETA[:SPACING]]] each, e.g. ddim:50 ddim:50:0:trailing ddpm "
                              "(SPACING defaults to sample.spacing); repeat one to interleave")
-    parser.add_argument("--models", type=Path, help="override sample.models")
+    parser.add_argument("--models", type=Path, help="override paths.models")
     parser.add_argument("--batch", type=int, help="override sample.batch_size")
     parser.add_argument("--tiles", type=Path, default=REPO / "data" / "tiles")
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -99,7 +99,7 @@ def main() -> None:
     settings = params.sample
     batch = args.batch or settings.batch_size
     start = time.perf_counter()
-    checkpoint = load_checkpoint(args.models or Path(settings.models), "ema")
+    checkpoint = load_checkpoint(args.models or Path(params.paths.models), "ema")
     load_seconds = time.perf_counter() - start
     device = pick_device(settings.device, "sample.device")
     amp = pick_precision(settings.precision, device, "sample.precision")
@@ -138,7 +138,7 @@ def main() -> None:
             out = Path(tmp) / f"{position:02d}-{label.replace(':', '_')}"
             seconds = sample_set(checkpoint, sampler, args.n, batch, params.seed, device, amp,
                                  channels_last, out)
-            metrics = swd_of(out, args.tiles, eval_params, Path(tmp) / f"{out.name}.json")
+            metrics = swd_of(out, args.tiles, eval_params, Path(tmp) / f"{out.name}-metrics")
             if args.grids:
                 args.grids.mkdir(parents=True, exist_ok=True)
                 samples.write_grid(out, min(64, args.n))  # as `canopy sample` draws it

@@ -24,16 +24,42 @@ from canopy.train.params import DiffusionParams, ModelParams, TrainParams
 
 DEFAULT_PARAMS = Path("params.yaml")
 
+# Keys that named an artifact's folder in one stage's section before `paths` gave each
+# artifact one name; a params file that still has one is told where it went.
+MOVED_KEYS = {("train", "data"): "paths.tiles", ("train", "out"): "paths.models",
+              ("sample", "models"): "paths.models", ("sample", "out"): "paths.samples",
+              ("evaluate", "out"): "paths.metrics (a folder: evaluate.json is written in it)"}
+
+
+class PathsParams(StrictModel):
+    """One name per artifact, for every stage that writes or reads it (and for dvc.yaml,
+    which takes its outs and deps from here)."""
+
+    tiles: str = Field("data/tiles", min_length=1)  # etl writes; train and evaluate read
+    models: str = Field("models", min_length=1)  # train writes; sample reads
+    samples: str = Field("data/samples", min_length=1)  # sample writes; evaluate reads
+    metrics: str = Field("metrics", min_length=1)  # evaluate (and judge report) write
+
 
 class CanopyParams(StrictModel):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     schedule: Literal["linear", "cosine", "sigmoid"] = "linear"
+    paths: PathsParams = Field(default_factory=PathsParams)
     etl: EtlParams = Field(default_factory=EtlParams)
     model: ModelParams = Field(default_factory=ModelParams)
     diffusion: DiffusionParams = Field(default_factory=DiffusionParams)
     train: TrainParams = Field(default_factory=TrainParams)
     sample: SampleParams = Field(default_factory=SampleParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            for (section, key), target in MOVED_KEYS.items():
+                if isinstance(raw.get(section), dict) and key in raw[section]:
+                    raise ValueError(f"{section}.{key}: moved to {target}")
+        return raw
 
     @model_validator(mode="after")
     def _tile_fits_network(self) -> CanopyParams:
@@ -91,7 +117,7 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
         if problem["type"] == "missing":
             lines.append(f"{key}: required key is missing")
             continue
-        if message.startswith(key + "."):
+        if not loc or message.startswith(key + "."):
             lines.append(message)  # a cross-key check already names its keys
             continue
         got = problem.get("input")

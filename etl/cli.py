@@ -13,21 +13,24 @@ from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
 
 def etl(
     params: Path = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="params.yaml to read."),
-    out: Path = typer.Option(Path("data/tiles"), "--out", "-o",
-                             help="Output folder (replaced atomically at the end)."),
+    tiles: Path = typer.Option(None, "--tiles",
+                               help="Override paths.tiles: the output folder (replaced "
+                                    "atomically at the end)."),
     source: str = typer.Option(None, "--source",
                                help="Override etl.source: sentinelhub | local | synthetic."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Fetch or read forest imagery and cut it into tile_size PNG tiles in tar shards.
 
-    Reads the `etl` section of params.yaml (and `seed`). Writes OUT/train/*.tar,
-    OUT/val/*.tar, OUT/manifest.json and OUT/preview.png. A failed or interrupted run leaves
-    the previous OUT untouched.
+    Reads the `etl` section of params.yaml (and `seed`). Writes TILES/train/*.tar,
+    TILES/val/*.tar, TILES/manifest.json and TILES/preview.png (TILES: paths.tiles). A failed
+    or interrupted run leaves the previous TILES untouched.
     """
     with user_errors("etl"):
         loaded = load_params(params)
         loaded = with_overrides(loaded, "etl", {"source": source})
+        loaded = with_overrides(loaded, "paths", {"tiles": None if tiles is None else str(tiles)})
+        out = Path(loaded.paths.tiles)
         from canopy.etl.pipeline import run_etl
 
         progress = not quiet and sys.stderr.isatty()

@@ -10,10 +10,9 @@ from canopy.schema import StrictModel
 
 
 class EvaluateParams(StrictModel):
-    # The flat scalar metrics that dvc.yaml declares as DVC metrics (`dvc exp show` columns).
-    # Beside it, <stem>_details.json (metrics/evaluate_details.json) holds the rest for people:
+    # Writes paths.metrics/evaluate.json, the flat scalar metrics that dvc.yaml declares as DVC
+    # metrics (`dvc exp show` columns), and evaluate_details.json beside it for people:
     # per-level SWD, KID std, thresholds, which Inception weights, the near-copies found.
-    out: str = "metrics/evaluate.json"
     # Caps on the images every metric uses (FID scores about 3 images/s on a CPU, so these set
     # the run time there). Samples: the first max_samples in file-name order. Val: a seeded
     # subset of max_real tiles. The floor compares that val set with a seeded subset of as

@@ -53,6 +53,9 @@ class EvaluateResult:
     notes: list[str] = field(default_factory=list)
 
 
+METRICS_FILE = "evaluate.json"  # in paths.metrics; dvc.yaml declares it as DVC metrics
+
+
 def details_path(out: Path) -> Path:
     """metrics/evaluate.json -> metrics/evaluate_details.json."""
     return out.with_name(f"{out.stem}_details{out.suffix or '.json'}")

@@ -9,10 +9,10 @@ from pathlib import Path
 import typer
 
 from canopy.errors import user_errors
-from canopy.params import DEFAULT_PARAMS, load_params
+from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
 
 DEFAULT_DB = Path("judge/answers.sqlite")
-DEFAULT_OUT = Path("metrics/judge.json")
+METRICS_FILE = "judge.json"  # in paths.metrics, beside evaluate.json; declared in dvc.yaml
 
 judge_app = typer.Typer(
     name="judge",
@@ -23,16 +23,21 @@ judge_app = typer.Typer(
     help="People tell real tiles from generated ones: a web page, and metrics from the answers.",
 )
 
-SAMPLES_OPTION = typer.Option(Path("data/samples"), "--samples", "-s",
-                              help="Folder of generated NNNNNN.png images (with manifest.json).")
-TILES_OPTION = typer.Option(Path("data/tiles"), "--tiles", "-t",
-                            help="etl output folder: its val tiles are the real images.")
+PARAMS_OPTION = typer.Option(DEFAULT_PARAMS, "--params", "-p",
+                             help="params.yaml to read (its paths, and its seed for the bootstrap).")
+SAMPLES_OPTION = typer.Option(None, "--samples", "-s",
+                              help="Override paths.samples: generated NNNNNN.png images "
+                                   "(with manifest.json).")
+TILES_OPTION = typer.Option(None, "--tiles", "-t",
+                            help="Override paths.tiles: etl output folder; its val tiles are the "
+                                 "real images.")
 DB_OPTION = typer.Option(DEFAULT_DB, "--db",
                          help="SQLite answers database (git-ignored; never commit it).")
 
 
 @judge_app.command("serve")
 def serve(
+    params: Path = PARAMS_OPTION,
     samples: Path = SAMPLES_OPTION,
     tiles: Path = TILES_OPTION,
     host: str = typer.Option("127.0.0.1", "--host",
@@ -63,7 +68,8 @@ def serve(
         if round_size % 2:
             raise UserError(f"--round-size must be even (half real, half generated), "
                             f"got {round_size}")
-        catalog = load_catalog(samples, tiles)
+        paths = _paths(params, samples, tiles, None)
+        catalog = load_catalog(Path(paths.samples), Path(paths.tiles))
         answers = AnswersDB.checked(db, must_exist=False)
         listener = listen(host, port)  # before anything is written: a port in use stops here
         answers.initialise()
@@ -95,14 +101,14 @@ def _url(listener, invite: str | None) -> str:
 
 @judge_app.command("report")
 def report(
-    params: Path = typer.Option(DEFAULT_PARAMS, "--params", "-p",
-                                help="params.yaml to read (its seed seeds the bootstrap)."),
+    params: Path = PARAMS_OPTION,
     samples: Path = SAMPLES_OPTION,
     tiles: Path = TILES_OPTION,
     db: Path = DB_OPTION,
-    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o",
-                             help="Metrics JSON (declared in dvc.yaml); <stem>_details.json "
-                                  "and <stem>_fooled.png go beside it."),
+    metrics: Path = typer.Option(None, "--metrics", "-m",
+                                 help="Override paths.metrics: the folder that receives judge.json "
+                                      "(declared in dvc.yaml), judge_details.json and "
+                                      "judge_fooled.png."),
     bootstrap: int = typer.Option(2000, "--bootstrap", min=100, max=100_000,
                                   help="Bootstrap resamples of the judges."),
     grid: int = typer.Option(16, "--grid", min=1, max=256,
@@ -116,9 +122,11 @@ def report(
     """
     with user_errors("judge"):
         loaded = load_params(params)
+        paths = _paths(params, samples, tiles, metrics)
         from canopy.judge.report import run_report
 
-        result = run_report(db, samples, tiles, out, loaded.seed, bootstrap, grid)
+        result = run_report(db, Path(paths.samples), Path(paths.tiles),
+                            Path(paths.metrics) / METRICS_FILE, loaded.seed, bootstrap, grid)
         for note in result.notes:
             print(f"judge: note: {note}")
         m = result.metrics
@@ -130,3 +138,10 @@ def report(
             parts.append(f"accuracy {m['accuracy']:.1%}")
         print(f"judge: {', '.join(parts)}; {m['n_answers']} answers from {m['n_judges']} "
               f"judge(s) -> {result.out}")
+
+
+def _paths(params: Path, samples: Path | None, tiles: Path | None, metrics: Path | None):
+    """params.yaml's `paths`, with the folders given on the command line instead."""
+    given = {"samples": samples, "tiles": tiles, "metrics": metrics}
+    return with_overrides(load_params(params), "paths", {
+        key: None if value is None else str(value) for key, value in given.items()}).paths

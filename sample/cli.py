@@ -15,7 +15,8 @@ from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
 def sample(
     params: Path = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="params.yaml to read."),
     n: int = typer.Option(None, "--n", help="Override sample.n: images to generate."),
-    out: Path = typer.Option(None, "--out", "-o", help="Override sample.out (replaced atomically)."),
+    samples: Path = typer.Option(None, "--samples",
+                                 help="Override paths.samples: the output folder (replaced atomically)."),
     sampler: str = typer.Option(None, "--sampler",
                                 help=f"Override sample.sampler: {' | '.join(SCHEDULERS)}."),
     steps: int = typer.Option(None, "--steps", help="Override sample.steps (ddim, dpmpp2m)."),
@@ -24,7 +25,7 @@ def sample(
                                 help="Override sample.spacing (ddim, dpmpp2m): trailing | quadratic."),
     batch_size: int = typer.Option(None, "--batch-size", help="Override sample.batch_size."),
     weights: str = typer.Option(None, "--weights", help="Override sample.weights: ema | raw."),
-    models: Path = typer.Option(None, "--models", help="Override sample.models (train's output)."),
+    models: Path = typer.Option(None, "--models", help="Override paths.models (train's output)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Generate sample.n forest tiles from the EMA weights that `canopy train` wrote.
@@ -36,14 +37,15 @@ def sample(
     """
     with user_errors("sample"):
         loaded = load_params(params)
-        overrides = {"n": n, "out": str(out) if out else None, "sampler": sampler, "steps": steps,
-                     "eta": eta, "spacing": spacing, "batch_size": batch_size, "weights": weights,
-                     "models": str(models) if models else None}
+        overrides = {"n": n, "sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing,
+                     "batch_size": batch_size, "weights": weights}
         loaded = with_overrides(loaded, "sample", overrides)
+        loaded = with_overrides(loaded, "paths", {"samples": str(samples) if samples else None,
+                                                  "models": str(models) if models else None})
         from canopy.sample.run import run_sample
 
         settings = loaded.sample
-        result = run_sample(loaded, Path(settings.out), Path(settings.models),
+        result = run_sample(loaded, Path(loaded.paths.samples), Path(loaded.paths.models),
                             progress=not quiet and sys.stderr.isatty())
         print(f"sample: {result.n} images ({settings.sampler}, {result.steps} steps, "
               f"{result.device} {result.precision}) -> {result.out}")

@@ -30,8 +30,6 @@ class SampleParams(StrictModel):
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # as train.precision
     channels_last: Auto = "auto"  # as train.channels_last: auto = on for CUDA and CPU
-    models: str = "models"  # folder written by `canopy train`
-    out: str = "data/samples"
     grid_images: int = Field(64, ge=0, le=1024)  # images in grid.png
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ dep (the file itself or a folder above it).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -91,3 +92,19 @@ def test_each_plot_is_declared_once():
     overlapping = [(a, b) for i, a in enumerate(sources) for b in sources[i + 1:]
                    if covered(a, [b]) or covered(b, [a])]
     assert not overlapping, f"drawn twice: {overlapping}"
+
+
+def interpolated_keys(text: str) -> set[str]:
+    return set(re.findall(r"\$\{\s*([\w.]+)\s*\}", text))
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", *sorted(
+    str(path.relative_to(REPO_ROOT)) for path in (REPO_ROOT / "examples").glob("*.yaml"))])
+def test_params_files_hold_every_key_dvc_yaml_interpolates(params_file):
+    """`dvc repro` fails to parse dvc.yaml when params.yaml lacks a key it interpolates."""
+    params = yaml.safe_load((REPO_ROOT / params_file).read_text())
+    for key in interpolated_keys((REPO_ROOT / "dvc.yaml").read_text()):
+        value = params
+        for part in key.split("."):
+            assert isinstance(value, dict) and part in value, f"{params_file} lacks {key}"
+            value = value[part]

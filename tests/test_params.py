@@ -47,6 +47,23 @@ def test_bad_params_name_the_key(raw, expected):
     assert expected in error_of(raw)
 
 
+@pytest.mark.parametrize("section, key, target", [
+    ("train", "data", "paths.tiles"), ("train", "out", "paths.models"),
+    ("sample", "models", "paths.models"), ("sample", "out", "paths.samples"),
+    ("evaluate", "out", "paths.metrics"),
+])
+def test_an_artifact_path_key_that_moved_says_where(section, key, target):
+    assert error_of({section: {key: "x"}}).startswith(f"params: {section}.{key}: moved to {target}")
+
+
+def test_paths_name_each_artifact_once():
+    paths = parse_params({}).paths
+    assert (paths.tiles, paths.models, paths.samples, paths.metrics) == (
+        "data/tiles", "models", "data/samples", "metrics")
+    assert "paths.tiles: String should have at least 1 character" in error_of(
+        {"paths": {"tiles": ""}})
+
+
 def test_errors_are_one_line():
     message = error_of({"schedule": "x", "etl": {"tile_sise": 1, "source": "y"}})
     assert "\n" not in message

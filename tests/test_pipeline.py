@@ -21,6 +21,8 @@ from tests.conftest import REPO_ROOT
 TINY = {
     "seed": 0,
     "schedule": "linear",
+    "paths": {"tiles": "data/tiles", "models": "models", "samples": "data/samples",
+              "metrics": "metrics"},  # dvc.yaml takes its paths from here
     "etl": {"source": "synthetic", "tile_size": 16, "stride": 16,
             "synthetic": {"scenes": 1, "width": 160, "height": 160}, "val_fraction": 0.2,
             "min_vegetation_fraction": 0.0},

@@ -21,27 +21,28 @@ def train(
     device: Optional[str] = typer.Option(
         None, "--device", help="override train.device (auto|cuda|mps|cpu)"
     ),
-    data: Optional[Path] = typer.Option(None, "--data", help="override train.data (the etl output)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="override train.out"),
+    tiles: Optional[Path] = typer.Option(None, "--tiles",
+                                         help="override paths.tiles (the etl output to train on)"),
+    models: Optional[Path] = typer.Option(None, "--models",
+                                          help="override paths.models (the output folder)"),
     fresh: bool = typer.Option(False, "--fresh", help="ignore any checkpoint and start over"),
 ) -> None:
-    """Train the diffusion model on data/tiles (etl's output) and write models/.
+    """Train the diffusion model on the tiles (paths.tiles) and write paths.models.
 
     Re-running with the same params and data resumes from the last checkpoint in
-    models/state/; with other params or data it starts fresh and says why. Ctrl-C or SIGTERM
+    MODELS/state/; with other params or data it starts fresh and says why. Ctrl-C or SIGTERM
     saves a checkpoint, then exits.
     """
     with user_errors("train"):
         from canopy.train.loop import train
 
-        overrides = {
-            "steps": steps,
-            "batch_size": batch_size,
-            "device": device,
-            "data": None if data is None else str(data),
-            "out": None if out is None else str(out),
-        }
+        overrides = {"steps": steps, "batch_size": batch_size, "device": device}
         loaded = with_overrides(load_params(params), "train", overrides)
+        loaded = with_overrides(loaded, "paths", {"tiles": _text(tiles), "models": _text(models)})
         result = train(loaded, quiet=quiet, fresh=fresh)
         if result.interrupted is not None:
             raise typer.Exit(128 + result.interrupted)
+
+
+def _text(path: Optional[Path]) -> Optional[str]:
+    return None if path is None else str(path)

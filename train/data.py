@@ -42,7 +42,7 @@ class TileIndex:
 
 
 def read_manifest(data_dir: Path) -> dict[str, Any]:
-    return tiles.read_manifest(data_dir, point_at="train.data / --data")
+    return tiles.read_manifest(data_dir, point_at="paths.tiles (or --tiles)")
 
 
 def train_shards(data_dir: Path) -> list[Path]:

@@ -104,7 +104,7 @@ def train(
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     tp = params.train
-    data_dir, out = Path(tp.data), Path(tp.out)
+    data_dir, out = Path(params.paths.tiles), Path(params.paths.models)
     say = _sayer(quiet)
 
     manifest = read_manifest(data_dir)

@@ -84,8 +84,6 @@ class TrainParams(StrictModel):
     sample_every: int = Field(500, ge=1)  # steps between preview grids of EMA samples
     preview_images: int = Field(16, ge=0, le=256)  # images per preview grid; 0 = no previews
     preview_steps: int = Field(20, ge=1, le=1000)  # DDIM steps for previews
-    data: str = "data/tiles"  # the etl output (manifest.json, train/ shards)
-    out: str = "models"  # ema.safetensors, state/ (resume) and live/ (dvclive metrics)
 
     @field_validator("num_workers")
     @classmethod

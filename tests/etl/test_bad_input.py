@@ -17,7 +17,7 @@ def run_etl_cli(tmp_path, etl: dict, *extra):
     params = {"model": {"dim_mults": [1, 2]}, "etl": {"tile_size": 16, "stride": 16, **etl}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return CliRunner().invoke(app, ["etl", "-q", "--params", str(tmp_path / "params.yaml"),
-                                    "--out", str(tmp_path / "out"), *extra])
+                                    "--tiles", str(tmp_path / "out"), *extra])
 
 
 def local(paths, **settings):

@@ -35,7 +35,7 @@ def test_signal_mid_run_keeps_previous_output(tmp_path, signum):
                             "synthetic": {"scenes": scenes, "width": 512, "height": 512}}}
         params.write_text(yaml.safe_dump(settings))
         return subprocess.Popen([sys.executable, "-m", "canopy.cli", "etl", "-q", "-p", str(params),
-                                 "-o", str(out)], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+                                 "--tiles", str(out)], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
                                 preexec_fn=_default_sigint)
 
     assert etl(1).wait(timeout=120) == 0

@@ -417,7 +417,7 @@ def test_etl_command_tiles_sentinelhub_scenes(standin, creds, tmp_path, monkeypa
                 "sentinelhub": make_params(standin, tmp_path).model_dump(mode="json")},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    args = ["etl", "-q", "-p", str(tmp_path / "params.yaml"), "-o", str(tmp_path / "tiles")]
+    args = ["etl", "-q", "-p", str(tmp_path / "params.yaml"), "--tiles", str(tmp_path / "tiles")]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     requests_made = len(standin.calls())

@@ -109,7 +109,7 @@ def test_a_whole_round_by_click_and_keyboard_then_the_report(tmp_path, browser):
         result = CliRunner().invoke(app, [
             "judge", "report", "--params", str(workspace / "params.yaml"),
             "--samples", str(workspace / "samples"), "--tiles", str(workspace / "tiles"),
-            "--db", str(server.db.path), "--out", str(workspace / "judge.json")])
+            "--db", str(server.db.path), "--metrics", str(workspace)])
         assert result.exit_code == 0, result.output
         metrics = json.loads((workspace / "judge.json").read_text())
         assert (metrics["n_answers"], metrics["n_judges"]) == (ROUND, 1)

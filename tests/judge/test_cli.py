@@ -26,7 +26,7 @@ def judge(workspace, *args):
 
 
 def serve_args(workspace, *extra):
-    return ["serve", "--samples", str(workspace / "samples"), "--tiles", str(workspace / "tiles"),
+    return ["serve", "--params", str(workspace / "params.yaml"), "--samples", str(workspace / "samples"), "--tiles", str(workspace / "tiles"),
             "--db", str(workspace / "db" / "answers.sqlite"), "--port", "0", *extra]
 
 
@@ -34,7 +34,7 @@ def report_args(workspace, *extra):
     return ["report", "--params", str(workspace / "params.yaml"),
             "--samples", str(workspace / "samples"), "--tiles", str(workspace / "tiles"),
             "--db", str(workspace / "db" / "answers.sqlite"),
-            "--out", str(workspace / "metrics" / "judge.json"), *extra]
+            "--metrics", str(workspace / "metrics"), *extra]
 
 
 def assert_refused(result, *phrases):

@@ -30,8 +30,8 @@ def write_checkpoint(models: Path, model: dict = MODEL, tile_size: int = 16, see
 def write_params(folder: Path, **sample) -> Path:
     params = {"seed": 3, "schedule": "linear", "model": MODEL, "diffusion": DIFFUSION,
               "etl": {"tile_size": 16, "stride": 16},
-              "sample": {"n": 6, "batch_size": 4, "steps": 5, "device": "cpu",
-                         "models": str(folder / "models"), "out": str(folder / "samples"), **sample}}
+              "paths": {"models": str(folder / "models"), "samples": str(folder / "samples")},
+              "sample": {"n": 6, "batch_size": 4, "steps": 5, "device": "cpu", **sample}}
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path

@@ -48,7 +48,7 @@ def test_image_i_does_not_depend_on_batch_size_or_n(workspace, precision, sample
     runs = {}
     for n, batch in [(6, 4), (6, 1), (3, 5)]:
         out = workspace / f"s-{n}-{batch}"
-        result = sample(workspace, "--n", str(n), "--batch-size", str(batch), "--out", str(out))
+        result = sample(workspace, "--n", str(n), "--batch-size", str(batch), "--samples", str(out))
         assert result.exit_code == 0, result.output
         runs[(n, batch)] = images(out)
     assert runs[(6, 4)] == runs[(6, 1)]
@@ -57,14 +57,14 @@ def test_image_i_does_not_depend_on_batch_size_or_n(workspace, precision, sample
 
 
 def test_rerun_is_byte_identical_and_seed_matters(workspace):
-    assert sample(workspace, "--out", str(workspace / "a")).exit_code == 0
-    assert sample(workspace, "--out", str(workspace / "b")).exit_code == 0
+    assert sample(workspace, "--samples", str(workspace / "a")).exit_code == 0
+    assert sample(workspace, "--samples", str(workspace / "b")).exit_code == 0
     a, b = workspace / "a", workspace / "b"
     for name in ["manifest.json", "grid.png", *images(a)]:
         assert (a / name).read_bytes() == (b / name).read_bytes()
     params = (workspace / "params.yaml").read_text().replace("seed: 3", "seed: 4")
     (workspace / "params.yaml").write_text(params)
-    assert sample(workspace, "--out", str(workspace / "c")).exit_code == 0
+    assert sample(workspace, "--samples", str(workspace / "c")).exit_code == 0
     assert images(workspace / "c") != images(a)
 
 
@@ -76,7 +76,7 @@ def test_ddpm_takes_every_timestep(workspace):
 
 
 def test_dpmpp2m_is_recorded_and_differs_from_ddim(workspace):
-    assert sample(workspace, "--out", str(workspace / "ddim")).exit_code == 0
+    assert sample(workspace, "--samples", str(workspace / "ddim")).exit_code == 0
     result = sample(workspace, "--sampler", "dpmpp2m")
     assert result.exit_code == 0, result.output
     assert "(dpmpp2m, 5 steps" in result.output
@@ -88,10 +88,10 @@ def test_dpmpp2m_is_recorded_and_differs_from_ddim(workspace):
 
 
 def test_spacing_is_recorded_and_changes_the_images(workspace):
-    assert sample(workspace, "--out", str(workspace / "quadratic")).exit_code == 0  # the default
+    assert sample(workspace, "--samples", str(workspace / "quadratic")).exit_code == 0  # the default
     for sampler in ("ddim", "dpmpp2m"):
         out = workspace / f"trailing-{sampler}"
-        result = sample(workspace, "--sampler", sampler, "--spacing", "trailing", "--out", str(out))
+        result = sample(workspace, "--sampler", sampler, "--spacing", "trailing", "--samples", str(out))
         assert result.exit_code == 0, result.output
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["timestep_spacing"] == "trailing" and manifest["steps"] == 5

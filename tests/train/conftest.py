@@ -51,9 +51,9 @@ def tiny_params(tiles: Path, out: Path, **train: Any) -> CanopyParams:
         "train": {
             "steps": 8, "batch_size": 4, "lr": 1e-3, "warmup_steps": 2, "ema_warmup_steps": 2,
             "checkpoint_every": 4, "log_every": 2, "sample_every": 4, "preview_images": 4,
-            "preview_steps": 3, "device": "cpu", "precision": "fp32", "num_workers": 0,
-            "data": str(tiles), "out": str(out), **train,
+            "preview_steps": 3, "device": "cpu", "precision": "fp32", "num_workers": 0, **train,
         },
+        "paths": {"tiles": str(tiles), "models": str(out)},
     }
     return parse_params(raw)
 

@@ -148,8 +148,8 @@ def test_cli_errors_are_one_line_and_exit_2(tiles, tmp_path):
     assert len(lines) == 1 and "schedule" in lines[0] and "cosin" in lines[0]
     good = tmp_path / "good.yaml"
     good.write_text("etl: {tile_size: 16, stride: 16}\nmodel: {dim: 8, dim_mults: [1, 2]}\n")
-    result = runner.invoke(app, ["train", "--params", str(good), "--data", str(tmp_path / "none")])
+    result = runner.invoke(app, ["train", "--params", str(good), "--tiles", str(tmp_path / "none")])
     assert result.exit_code == 2 and "run `canopy etl`" in result.stderr
-    args = ["train", "--params", str(good), "--data", str(tiles), "--device", "tpu"]
+    args = ["train", "--params", str(good), "--tiles", str(tiles), "--device", "tpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "train.device" in result.stderr
