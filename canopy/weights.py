@@ -40,10 +40,23 @@ def cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
 
 
+def save_canonical(state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes that depend only on the tensors and metadata: safetensors writes its
+    JSON header in hash-map order, so equal inputs gave different files from run to run (and
+    another checkpoint sha256 in every samples manifest). The header is rewritten with sorted
+    keys; the tensor offsets in it are relative to the data, which stays as it is."""
+    data = save(state, metadata=metadata)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8-byte alignment
+    return len(text).to_bytes(8, "little") + text + data[8 + length:]
+
+
 def write_export(path: Path, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
     """The export at `path` (atomically): `state` plus the config that rebuilds the network."""
     metadata = {"format": EXPORT_FORMAT, "config": json.dumps(config, sort_keys=True)}
-    atomic_write_bytes(path, save(cpu_tensors(state), metadata=metadata))
+    atomic_write_bytes(path, save_canonical(cpu_tensors(state), metadata=metadata))
 
 
 def read_export_config(path: Path) -> dict[str, Any]:

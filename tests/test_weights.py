@@ -43,3 +43,26 @@ def test_the_newest_state_holds_the_raw_weights(tmp_path):
     assert weights.latest_raw_weights(tmp_path).parent.name == "step-00000010"
     with pytest.raises(UserError, match="use sample.weights: ema"):
         weights.latest_raw_weights(tmp_path / "empty")
+
+
+WRITE_ONE = """
+import sys, torch
+from canopy import weights
+state = {name: torch.full((3,), float(i)) for i, name in enumerate("abcdefgh")}
+weights.write_export(sys.argv[1], state, {"model": {"dim": 8}, "tile_size": 16, "step": 1,
+                                          "seed": 0, "schedule": "linear", "z": 1, "a": 2})
+"""
+
+
+def test_the_same_export_gives_the_same_bytes_in_every_process(tmp_path):
+    """safetensors orders its header by a per-process hash: without canonical bytes every run
+    wrote another file (and another checkpoint sha256 into the samples manifest)."""
+    import subprocess
+    import sys
+
+    paths = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", WRITE_ONE, str(path)], check=True)
+    assert len({path.read_bytes() for path in paths}) == 1
+    loaded, config = weights.read_export(paths[0])
+    assert config["a"] == 2 and torch.equal(loaded["h"], torch.full((3,), 7.0))

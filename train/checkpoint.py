@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, save
+from safetensors.torch import load
 
 from canopy import weights
 from canopy.fsutil import atomic_dir
@@ -71,9 +71,9 @@ def save_state(
     """Write the state at `step` atomically, then delete older states."""
     target = state_root / weights.step_dir_name(step)
     blobs = {
-        weights.RAW_WEIGHTS_FILE: save(weights.cpu_tensors(model.state_dict())),
-        "ema.safetensors": save(weights.cpu_tensors(ema_model.state_dict())),
-        "optimizer.safetensors": save(_optimizer_tensors(optimizer)),
+        weights.RAW_WEIGHTS_FILE: weights.save_canonical(weights.cpu_tensors(model.state_dict())),
+        "ema.safetensors": weights.save_canonical(weights.cpu_tensors(ema_model.state_dict())),
+        "optimizer.safetensors": weights.save_canonical(_optimizer_tensors(optimizer)),
     }
     state = {
         "format": STATE_FORMAT,
