@@ -478,7 +478,7 @@ def _train_case(ctx: Context, row: dict, label: str, variants: tuple[str, ...],
 
 
 def _describe_error(err: BaseException) -> str:
-    if isinstance(err, torch.OutOfMemoryError):
+    if isinstance(err, torch.cuda.OutOfMemoryError):
         return "out of memory"
     last = traceback.format_exception_only(type(err), err)[-1].strip()
     return last[:400]
@@ -588,7 +588,8 @@ def run(plan: Plan, dev: Device, out: Path) -> dict:
     _set_recompile_limit(64)
     torch._dynamo.config.automatic_dynamic_shapes = False  # static shapes, as in the product
     report.data.update(env=environment(plan, dev), plan=asdict(plan), shape=asdict(plan.shape))
-    net = Unet(**plan.shape.unet_kwargs())
+    with torch.device("meta"):  # shapes only: no weight initialisation to wait for
+        net = Unet(**plan.shape.unet_kwargs())
     flops = count_training_flops(net, plan.batches[0], plan.shape.size)
     ctx.flops_per_image = flops.training
     report.data["flops"] = {"forward_gflop": flops.forward / 1e9,
