@@ -15,6 +15,9 @@ real-vs-real floor (as many train tiles as samples against the same val tiles) a
 sampler named `ddpm`, the speed and SWD ratios. Loading the checkpoint and starting the command,
 the same for every sampler, are left out of the timings and printed apart; one
 untimed network call at the timed batch shape runs first (kernel selection, allocator warm-up).
+Each set's network calls are counted and their FLOPs too (bench/flops.py), so the images/s come
+with the model FLOP/s achieved and the MFU (the peak from the table of known GPUs, or
+--peak-tflops).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from canopy.params import load_params
 from canopy.sample.checkpoint import load_checkpoint
 from canopy.sample.generate import generate
 
+from flops import count_sampling_flops, describe_rate, mfu, peak_tflops, precision_of
+
 
 def parse_sampler(spec: str, default_spacing: str) -> tuple[str, int, float, str]:
     """'ddim:50:0.5:trailing' -> ('ddim', 50, 0.5, 'trailing'); steps default 50 (ignored by
@@ -58,20 +63,51 @@ def parse_sampler(spec: str, default_spacing: str) -> tuple[str, int, float, str
     return name, steps, eta, spacing
 
 
+class CallFlops:
+    """Sums the FLOPs of every network call while active. Each batch size is counted once, by
+    `prepare` before the timed loop, so that the counting costs the timings nothing."""
+
+    def __init__(self, net: torch.nn.Module, size: int) -> None:
+        self.net, self.size = net, size
+        self.per_batch: dict[int, int] = {}
+        self.flops = 0
+
+    def prepare(self, batch: int) -> None:
+        if batch not in self.per_batch:
+            self.per_batch[batch] = count_sampling_flops(self.net, batch, self.size)
+
+    def _count(self, module, args) -> None:
+        self.prepare(args[0].shape[0])
+        self.flops += self.per_batch[args[0].shape[0]]
+
+    def __enter__(self) -> CallFlops:
+        self.flops = 0
+        self._handle = self.net.register_forward_pre_hook(self._count)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
 def sample_set(checkpoint, sampler: Scheduler, n: int, batch: int, seed: int, device, amp,
-               channels_last: bool, out: Path) -> float:
-    """Seconds spent in the sampling loop for n images; the PNGs go to `out`."""
+               channels_last: bool, out: Path) -> tuple[float, int]:
+    """Seconds spent in the sampling loop for n images (the PNGs go to `out`) and the network
+    FLOPs spent."""
     out.mkdir(parents=True)
-    seconds = 0.0
+    seconds, flops = 0.0, 0
+    counter = CallFlops(checkpoint.net, checkpoint.image_shape[-1])
     for first in range(0, n, batch):
         indices = list(range(first, min(n, first + batch)))
+        counter.prepare(len(indices))
         start = time.perf_counter()
-        images = generate(checkpoint.net, sampler, indices, seed, checkpoint.image_shape,
-                          device, amp, channels_last=channels_last)  # CPU tensors: device done
+        with counter:
+            images = generate(checkpoint.net, sampler, indices, seed, checkpoint.image_shape,
+                              device, amp, channels_last=channels_last)  # CPU tensors: device done
         seconds += time.perf_counter() - start
+        flops += counter.flops
         for index, image in zip(indices, images.numpy()):
             samples.write_image(out, index, image)
-    return seconds
+    return seconds, flops
 
 
 def swd_of(samples: Path, tiles: Path, params_path: Path, metrics: Path) -> dict:
@@ -93,6 +129,8 @@ def main() -> None:
     parser.add_argument("--tiles", type=Path, default=REPO / "data" / "tiles")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--grids", type=Path, help="write a grid PNG of each set into this folder")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's peak TFLOP/s (default: the table's for a known GPU)")
     args = parser.parse_args()
 
     params = load_params(args.params)
@@ -107,6 +145,8 @@ def main() -> None:
     checkpoint.net.to(device, memory_format=torch.channels_last if channels_last
                       else torch.contiguous_format)
     checkpoint.diffusion.to(device)
+    peak = peak_tflops(device, precision_of(amp, torch.backends.cudnn.allow_tf32),
+                       args.peak_tflops)
     header = (f"checkpoint {checkpoint.path} (step {checkpoint.config.get('step')}), {device} "
               f"{precision_name(amp)}{', channels_last' if channels_last else ''}, batch {batch}; load {load_seconds:.2f} s; "
               f"load average {os.getloadavg()[0]:.2f}")
@@ -136,17 +176,20 @@ def main() -> None:
             label = name if name == "ddpm" else f"{name}:{steps}:{eta:g}:{spacing}"
             # Numbered: the same sampler may run twice (interleaved timings).
             out = Path(tmp) / f"{position:02d}-{label.replace(':', '_')}"
-            seconds = sample_set(checkpoint, sampler, args.n, batch, params.seed, device, amp,
-                                 channels_last, out)
+            seconds, flops = sample_set(checkpoint, sampler, args.n, batch, params.seed, device,
+                                        amp, channels_last, out)
             metrics = swd_of(out, args.tiles, eval_params, Path(tmp) / f"{out.name}-metrics")
             if args.grids:
                 args.grids.mkdir(parents=True, exist_ok=True)
                 samples.write_grid(out, min(64, args.n))  # as `canopy sample` draws it
                 shutil.move(out / "grid.png", args.grids / f"{out.name}.png")
             row = {"sampler": label, "steps": len(sampler.timesteps), "s_per_image": seconds / args.n,
+                   "images_per_s": args.n / seconds, "gflop_per_image": flops / args.n / 1e9,
+                   "tflop_per_s": flops / seconds / 1e12, "mfu": mfu(flops / seconds, peak),
                    **{k: metrics[k] for k in ("swd", "swd_floor", "n_samples", "n_real")}}
             rows.append(row)
             print(f"{label:>20} {row['steps']:>5} steps {row['s_per_image']:.4f} s/image "
+                  f"({row['images_per_s']:.1f} images/s, {describe_rate(flops / seconds, peak)}) "
                   f"swd {row['swd']:.2f} (floor {row['swd_floor']:.2f}, n {row['n_samples']}, "
                   f"val {row['n_real']})", flush=True)
             save_rows()  # after every set, so a cut-off run keeps what it measured

@@ -6,6 +6,12 @@ a per-parameter EMA loop. Both run in one process, interleaved, on the same inpu
 
     python bench/bench_train.py                      # dim 64, dim_mults 1 2 4 8, 128 px, batch 4
     python bench/bench_train.py --rounds 5 --loss-check
+    python bench/bench_train.py --loader data/tiles --batch 16 --workers 0 1 2
+
+Each step's FLOPs are counted (bench/flops.py: forward and backward, per image), so the
+images/s come with the model FLOP/s achieved, and the MFU where a peak is given
+(--peak-tflops: there is no table for CPUs). --loader measures instead how many images/s the
+training data loader of `canopy train` delivers alone from an etl output, per worker count.
 
 Canopy's step is train.engine.Trainer.step with the default params (device, precision,
 channels_last and compile all `auto`). --loss-check also trains a small network from the same
@@ -24,6 +30,7 @@ import math
 import os
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +41,9 @@ from torch import nn
 from canopy.params import parse_params
 from canopy.train.engine import Trainer
 from canopy.train.runtime import resolve_runtime
+
+from flops import count_training_flops, describe_rate
+from loader_speed import loader_images_per_s
 
 # ----------------------------------------------------------------------------------------------
 # The reference: the article's network and DDPM training step, plain fp32 eager PyTorch.
@@ -139,9 +149,9 @@ class RefUnet(nn.Module):
 class Reference:
     """The article's training step, plus a plain EMA update."""
 
-    def __init__(self, timesteps=1000, lr=2e-4, ema_decay=0.999):
+    def __init__(self, dim=64, dim_mults=(1, 2, 4, 8), timesteps=1000, lr=2e-4, ema_decay=0.999):
         torch.manual_seed(0)
-        self.model = RefUnet()
+        self.model = RefUnet(dim, dim_mults)
         self.ema = [p.detach().clone() for p in self.model.parameters()]
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         betas = torch.linspace(1e-4, 0.02, timesteps)
@@ -198,13 +208,17 @@ def bench_steps(args) -> None:
            "etl": {"tile_size": size, "stride": size},
            "train": {"batch_size": batch, "device": "cpu"}}
     trainer = canopy_trainer(raw)
-    ref = Reference()
+    ref = Reference(args.dim, args.dim_mults)  # the same network as Canopy's, FLOPs alike
     n_params = sum(p.numel() for p in ref.model.parameters())
-    diff = check_same_network(trainer, ref, size) if args.dim == 64 else float("nan")
+    diff = check_same_network(trainer, ref, size)
     print(f"network: {n_params / 1e6:.1f} M parameters; max |canopy - reference| output "
           f"difference with the same weights (fp32): {diff:.2e}")
     print(f"canopy runtime: {trainer.runtime.describe()}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
+    flops = count_training_flops(trainer.model, batch, size)
+    print(f"FLOPs per image (counted): forward {flops.forward / 1e9:.2f} G, backward "
+          f"{flops.backward / 1e9:.2f} G ({flops.backward_ratio:.3f}x the forward), "
+          f"training {flops.training / 1e9:.2f} G")
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
     step = 0
@@ -231,8 +245,10 @@ def bench_steps(args) -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = [b / a for a, b in zip(times["canopy"], times["reference"])]
     for name in ("reference", "canopy"):
+        images_per_s = batch / med[name]
         print(f"{name:>9}: {med[name]:.2f} s/step (median of {args.rounds}), "
-              f"{batch / med[name]:.2f} images/s")
+              f"{images_per_s:.2f} images/s, "
+              f"{describe_rate(images_per_s * flops.training, args.peak_tflops)}")
     print(f"speed-up: {med['reference'] / med['canopy']:.2f}x (ratio of medians); "
           f"per round {min(ratios):.2f}x .. {max(ratios):.2f}x")
 
@@ -292,6 +308,23 @@ def loss_check(args) -> None:
           f"auto {mixed[-window:].mean():.4f}")
 
 
+def bench_loader(args) -> None:
+    """The loader alone, per worker count, interleaved over rounds (reversed every other)."""
+    print(f"loader: {args.loader}, batch {args.batch}, workers {args.workers}; "
+          f"load average before: {os.getloadavg()}")
+    rates: dict[int, list[float]] = {w: [] for w in args.workers}
+    for r in range(args.rounds):
+        for workers in args.workers if r % 2 == 0 else args.workers[::-1]:
+            row = loader_images_per_s(args.loader, args.batch, workers, args.loader_seconds)
+            rates[workers].append(row["images_per_s"])
+            print(f"  round {r + 1}: {workers} workers {row['images_per_s']:.0f} images/s "
+                  f"({row['tile_size']} px tiles, start-up {row['startup_s']:.2f} s)", flush=True)
+    print(f"load average after: {os.getloadavg()}")
+    for workers, values in rates.items():
+        print(f"{workers} workers: {statistics.median(values):.0f} images/s (median of "
+              f"{len(values)}; {min(values):.0f} .. {max(values):.0f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -302,7 +335,16 @@ def main() -> None:
     parser.add_argument("--loss-check", action="store_true", help="also compare loss curves")
     parser.add_argument("--loss-steps", type=int, default=300)
     parser.add_argument("--skip-steps", action="store_true", help="only the loss check")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's peak TFLOP/s at the step's precision, for the MFU")
+    parser.add_argument("--loader", type=Path, metavar="DATA_DIR",
+                        help="measure the data loader alone on this etl output instead")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--loader-seconds", type=float, default=5.0)
     args = parser.parse_args()
+    if args.loader:
+        bench_loader(args)
+        return
     if not args.skip_steps:
         bench_steps(args)
     if args.loss_check or args.skip_steps:

@@ -1,16 +1,24 @@
-"""The network, its EMA, the optimizer and one training step. The loop is in train/loop.py."""
+"""The network, its EMA, the optimizer and one training step. The loop is in train/loop.py.
+
+Imports no pydantic (the params are only read), so that bench/gpu_mfu.py can run this very
+step on a GPU machine that has torch but not the rest of Canopy's dependencies.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 
 from canopy.model.diffusion import GaussianDiffusion, make_betas
 from canopy.model.unet import Unet
-from canopy.params import CanopyParams
 from canopy.seeding import Stream, torch_seed
 from canopy.train.data import to_model_input
 from canopy.train.ema import EMA
 from canopy.train.runtime import Runtime
+
+if TYPE_CHECKING:
+    from canopy.params import CanopyParams
 
 
 def _adamw(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):

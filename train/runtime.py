@@ -8,6 +8,7 @@ combinations the machine cannot run, with the fix in the message.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,7 +18,9 @@ from canopy.accelerator import (
     pick_precision,
     precision_name,
 )
-from canopy.train.params import TrainParams
+
+if TYPE_CHECKING:  # no pydantic at import: see train/engine.py
+    from canopy.train.params import TrainParams
 
 
 @dataclass(frozen=True)
