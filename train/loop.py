@@ -6,7 +6,8 @@
 Resuming: the newest state under <out>/state/ is loaded when its params hash (the keys that
 change what is learnt, train/params.py RESUME_TRAIN_KEYS) and data hash match; since every
 random draw is seeded from (seed, step), N steps straight and N/2 + resume + N/2 give the
-same weights. Otherwise the run starts fresh and says why.
+same weights. Otherwise the run starts fresh, says why, and moves the old state aside to
+<out>/state.old-<step> (only --fresh deletes it).
 """
 
 from __future__ import annotations
@@ -131,8 +132,10 @@ def train(
         state_root, expect, trainer.model, trainer.ema.model, trainer.optimizer, trainer.scaler, tp.steps
     )
     if resume.reason:
-        _say_always(f"starting fresh: {resume.reason}")
-        shutil.rmtree(state_root, ignore_errors=True)
+        kept = checkpoint.move_aside(state_root)
+        where = (f"; the old state is kept in {kept} (move it back to resume it, or delete it; "
+                 "`--fresh` starts over without keeping it)" if kept else "")
+        _say_always(f"starting fresh: {resume.reason}{where}")
     start = resume.step
     say(
         f"{len(index)} train tiles of {index.tile_size} px; {runtime.describe()}; "
