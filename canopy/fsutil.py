@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,7 +25,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary sibling, fsync, then rename over."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temp_files(path.parent)
+    # The pid in the name tells a later run whether the writer is gone (then it is stale).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-",
+                               suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a normal file is wanted
         with os.fdopen(fd, "wb") as handle:
@@ -69,6 +73,19 @@ def _remove_stale_staging(target: Path) -> None:
         pid = stale.name.rsplit(".staging-", 1)[1].split("-", 1)[0]
         if pid.isdigit() and not _process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
+
+
+_TEMP_FILE = re.compile(r"^\..+\.(\d+)-[^.]*\.tmp$")
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Remove the temporary files atomic_write_bytes left in `folder` when its process was
+    killed (their pid is in the name and the process is gone), so no output carries them."""
+    for stale in Path(folder).glob(".*.tmp"):
+        match = _TEMP_FILE.match(stale.name)
+        if match and not _process_alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
 
 def _process_alive(pid: int) -> bool:

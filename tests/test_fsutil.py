@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from canopy.fsutil import atomic_dir, atomic_write_bytes
+from canopy.fsutil import atomic_dir, atomic_write_bytes, remove_stale_temp_files
 
 
 def test_atomic_write_replaces_and_respects_umask(tmp_path):
@@ -38,3 +38,29 @@ def test_stale_staging_of_a_dead_process_is_removed(tmp_path):
     with atomic_dir(tmp_path / "out"):
         pass
     assert not stale.exists()
+
+
+def test_temp_files_of_a_dead_writer_are_removed_and_a_live_ones_kept(tmp_path):
+    dead = tmp_path / ".ema.safetensors.999999999-abc123.tmp"  # pid 999999999: no such process
+    live = tmp_path / f".ema.safetensors.{os.getpid()}-def456.tmp"
+    other = tmp_path / ".notes.tmp"  # not one of ours (no pid): left alone
+    for path in (dead, live, other):
+        path.write_bytes(b"half")
+    atomic_write_bytes(tmp_path / "metrics.json", b"{}")
+    assert not dead.exists() and live.exists() and other.exists()
+    live.unlink()
+    remove_stale_temp_files(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "metrics.json"]
+
+
+def test_the_temp_name_carries_the_writers_pid(tmp_path, monkeypatch):
+    names = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        names.append(os.path.basename(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    atomic_write_bytes(tmp_path / "ema.safetensors", b"x")
+    assert names[0].startswith(f".ema.safetensors.{os.getpid()}-") and names[0].endswith(".tmp")

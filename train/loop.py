@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from canopy.errors import UserError
+from canopy.fsutil import remove_stale_temp_files
 from canopy.hashing import sha256_json
 from canopy.params import CanopyParams
 from canopy.train import checkpoint
@@ -107,6 +108,8 @@ def train(
     tp = params.train
     data_dir, out = Path(params.paths.tiles), Path(params.paths.models)
     say = _sayer(quiet)
+    if out.is_dir():
+        remove_stale_temp_files(out)  # a killed export's, or DVC would hash it into the output
 
     manifest = read_manifest(data_dir)
     shards = train_shards(data_dir)

@@ -188,3 +188,12 @@ def test_cli_errors_are_one_line_and_exit_2(tiles, tmp_path):
     args = ["train", "--params", str(good), "--tiles", str(tiles), "--device", "tpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "train.device" in result.stderr
+
+
+def test_a_killed_exports_temp_file_is_removed_at_the_next_run(tiles, tmp_path):
+    out = tmp_path / "models"
+    train(tiny_params(tiles, out, steps=2), quiet=True)
+    stale = out / ".ema.safetensors.999999999-x1y2z3.tmp"  # a dead process's half export
+    stale.write_bytes(b"half")
+    train(tiny_params(tiles, out, steps=2), quiet=True)  # nothing to train: still cleans up
+    assert not stale.exists()
