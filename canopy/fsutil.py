@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from canopy.errors import is_disk_full, note_disk_full
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename inside `path` durable (no-op where directories cannot be opened)."""
@@ -36,9 +38,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(err):
+            note_disk_full(err, path.parent, len(data))
         raise
     fsync_dir(path.parent)
 
@@ -63,6 +67,12 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the output should not be
         yield staging
         replace_dir(staging, target)
+    except OSError as err:
+        if is_disk_full(err):
+            if err.filename is not None and str(err.filename).startswith(str(staging)):
+                err.filename = None  # the hidden staging folder's name means nothing to users
+            note_disk_full(err, target.parent)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -197,3 +197,31 @@ def test_a_killed_exports_temp_file_is_removed_at_the_next_run(tiles, tmp_path):
     stale.write_bytes(b"half")
     train(tiny_params(tiles, out, steps=2), quiet=True)  # nothing to train: still cleans up
     assert not stale.exists()
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT"])
+def test_a_full_disk_is_one_line_naming_the_folder_and_how_much(tiles, tmp_path, monkeypatch,
+                                                               code):
+    import errno
+
+    import yaml
+
+    out = tmp_path / "models"
+    params = tiny_params(tiles, out, steps=2)
+    train(params, quiet=True)
+    before = (out / EXPORT_FILE).read_bytes()
+    raw = params.model_dump(mode="json")
+    raw["train"]["steps"] = 4
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+
+    def full(fd):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(os, "fsync", full)  # the export's write, as the kernel reports it
+    result = CliRunner().invoke(app, ["train", "-q", "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"canopy train: error: {out} is full")
+    assert "MB were needed" in lines[0] and "MB free" in lines[0]
+    assert (out / EXPORT_FILE).read_bytes() == before
+    assert not list(out.glob(".*.tmp"))
