@@ -12,6 +12,7 @@ same weights. Otherwise the run starts fresh, says why, and moves the old state 
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import signal
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from canopy import weights
 from canopy.errors import UserError
 from canopy.fsutil import remove_stale_temp_files
 from canopy.hashing import sha256_json
@@ -183,8 +185,11 @@ def train(
         if saved != step:  # stopped by a signal raised inside on_step or the last step
             meter.check_finite(step)
             _save(trainer, state_root, out, step, info, config)
-        if start == step == tp.steps and not (out / "ema.safetensors").is_file():
-            checkpoint.export_ema(out / "ema.safetensors", trainer.ema.model, config | {"step": step})
+        final = config | {"step": step}
+        if start == step == tp.steps and not _export_is_current(out / "ema.safetensors", final):
+            # Nothing left to train, but `sample` needs a readable export of this state: a
+            # missing, truncated or stale one is written again from the resumed EMA weights.
+            checkpoint.export_ema(out / "ema.safetensors", trainer.ema.model, final)
     live.end()
     if stop.signum is not None:
         _say_always(f"stopped at step {step} (checkpoint saved); re-run `canopy train` to resume")
@@ -198,6 +203,15 @@ def _save(trainer: Trainer, state_root: Path, out: Path, step: int, info: dict, 
         state_root, step, trainer.model, trainer.ema.model, trainer.optimizer, trainer.scaler, info
     )
     checkpoint.export_ema(out / "ema.safetensors", trainer.ema.model, config | {"step": step})
+
+
+def _export_is_current(path: Path, config: dict[str, Any]) -> bool:
+    """Whether `path` is a readable export with exactly this config."""
+    try:
+        _, found = weights.read_export(path)
+    except UserError:
+        return False
+    return found == json.loads(json.dumps(config))  # as stored: tuples come back as lists
 
 
 def _export_config(params: CanopyParams, tile_size: int, expect: dict) -> dict[str, Any]:

@@ -225,3 +225,17 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_how_much(tiles, tmp_path,
     assert "MB were needed" in lines[0] and "MB free" in lines[0]
     assert (out / EXPORT_FILE).read_bytes() == before
     assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_the_final_step_re_exports_a_missing_or_unreadable_export(tiles, tmp_path, damage):
+    out = tmp_path / "models"
+    train(tiny_params(tiles, out, steps=4), quiet=True)
+    good = (out / EXPORT_FILE).read_bytes()
+    if damage == "truncate":
+        (out / EXPORT_FILE).write_bytes(good[: len(good) // 2])
+    else:
+        (out / EXPORT_FILE).unlink()
+    result = train(tiny_params(tiles, out, steps=4), quiet=True)
+    assert result.start == result.step == 4
+    assert (out / EXPORT_FILE).read_bytes() == good  # the same bytes as the first export
