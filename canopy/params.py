@@ -78,6 +78,30 @@ class CanopyParams(StrictModel):
         return self
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses what a params file never needs and could abuse: an alias
+    (a few hundred bytes of nested aliases expand to gigabytes) and a key given twice (the
+    last one would win silently)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor[:40]}) are not allowed in params",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            key = str(self.construct_object(key_node, deep=True))
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key[:40]!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: Path | str = DEFAULT_PARAMS) -> CanopyParams:
     path = Path(path)
     if not path.is_file():
@@ -85,7 +109,12 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> CanopyParams:
             f"params file {path} not found: run from the repository root or pass --params PATH"
         )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start} cannot be decoded); "
+                        "save it as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -87,3 +87,28 @@ def test_missing_and_malformed_files(tmp_path):
 def test_example_params_are_valid(path):
     params = load_params(path)
     assert params.model.dim == 64 and params.model.dim_mults == [1, 2, 4, 8]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("seed: 1\nseed: 2\n", "key 'seed' is given twice"),
+    ("train: {steps: 5, lr: 0.1, steps: 6}\n", "key 'steps' is given twice"),
+    ("a: &x [1, 2]\nb: *x\n", "aliases (*x) are not allowed"),
+    # An alias bomb: refused at its first alias, before anything is expanded.
+    ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n", "aliases (*a) are not allowed"),
+])
+def test_duplicate_keys_and_aliases_are_refused_in_one_line(tmp_path, text, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        load_params(path)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("data", ["seed: 1\n".encode("utf-16"), b"seed: \xff\xfe 1\n"])
+def test_params_that_are_not_utf8_are_one_line(tmp_path, data):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(data)
+    with pytest.raises(UserError, match=r"params.yaml: not UTF-8 text \(byte \d+") as err:
+        load_params(path)
+    assert "\n" not in str(err.value)
