@@ -112,3 +112,30 @@ def test_params_that_are_not_utf8_are_one_line(tmp_path, data):
     with pytest.raises(UserError, match=r"params.yaml: not UTF-8 text \(byte \d+") as err:
         load_params(path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ({"seed": True}, "seed: expected an integer, got true"),
+    ({"model": {"dim": "8"}}, "model.dim: expected an integer, got the text '8'"),
+    ({"train": {"steps": 1e30}}, "train.steps: expected an integer, got 1e+30"),
+    ({"train": {"steps": 8.0}}, "train.steps: expected an integer, got 8.0"),
+    ({"train": {"grad_clip": float("inf")}}, "train.grad_clip: Input should be a finite number"),
+    ({"train": {"lr": float("nan")}}, "train.lr: Input should be a finite number"),
+    ({"train": {"lr": "1e-3"}}, "train.lr: expected a number, got the text '1e-3'"),
+])
+def test_values_pydantic_would_convert_are_refused(raw, expected):
+    assert expected in error_of(raw)
+
+
+def test_an_integer_for_a_number_is_still_fine():
+    assert parse_params({"train": {"lr": 1}}).train.lr == 1.0
+
+
+def test_the_yaml_spellings_are_refused_too(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: true\ntrain: {grad_clip: .inf, steps: 1.0e+30}\nmodel: {dim: '8'}\n")
+    with pytest.raises(UserError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert all(key in message for key in ("seed:", "train.grad_clip:", "train.steps:",
+                                          "model.dim:")) and "\n" not in message
