@@ -78,10 +78,18 @@ class CanopyParams(StrictModel):
         return self
 
 
+# Far beyond any real params file; bounds what a hostile or broken one costs to read.
+MAX_PARAMS_BYTES = 1_000_000
+MAX_NESTING = 50
+MAX_VALUE_EXCERPT = 80
+
+
 class _ParamsLoader(yaml.SafeLoader):
     """yaml.safe_load that refuses what a params file never needs and could abuse: an alias
     (a few hundred bytes of nested aliases expand to gigabytes) and a key given twice (the
     last one would win silently)."""
+
+    depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -89,7 +97,15 @@ class _ParamsLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None, None, f"aliases (*{event.anchor[:40]}) are not allowed in params",
                 event.start_mark)
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_NESTING:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_NESTING} levels deep",
+                self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen: set[str] = set()
@@ -108,6 +124,10 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> CanopyParams:
         raise UserError(
             f"params file {path} not found: run from the repository root or pass --params PATH"
         )
+    size = path.stat().st_size
+    if size > MAX_PARAMS_BYTES:
+        raise UserError(f"{path} is {size} bytes; a params file is at most "
+                        f"{MAX_PARAMS_BYTES} bytes")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -150,9 +170,17 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
             lines.append(message)  # a cross-key check already names its keys
             continue
         got = problem.get("input")
-        suffix = "" if isinstance(got, dict) or "got" in message else f" (got {got!r})"
+        suffix = "" if isinstance(got, dict) or "got" in message else f" (got {_excerpt(got)})"
         lines.append(f"{key}: {message}{suffix}")
     return "; ".join(lines)
+
+
+def _excerpt(value: Any) -> str:
+    """repr(value), cut short: a bad value may be megabytes long."""
+    text = repr(value)
+    if len(text) <= MAX_VALUE_EXCERPT:
+        return text
+    return f"{text[:MAX_VALUE_EXCERPT]}... ({len(text)} characters)"
 
 
 def _is_union_tag(part: Any) -> bool:

@@ -139,3 +139,23 @@ def test_the_yaml_spellings_are_refused_too(tmp_path):
     message = str(err.value)
     assert all(key in message for key in ("seed:", "train.grad_clip:", "train.steps:",
                                           "model.dim:")) and "\n" not in message
+
+
+def test_a_deeply_nested_file_is_one_line_quickly(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("a: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(UserError, match="nested more than 50 levels deep") as err:
+        load_params(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("schedule: " + "x" * 2_000_000 + "\n")
+    with pytest.raises(UserError, match=r"is 2000011 bytes; a params file is at most"):
+        load_params(path)
+
+
+def test_a_long_bad_value_is_shown_as_a_short_excerpt():
+    message = error_of({"schedule": "x" * 100_000})
+    assert len(message) < 400 and "(100002 characters)" in message
