@@ -61,6 +61,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_swap(target)
     _remove_stale_staging(target)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-{os.getpid()}-"))
     try:
@@ -98,6 +99,36 @@ def remove_stale_temp_files(folder: Path) -> None:
                 stale.unlink()
 
 
+def recover_interrupted_swap(target: Path) -> None:
+    """Undo what a run killed inside replace_dir left: the old output moved aside to
+    `.<name>.old-<pid>-*` and nothing at `target` (then the old output goes back), or the new
+    output in place and the old one not yet removed (then it is removed)."""
+    leftovers = [p for p in target.parent.glob(f".{target.name}.old-*") if _writer_gone(p)]
+    if not leftovers:
+        return
+    if not (target.exists() or target.is_symlink()):
+        newest = max(leftovers, key=lambda p: p.lstat().st_mtime)
+        os.replace(newest, target)
+        leftovers.remove(newest)
+        fsync_dir(target.parent)
+    for old in leftovers:
+        _remove(old)
+
+
+def _writer_gone(leftover: Path) -> bool:
+    pid = leftover.name.rsplit(".old-", 1)[1].split("-", 1)[0]
+    # Names without a pid come from versions that did not record it: long gone.
+    return not pid.isdigit() or not _process_alive(int(pid))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -112,16 +143,16 @@ def replace_dir(new: Path, target: Path) -> None:
     """Swap folder `new` into place at `target`, removing the old one afterwards."""
     old = None
     if target.exists() or target.is_symlink():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        # The pid tells the next run whether this swap is still under way (see
+        # recover_interrupted_swap).
+        old = Path(tempfile.mkdtemp(dir=target.parent,
+                                    prefix=f".{target.name}.old-{os.getpid()}-"))
         os.rmdir(old)
         os.replace(target, old)
     os.replace(new, target)
     fsync_dir(target.parent)
     if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
+        _remove(old)
 
 
 def _umask() -> int:
