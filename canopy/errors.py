@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 
@@ -13,8 +16,57 @@ USER_ERROR_EXIT_CODE = 2
 INTERRUPTED_EXIT_CODE = 130
 
 
+# A full disk or an exhausted quota: the user frees space, nothing in canopy is wrong.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 class UserError(Exception):
     """A problem the user can fix (bad params, missing input...). The message says how."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+
+
+def note_disk_full(err: OSError, folder: Path, needed: int | None = None) -> None:
+    """Record on a disk-full error which folder was being written (and how many bytes), when
+    the failing call did not say: a plain write() names no file."""
+    if err.filename is None:
+        err.filename = str(folder)
+    if needed is not None and getattr(err, "bytes_needed", None) is None:
+        err.bytes_needed = needed
+
+
+def disk_full_message(err: OSError) -> str:
+    folder = _folder_of(err.filename)
+    if folder is None:
+        return f"the disk is full ({err.strerror}): free some space and re-run"
+    needed = getattr(err, "bytes_needed", None)
+    parts = [f"{folder} is full ({err.strerror})"]
+    if needed is not None:
+        parts.append(f"{_megabytes(needed)} were needed")
+    free = _free_bytes(folder)
+    if free is not None:
+        parts.append(f"{_megabytes(free)} free")
+    return "; ".join(parts) + ": free some space there (or write elsewhere) and re-run"
+
+
+def _folder_of(filename: object) -> Path | None:
+    if not isinstance(filename, (str, bytes)) or not filename:
+        return None
+    path = Path(filename.decode(errors="replace") if isinstance(filename, bytes) else filename)
+    return path if path.is_dir() else path.parent
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def _terminate_as_interrupt(signum, frame) -> None:
@@ -23,7 +75,7 @@ def _terminate_as_interrupt(signum, frame) -> None:
 
 @contextlib.contextmanager
 def user_errors(stage: str) -> Iterator[None]:
-    """Turn UserError into one line on stderr and exit code 2.
+    """Turn UserError, and a full disk or quota, into one line on stderr and exit code 2.
 
     SIGTERM (what `kill`, DVC and job schedulers send) is handled like Ctrl-C, so the cleanup
     that runs on KeyboardInterrupt (removing staging folders, saving a checkpoint) runs too.
@@ -36,6 +88,11 @@ def user_errors(stage: str) -> Iterator[None]:
     except UserError as err:
         message = " ".join(str(err).split("\n"))
         print(f"canopy {stage}: error: {message}", file=sys.stderr)
+        raise typer.Exit(USER_ERROR_EXIT_CODE) from None
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        print(f"canopy {stage}: error: {disk_full_message(err)}", file=sys.stderr)
         raise typer.Exit(USER_ERROR_EXIT_CODE) from None
     except KeyboardInterrupt:
         print(f"canopy {stage}: interrupted", file=sys.stderr)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from canopy.errors import is_disk_full, note_disk_full
 
 
 def fsync_dir(path: Path) -> None:
@@ -24,7 +27,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary sibling, fsync, then rename over."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temp_files(path.parent)
+    # The pid in the name tells a later run whether the writer is gone (then it is stale).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-",
+                               suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a normal file is wanted
         with os.fdopen(fd, "wb") as handle:
@@ -32,9 +38,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(err):
+            note_disk_full(err, path.parent, len(data))
         raise
     fsync_dir(path.parent)
 
@@ -53,12 +61,19 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_swap(target)
     _remove_stale_staging(target)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-{os.getpid()}-"))
     try:
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the output should not be
         yield staging
         replace_dir(staging, target)
+    except OSError as err:
+        if is_disk_full(err):
+            if err.filename is not None and str(err.filename).startswith(str(staging)):
+                err.filename = None  # the hidden staging folder's name means nothing to users
+            note_disk_full(err, target.parent)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -69,6 +84,49 @@ def _remove_stale_staging(target: Path) -> None:
         pid = stale.name.rsplit(".staging-", 1)[1].split("-", 1)[0]
         if pid.isdigit() and not _process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
+
+
+_TEMP_FILE = re.compile(r"^\..+\.(\d+)-[^.]*\.tmp$")
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Remove the temporary files atomic_write_bytes left in `folder` when its process was
+    killed (their pid is in the name and the process is gone), so no output carries them."""
+    for stale in Path(folder).glob(".*.tmp"):
+        match = _TEMP_FILE.match(stale.name)
+        if match and not _process_alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def recover_interrupted_swap(target: Path) -> None:
+    """Undo what a run killed inside replace_dir left: the old output moved aside to
+    `.<name>.old-<pid>-*` and nothing at `target` (then the old output goes back), or the new
+    output in place and the old one not yet removed (then it is removed)."""
+    leftovers = [p for p in target.parent.glob(f".{target.name}.old-*") if _writer_gone(p)]
+    if not leftovers:
+        return
+    if not (target.exists() or target.is_symlink()):
+        newest = max(leftovers, key=lambda p: p.lstat().st_mtime)
+        os.replace(newest, target)
+        leftovers.remove(newest)
+        fsync_dir(target.parent)
+    for old in leftovers:
+        _remove(old)
+
+
+def _writer_gone(leftover: Path) -> bool:
+    pid = leftover.name.rsplit(".old-", 1)[1].split("-", 1)[0]
+    # Names without a pid come from versions that did not record it: long gone.
+    return not pid.isdigit() or not _process_alive(int(pid))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _process_alive(pid: int) -> bool:
@@ -85,16 +143,16 @@ def replace_dir(new: Path, target: Path) -> None:
     """Swap folder `new` into place at `target`, removing the old one afterwards."""
     old = None
     if target.exists() or target.is_symlink():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        # The pid tells the next run whether this swap is still under way (see
+        # recover_interrupted_swap).
+        old = Path(tempfile.mkdtemp(dir=target.parent,
+                                    prefix=f".{target.name}.old-{os.getpid()}-"))
         os.rmdir(old)
         os.replace(target, old)
     os.replace(new, target)
     fsync_dir(target.parent)
     if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
+        _remove(old)
 
 
 def _umask() -> int:

@@ -78,14 +78,63 @@ class CanopyParams(StrictModel):
         return self
 
 
+# Far beyond any real params file; bounds what a hostile or broken one costs to read.
+MAX_PARAMS_BYTES = 1_000_000
+MAX_NESTING = 50
+MAX_VALUE_EXCERPT = 80
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses what a params file never needs and could abuse: an alias
+    (a few hundred bytes of nested aliases expand to gigabytes) and a key given twice (the
+    last one would win silently)."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor[:40]}) are not allowed in params",
+                event.start_mark)
+        if self.depth >= MAX_NESTING:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_NESTING} levels deep",
+                self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            key = str(self.construct_object(key_node, deep=True))
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key[:40]!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: Path | str = DEFAULT_PARAMS) -> CanopyParams:
     path = Path(path)
     if not path.is_file():
         raise UserError(
             f"params file {path} not found: run from the repository root or pass --params PATH"
         )
+    size = path.stat().st_size
+    if size > MAX_PARAMS_BYTES:
+        raise UserError(f"{path} is {size} bytes; a params file is at most "
+                        f"{MAX_PARAMS_BYTES} bytes")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start} cannot be decoded); "
+                        "save it as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -121,9 +170,17 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
             lines.append(message)  # a cross-key check already names its keys
             continue
         got = problem.get("input")
-        suffix = "" if isinstance(got, dict) or "got" in message else f" (got {got!r})"
+        suffix = "" if isinstance(got, dict) or "got" in message else f" (got {_excerpt(got)})"
         lines.append(f"{key}: {message}{suffix}")
     return "; ".join(lines)
+
+
+def _excerpt(value: Any) -> str:
+    """repr(value), cut short: a bad value may be megabytes long."""
+    text = repr(value)
+    if len(text) <= MAX_VALUE_EXCERPT:
+        return text
+    return f"{text[:MAX_VALUE_EXCERPT]}... ({len(text)} characters)"
 
 
 def _is_union_tag(part: Any) -> bool:

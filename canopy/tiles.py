@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import stat
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class ShardInfo:
     file: str  # relative to the tiles folder
     tiles: int = 0
     sha256: str = ""
+    size: int = 0  # bytes: lets readers check a shard cheaply, without hashing it
 
 
 @dataclass
@@ -94,7 +96,9 @@ class ShardWriter:
         if self._tar is not None:
             self._tar.close()
             self._tar = None
-            self.shards[-1].sha256 = sha256_file(self.root / self.shards[-1].file)
+            path = self.root / self.shards[-1].file
+            self.shards[-1].sha256 = sha256_file(path)
+            self.shards[-1].size = path.stat().st_size
 
     def close(self) -> list[ShardInfo]:
         self._close_current()
@@ -207,6 +211,50 @@ def _index_shard(shard: Path) -> list[TileLocation]:
 def list_tiles(root: Path, split: str) -> list[TileLocation]:
     """Every tile of a split, in shard and then tar order."""
     return index_shards(shard_files(root, split))
+
+
+def verified_tiles(root: Path, split: str, manifest: dict[str, Any]) -> list[TileLocation]:
+    """Every tile of a split, from the shards the manifest lists, each checked first: it
+    exists, is a regular file (a FIFO or a device would hang the reader), has the size the
+    manifest records (manifests written before sizes were recorded skip this) and holds the
+    number of tiles it records. Cheap: no shard is hashed."""
+    entries = [entry for entry in manifest["shards"] if _split_of_entry(entry) == split]
+    shards = [_checked_shard(root, entry) for entry in entries]
+    locations = index_shards(shards)
+    for shard, entry in zip(shards, entries):
+        _check_count(shard, entry, sum(1 for loc in locations if loc.shard == shard))
+    return locations
+
+
+def _split_of_entry(entry: dict[str, Any]) -> str:
+    return entry.get("split") or entry["file"].split("/", 1)[0]
+
+
+def _checked_shard(root: Path, entry: dict[str, Any]) -> Path:
+    rel = Path(entry["file"])
+    path = root / rel
+    if rel.is_absolute() or ".." in rel.parts:
+        raise UserError(f"{root / MANIFEST_FILE} lists a shard outside the folder "
+                        f"({entry['file']!r}); {_FIX}")
+    try:
+        info = path.stat()  # follows links: DVC may link shards from its cache
+    except OSError:
+        raise UserError(f"shard {path}, listed in {root / MANIFEST_FILE}, is missing; "
+                        f"{_FIX}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"shard {path} is not a regular file; {_FIX}")
+    size = entry.get("size")
+    if isinstance(size, int) and info.st_size != size:
+        raise UserError(f"shard {path} is {info.st_size} bytes, but {MANIFEST_FILE} records "
+                        f"{size}; {_FIX}")
+    return path
+
+
+def _check_count(shard: Path, entry: dict[str, Any], found: int) -> None:
+    listed = entry.get("tiles")
+    if isinstance(listed, int) and found != listed:
+        raise UserError(f"shard {shard} holds {found} tiles, but {MANIFEST_FILE} records "
+                        f"{listed}; {_FIX}")
 
 
 def decode_tile(data: bytes, tile_size: int, name: str) -> np.ndarray:

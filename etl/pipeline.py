@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import shutil
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -57,15 +57,18 @@ class EtlResult:
 
 
 def run_etl(params: CanopyParams, out: Path, *, progress: bool = True) -> EtlResult:
-    with warnings.catch_warnings(), rasterio.Env(**GDAL_ENV), \
-             tempfile.TemporaryDirectory(prefix="canopy-etl-") as work:
+    with warnings.catch_warnings(), rasterio.Env(**GDAL_ENV), atomic_dir(out) as staging:
         # Plain PNG/JPEG and synthetic scenes have no georeference on purpose (crs: null).
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        scenes = SOURCES[params.etl.source](params, Path(work), progress=progress)
+        # Scratch files live in the staging folder, so a killed run's go with it (the next
+        # run removes stale staging folders) instead of piling up in the system temp dir.
+        work = staging / ".work"
+        work.mkdir()
+        scenes = SOURCES[params.etl.source](params, work, progress=progress)
         check_scene_sizes(scenes, params.etl.tile_size)
-        with atomic_dir(out) as staging:
-            result = write_tiles(scenes, params, staging, progress)
-            result.out = out
+        result = write_tiles(scenes, params, staging, progress)
+        result.out = out
+        shutil.rmtree(work)  # not part of the output
     return result
 
 

@@ -14,8 +14,11 @@ from canopy import tiles
 
 
 def tiles_by_key(tiles_dir: Path, split: str) -> list[tiles.TileLocation]:
-    """Every tile of a split in key order, so the seeded subsets do not depend on sharding."""
-    return sorted(tiles.list_tiles(tiles_dir, split), key=lambda location: location.key)
+    """Every tile of a split in key order, so the seeded subsets do not depend on sharding;
+    the shards are checked against the manifest first."""
+    manifest = tiles.read_manifest(tiles_dir, point_at="--tiles")
+    return sorted(tiles.verified_tiles(tiles_dir, split, manifest),
+                  key=lambda location: location.key)
 
 
 def stack(images: Iterable[np.ndarray], count: int, tile_size: int,

@@ -6,7 +6,12 @@ import os
 
 import pytest
 
-from canopy.fsutil import atomic_dir, atomic_write_bytes
+from canopy.fsutil import (
+    atomic_dir,
+    atomic_write_bytes,
+    recover_interrupted_swap,
+    remove_stale_temp_files,
+)
 
 
 def test_atomic_write_replaces_and_respects_umask(tmp_path):
@@ -38,3 +43,83 @@ def test_stale_staging_of_a_dead_process_is_removed(tmp_path):
     with atomic_dir(tmp_path / "out"):
         pass
     assert not stale.exists()
+
+
+def test_temp_files_of_a_dead_writer_are_removed_and_a_live_ones_kept(tmp_path):
+    dead = tmp_path / ".ema.safetensors.999999999-abc123.tmp"  # pid 999999999: no such process
+    live = tmp_path / f".ema.safetensors.{os.getpid()}-def456.tmp"
+    other = tmp_path / ".notes.tmp"  # not one of ours (no pid): left alone
+    for path in (dead, live, other):
+        path.write_bytes(b"half")
+    atomic_write_bytes(tmp_path / "metrics.json", b"{}")
+    assert not dead.exists() and live.exists() and other.exists()
+    live.unlink()
+    remove_stale_temp_files(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "metrics.json"]
+
+
+def test_the_temp_name_carries_the_writers_pid(tmp_path, monkeypatch):
+    names = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        names.append(os.path.basename(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    atomic_write_bytes(tmp_path / "ema.safetensors", b"x")
+    assert names[0].startswith(f".ema.safetensors.{os.getpid()}-") and names[0].endswith(".tmp")
+
+
+_KILLED_SWAP = """
+import os, signal, sys
+from pathlib import Path
+from canopy import fsutil
+
+kill_after = int(sys.argv[2])
+calls = [0]
+real_replace = os.replace
+
+
+def replace(src, dst):
+    real_replace(src, dst)
+    calls[0] += 1
+    if calls[0] == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind runs
+
+
+os.replace = replace
+with fsutil.atomic_dir(Path(sys.argv[1])) as staging:
+    (staging / "x").write_text("new")
+"""
+
+
+@pytest.mark.parametrize("kill_after, survivor", [(1, "old"), (2, "new")])
+def test_a_kill_at_either_rename_of_the_swap_is_undone_by_the_next_run(tmp_path, kill_after,
+                                                                      survivor):
+    import subprocess
+    import sys
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "x").write_text("old")
+    script = tmp_path / "swap.py"
+    script.write_text(_KILLED_SWAP)
+    done = subprocess.run([sys.executable, str(script), str(target), str(kill_after)],
+                          cwd=os.getcwd(), timeout=60)
+    assert done.returncode == -9
+    assert any(p.name.startswith(".out.old-") for p in tmp_path.iterdir())
+    # The next run finds what the killed one left: the last complete output is back in place
+    # even if this run fails, and no leftover stays.
+    with pytest.raises(RuntimeError), atomic_dir(target):
+        raise RuntimeError("this run fails too")
+    assert (target / "x").read_text() == survivor
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "swap.py"]
+
+
+def test_a_swap_still_under_way_is_left_alone(tmp_path):
+    target = tmp_path / "out"
+    moving = tmp_path / f".out.old-{os.getpid()}-abc"  # a live process between its renames
+    moving.mkdir()
+    recover_interrupted_swap(target)
+    assert moving.exists() and not target.exists()

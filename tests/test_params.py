@@ -87,3 +87,75 @@ def test_missing_and_malformed_files(tmp_path):
 def test_example_params_are_valid(path):
     params = load_params(path)
     assert params.model.dim == 64 and params.model.dim_mults == [1, 2, 4, 8]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("seed: 1\nseed: 2\n", "key 'seed' is given twice"),
+    ("train: {steps: 5, lr: 0.1, steps: 6}\n", "key 'steps' is given twice"),
+    ("a: &x [1, 2]\nb: *x\n", "aliases (*x) are not allowed"),
+    # An alias bomb: refused at its first alias, before anything is expanded.
+    ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n", "aliases (*a) are not allowed"),
+])
+def test_duplicate_keys_and_aliases_are_refused_in_one_line(tmp_path, text, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        load_params(path)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("data", ["seed: 1\n".encode("utf-16"), b"seed: \xff\xfe 1\n"])
+def test_params_that_are_not_utf8_are_one_line(tmp_path, data):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(data)
+    with pytest.raises(UserError, match=r"params.yaml: not UTF-8 text \(byte \d+") as err:
+        load_params(path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ({"seed": True}, "seed: expected an integer, got true"),
+    ({"model": {"dim": "8"}}, "model.dim: expected an integer, got the text '8'"),
+    ({"train": {"steps": 1e30}}, "train.steps: expected an integer, got 1e+30"),
+    ({"train": {"steps": 8.0}}, "train.steps: expected an integer, got 8.0"),
+    ({"train": {"grad_clip": float("inf")}}, "train.grad_clip: Input should be a finite number"),
+    ({"train": {"lr": float("nan")}}, "train.lr: Input should be a finite number"),
+    ({"train": {"lr": "1e-3"}}, "train.lr: expected a number, got the text '1e-3'"),
+])
+def test_values_pydantic_would_convert_are_refused(raw, expected):
+    assert expected in error_of(raw)
+
+
+def test_an_integer_for_a_number_is_still_fine():
+    assert parse_params({"train": {"lr": 1}}).train.lr == 1.0
+
+
+def test_the_yaml_spellings_are_refused_too(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: true\ntrain: {grad_clip: .inf, steps: 1.0e+30}\nmodel: {dim: '8'}\n")
+    with pytest.raises(UserError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert all(key in message for key in ("seed:", "train.grad_clip:", "train.steps:",
+                                          "model.dim:")) and "\n" not in message
+
+
+def test_a_deeply_nested_file_is_one_line_quickly(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("a: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(UserError, match="nested more than 50 levels deep") as err:
+        load_params(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("schedule: " + "x" * 2_000_000 + "\n")
+    with pytest.raises(UserError, match=r"is 2000011 bytes; a params file is at most"):
+        load_params(path)
+
+
+def test_a_long_bad_value_is_shown_as_a_short_excerpt():
+    message = error_of({"schedule": "x" * 100_000})
+    assert len(message) < 400 and "(100002 characters)" in message

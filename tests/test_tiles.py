@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tarfile
 
 import numpy as np
 import pytest
@@ -74,3 +76,78 @@ def test_a_manifest_without_its_shard_list_is_refused(tmp_path):
     path.write_text(json.dumps({**json.loads(path.read_text()), "shards": {"train": []}}))
     with pytest.raises(UserError, match="no list of shards"):
         tiles.read_manifest(tmp_path, point_at="--tiles")
+
+
+def _manifest_without_sizes(root):
+    """A manifest as written before shard sizes were recorded."""
+    path = root / tiles.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    for shard in manifest["shards"]:
+        del shard["size"]
+    path.write_text(json.dumps(manifest))
+    return manifest
+
+
+def _verified(root, split="train"):
+    return tiles.verified_tiles(root, split, tiles.read_manifest(root, point_at="--tiles"))
+
+
+def test_the_manifest_records_each_shards_size_and_the_verified_reader_agrees(tmp_path):
+    placed = write_folder(tmp_path, images(5), images(2, seed=1))
+    manifest = tiles.read_manifest(tmp_path, point_at="--tiles")
+    for shard in manifest["shards"]:
+        assert shard["size"] == (tmp_path / shard["file"]).stat().st_size
+    assert _verified(tmp_path) + _verified(tmp_path, "val") == placed
+
+
+def test_a_missing_shard_is_named_with_what_to_rerun(tmp_path):
+    write_folder(tmp_path, images(5), images(0))
+    (tmp_path / "train" / "shard-000001.tar").unlink()
+    with pytest.raises(UserError, match=r"shard-000001.tar, listed in .* is missing; "
+                                        r"re-run `canopy etl`"):
+        _verified(tmp_path)
+
+
+def test_a_shard_of_another_size_is_refused(tmp_path):
+    write_folder(tmp_path, images(5), images(0))
+    shard = tmp_path / "train" / "shard-000000.tar"
+    shard.write_bytes(shard.read_bytes() + b"\0" * 512)
+    with pytest.raises(UserError, match=r"shard-000000.tar is \d+ bytes, but manifest.json "
+                                        r"records \d+; re-run `canopy etl`"):
+        _verified(tmp_path)
+
+
+def test_a_shard_cut_at_a_member_boundary_is_caught_by_its_count_without_sizes(tmp_path):
+    write_folder(tmp_path, images(4), images(0))
+    _manifest_without_sizes(tmp_path)
+    shard = tmp_path / "train" / "shard-000000.tar"
+    # Keep the first tile's two members (png + json), then the end-of-archive blocks.
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    end = members[2].offset
+    shard.write_bytes(shard.read_bytes()[:end] + b"\0" * 1024)
+    with pytest.raises(UserError, match="holds 1 tiles, but manifest.json records 2"):
+        _verified(tmp_path)
+
+
+@pytest.mark.parametrize("special", ["fifo", "device"])
+def test_a_special_file_for_a_shard_is_refused_without_reading_it(tmp_path, special):
+    write_folder(tmp_path, images(2), images(0))
+    shard = tmp_path / "train" / "shard-000000.tar"
+    shard.unlink()
+    if special == "fifo":
+        os.mkfifo(shard)  # opening it for reading would block
+    else:
+        shard.symlink_to("/dev/zero")  # reading it would never end
+    with pytest.raises(UserError, match="shard-000000.tar is not a regular file"):
+        _verified(tmp_path)
+
+
+def test_a_shard_outside_the_folder_is_refused(tmp_path):
+    write_folder(tmp_path / "tiles", images(1), images(0))
+    path = tmp_path / "tiles" / tiles.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["shards"][0]["file"] = "../elsewhere.tar"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="outside the folder"):
+        _verified(tmp_path / "tiles")

@@ -59,6 +59,24 @@ def clear_stale(state_root: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+def move_aside(state_root: Path) -> Path | None:
+    """Rename a state that will not be resumed to a sibling `state.old-<step>` instead of
+    deleting it: days of training are never lost to a params or data change (only `--fresh`
+    deletes). Returns where it went (None when there was nothing to keep)."""
+    folders = state_dirs(state_root)
+    if not folders:
+        shutil.rmtree(state_root, ignore_errors=True)  # only staging leftovers: nothing to keep
+        return None
+    step = int(folders[0].name[len(weights.STEP_DIR_PREFIX):])
+    target = state_root.with_name(f"{state_root.name}.old-{step}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = state_root.with_name(f"{state_root.name}.old-{step}-{n}")
+    state_root.rename(target)
+    return target
+
+
 def save_state(
     state_root: Path,
     step: int,

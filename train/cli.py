@@ -30,7 +30,8 @@ def train(
     """Train the diffusion model on the tiles (paths.tiles) and write paths.models.
 
     Re-running with the same params and data resumes from the last checkpoint in
-    MODELS/state/; with other params or data it starts fresh and says why. Ctrl-C or SIGTERM
+    MODELS/state/; with other params or data it starts fresh, says why and
+    moves the old state aside to MODELS/state.old-<step>. Ctrl-C or SIGTERM
     saves a checkpoint, then exits.
     """
     with user_errors("train"):

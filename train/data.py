@@ -67,13 +67,24 @@ def data_hash(data_dir: Path, shards: list[Path], manifest: dict[str, Any]) -> s
 
 
 def build_index(shards: list[Path], root: Path) -> TileIndex:
-    """Read the tar headers (not the images) of every shard; the tile size is the manifest's."""
-    locations = tiles.index_shards(shards)
+    """Read the tar headers (not the images) of every shard, each checked against the
+    manifest first (canopy/tiles.py verified_tiles); the tile size is the manifest's."""
+    manifest = read_manifest(root)
+    locations = tiles.verified_tiles(root, "train", manifest)
+    _refuse_unlisted(shards, {location.shard for location in locations}, root)
     if not locations:
         raise UserError(
             f"the train shards under {root / 'train'} hold no .png tiles: re-run `canopy etl`"
         )
-    return TileIndex(tuple(locations), read_manifest(root)["tile_size"])
+    return TileIndex(tuple(locations), manifest["tile_size"])
+
+
+def _refuse_unlisted(on_disk: list[Path], listed: set[Path], root: Path) -> None:
+    # A shard the manifest does not list was not written by the etl run it describes.
+    extra = [shard for shard in on_disk if shard not in listed]
+    if extra:
+        raise UserError(f"shard {extra[0]} is not listed in {root / tiles.MANIFEST_FILE}: "
+                        "re-run `canopy etl`")
 
 
 def dihedral(tile: np.ndarray, k: int) -> np.ndarray:

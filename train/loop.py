@@ -6,11 +6,13 @@
 Resuming: the newest state under <out>/state/ is loaded when its params hash (the keys that
 change what is learnt, train/params.py RESUME_TRAIN_KEYS) and data hash match; since every
 random draw is seeded from (seed, step), N steps straight and N/2 + resume + N/2 give the
-same weights. Otherwise the run starts fresh and says why.
+same weights. Otherwise the run starts fresh, says why, and moves the old state aside to
+<out>/state.old-<step> (only --fresh deletes it).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import signal
@@ -24,7 +26,9 @@ from typing import Any
 
 import torch
 
+from canopy import weights
 from canopy.errors import UserError
+from canopy.fsutil import remove_stale_temp_files
 from canopy.hashing import sha256_json
 from canopy.params import CanopyParams
 from canopy.train import checkpoint
@@ -106,6 +110,8 @@ def train(
     tp = params.train
     data_dir, out = Path(params.paths.tiles), Path(params.paths.models)
     say = _sayer(quiet)
+    if out.is_dir():
+        remove_stale_temp_files(out)  # a killed export's, or DVC would hash it into the output
 
     manifest = read_manifest(data_dir)
     shards = train_shards(data_dir)
@@ -131,8 +137,10 @@ def train(
         state_root, expect, trainer.model, trainer.ema.model, trainer.optimizer, trainer.scaler, tp.steps
     )
     if resume.reason:
-        _say_always(f"starting fresh: {resume.reason}")
-        shutil.rmtree(state_root, ignore_errors=True)
+        kept = checkpoint.move_aside(state_root)
+        where = (f"; the old state is kept in {kept} (move it back to resume it, or delete it; "
+                 "`--fresh` starts over without keeping it)" if kept else "")
+        _say_always(f"starting fresh: {resume.reason}{where}")
     start = resume.step
     say(
         f"{len(index)} train tiles of {index.tile_size} px; {runtime.describe()}; "
@@ -177,8 +185,11 @@ def train(
         if saved != step:  # stopped by a signal raised inside on_step or the last step
             meter.check_finite(step)
             _save(trainer, state_root, out, step, info, config)
-        if start == step == tp.steps and not (out / "ema.safetensors").is_file():
-            checkpoint.export_ema(out / "ema.safetensors", trainer.ema.model, config | {"step": step})
+        final = config | {"step": step}
+        if start == step == tp.steps and not _export_is_current(out / "ema.safetensors", final):
+            # Nothing left to train, but `sample` needs a readable export of this state: a
+            # missing, truncated or stale one is written again from the resumed EMA weights.
+            checkpoint.export_ema(out / "ema.safetensors", trainer.ema.model, final)
     live.end()
     if stop.signum is not None:
         _say_always(f"stopped at step {step} (checkpoint saved); re-run `canopy train` to resume")
@@ -192,6 +203,15 @@ def _save(trainer: Trainer, state_root: Path, out: Path, step: int, info: dict, 
         state_root, step, trainer.model, trainer.ema.model, trainer.optimizer, trainer.scaler, info
     )
     checkpoint.export_ema(out / "ema.safetensors", trainer.ema.model, config | {"step": step})
+
+
+def _export_is_current(path: Path, config: dict[str, Any]) -> bool:
+    """Whether `path` is a readable export with exactly this config."""
+    try:
+        _, found = weights.read_export(path)
+    except UserError:
+        return False
+    return found == json.loads(json.dumps(config))  # as stored: tuples come back as lists
 
 
 def _export_config(params: CanopyParams, tile_size: int, expect: dict) -> dict[str, Any]:

@@ -115,3 +115,27 @@ def test_source_option_is_validated(tmp_path):
     result = run_etl_cli(tmp_path, {}, "--source", "modis")
     assert result.exit_code == 2
     assert "etl.source" in result.stderr
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_the_old_output_is_kept(tmp_path,
+                                                                              monkeypatch):
+    import errno
+
+    from canopy import tiles
+
+    synthetic = {"source": "synthetic", "synthetic": {"scenes": 1, "width": 32, "height": 32},
+                 "min_vegetation_fraction": 0}
+    assert run_etl_cli(tmp_path, synthetic).exit_code == 0
+    before = (tmp_path / "out" / "manifest.json").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a plain write() raises it
+
+    monkeypatch.setattr(tiles, "_add_member", full)
+    result = run_etl_cli(tmp_path, synthetic)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("canopy etl: error: ")
+    assert f"{tmp_path} is full (No space left on device)" in lines[0] and "free" in lines[0]
+    assert (tmp_path / "out" / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml"]

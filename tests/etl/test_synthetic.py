@@ -58,3 +58,28 @@ def test_seed_changes_the_tiles(tmp_path):
 
     assert shards(tmp_path / "a") == shards(tmp_path / "b")
     assert shards(tmp_path / "a") != shards(tmp_path / "c")
+
+
+def test_scratch_files_stay_in_the_staging_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    from canopy.etl import pipeline
+
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    seen = []
+    real = pipeline.SOURCES["synthetic"]
+
+    def recording(params, workdir, *, progress):
+        seen.append(workdir)
+        return real(params, workdir, progress=progress)
+
+    monkeypatch.setitem(pipeline.SOURCES, "synthetic", recording)
+    out = tmp_path / "out"
+    run_etl(synthetic_params(min_vegetation_fraction=0), out, progress=False)
+    # A killed run's scratch files go with its staging folder, which the next run removes.
+    assert seen[0].parent.name.startswith(".out.staging-")
+    assert list(system_tmp.iterdir()) == []
+    assert not (out / ".work").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "out", "system-tmp"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -125,8 +126,24 @@ def _empty_samples(ws):
 
 
 def _no_val(ws):
-    for shard in (ws / "tiles" / "val").glob("*.tar"):
-        shard.unlink()
+    # An etl output whose manifest lists no val shard (deleting listed shards is another case).
+    shutil.rmtree(ws / "tiles")
+    write_tiles(ws / "tiles", forest_images(3, 32, seed=21), forest_images(0, 32))
+
+
+def _missing_val_shard(ws):
+    (ws / "tiles" / "val" / "shard-000000.tar").unlink()
+
+
+def _cut_train_shard(ws):
+    shard = ws / "tiles" / "train" / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:-1024])
+
+
+def _fifo_val_shard(ws):
+    shard = ws / "tiles" / "val" / "shard-000000.tar"
+    shard.unlink()
+    os.mkfifo(shard)  # reading it would block for ever
 
 
 def _small_sample(ws):
@@ -145,6 +162,9 @@ CASES = {
     "empty samples folder": (_empty_samples, {}, "no sample images (NNNNNN.png) in"),
     "missing samples folder": (lambda ws: shutil.rmtree(ws / "samples"), {}, "run `canopy sample`"),
     "no val tiles": (_no_val, {}, "no val tiles in"),
+    "val shard missing": (_missing_val_shard, {}, "shard-000000.tar, listed in"),
+    "train shard cut short": (_cut_train_shard, {}, "train/shard-000001.tar is"),
+    "val shard a FIFO": (_fifo_val_shard, {}, "shard-000000.tar is not a regular file"),
     "sample size differs": (_small_sample, {}, "is 16x16 px but the tiles are 32x32"),
     "no tiles manifest": (_no_manifest, {}, "run `canopy etl` first"),
     "corrupt sample": (_corrupt_sample, {}, "000003.png: not a readable PNG"),

@@ -172,3 +172,23 @@ def test_bad_input_gives_one_line_and_exit_code_2(workspace, case):
     assert len(lines) == 1 and lines[0].startswith("canopy sample: error: "), result.stderr
     assert expected in lines[0]
     assert not (workspace / "samples").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_the_old_samples_are_kept(
+        workspace, monkeypatch):
+    import errno
+
+    from canopy import samples as samples_format
+
+    assert sample(workspace).exit_code == 0
+    before = images(workspace / "samples")
+
+    def full(folder, index, image):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a plain write() raises it
+
+    monkeypatch.setattr(samples_format, "write_image", full)
+    result = sample(workspace)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"canopy sample: error: {workspace} is full")
+    assert images(workspace / "samples") == before

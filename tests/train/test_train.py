@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from canopy.cli import app
+from canopy.errors import UserError
 from canopy.model.unet import Unet
 from canopy.train import checkpoint
 from canopy.train.loop import train
@@ -52,7 +53,7 @@ def test_resume_is_exact(tiles, tmp_path, capsys):
     assert rows[0:2] == ["step", "loss"] and rows[2::2] == ["2", "4", "6", "8"]
 
 
-def test_other_params_or_data_start_fresh_and_say_so(tiles, tmp_path, capsys):
+def test_other_params_or_data_start_fresh_say_so_and_keep_the_old_state(tiles, tmp_path, capsys):
     out = tmp_path / "models"
     train(tiny_params(tiles, out, steps=4), quiet=True)
     capsys.readouterr()
@@ -60,6 +61,9 @@ def test_other_params_or_data_start_fresh_and_say_so(tiles, tmp_path, capsys):
     assert result.start == 0
     err = capsys.readouterr().err
     assert "starting fresh" in err and "train.lr 0.001 -> 0.0005" in err
+    # The step-4 state was moved aside, not deleted.
+    assert f"kept in {out / 'state.old-4'}" in err
+    assert [p.name for p in checkpoint.state_dirs(out / "state.old-4")] == ["step-00000004"]
     # Keys that do not change what is learnt (steps, log_every, device...) resume.
     result = train(tiny_params(tiles, out, steps=8, lr=5e-4, log_every=1), quiet=True)
     assert result.start == 6
@@ -68,6 +72,37 @@ def test_other_params_or_data_start_fresh_and_say_so(tiles, tmp_path, capsys):
     (tiles / "manifest.json").write_text(json.dumps(manifest))
     result = train(tiny_params(tiles, out, steps=8, lr=5e-4), quiet=True)
     assert result.start == 0 and "other data" in capsys.readouterr().err
+    assert [p.name for p in checkpoint.state_dirs(out / "state.old-8")] == ["step-00000008"]
+
+
+def test_fresh_deletes_the_state_when_asked(tiles, tmp_path):
+    out = tmp_path / "models"
+    train(tiny_params(tiles, out, steps=4), quiet=True)
+    assert train(tiny_params(tiles, out, steps=4, lr=5e-4), quiet=True, fresh=True).start == 0
+    assert not list(out.glob("state.old-*"))
+
+
+@pytest.mark.parametrize("damage", ["delete", "cut"])
+def test_a_missing_or_cut_shard_stops_train_and_keeps_the_checkpoint(tiles, tmp_path, damage):
+    out = tmp_path / "models"
+    train(tiny_params(tiles, out, steps=4), quiet=True)
+    before = (out / EXPORT_FILE).read_bytes()
+    shard = tiles / "train" / "shard-000002.tar"
+    if damage == "delete":
+        shard.unlink()
+    else:
+        shard.write_bytes(shard.read_bytes()[:-1024])
+    with pytest.raises(UserError, match=r"shard-000002.tar.*re-run `canopy etl`"):
+        train(tiny_params(tiles, out, steps=8), quiet=True)
+    assert [p.name for p in checkpoint.state_dirs(out / "state")] == ["step-00000004"]
+    assert (out / EXPORT_FILE).read_bytes() == before
+
+
+def test_a_shard_the_manifest_does_not_list_is_refused(tiles, tmp_path):
+    extra = tiles / "train" / "shard-000009.tar"
+    extra.write_bytes((tiles / "train" / "shard-000000.tar").read_bytes())
+    with pytest.raises(UserError, match="shard-000009.tar is not listed in"):
+        train(tiny_params(tiles, tmp_path / "models", steps=2), quiet=True)
 
 
 def test_corrupt_checkpoint_starts_fresh(tiles, tmp_path, capsys):
@@ -153,3 +188,54 @@ def test_cli_errors_are_one_line_and_exit_2(tiles, tmp_path):
     args = ["train", "--params", str(good), "--tiles", str(tiles), "--device", "tpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "train.device" in result.stderr
+
+
+def test_a_killed_exports_temp_file_is_removed_at_the_next_run(tiles, tmp_path):
+    out = tmp_path / "models"
+    train(tiny_params(tiles, out, steps=2), quiet=True)
+    stale = out / ".ema.safetensors.999999999-x1y2z3.tmp"  # a dead process's half export
+    stale.write_bytes(b"half")
+    train(tiny_params(tiles, out, steps=2), quiet=True)  # nothing to train: still cleans up
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT"])
+def test_a_full_disk_is_one_line_naming_the_folder_and_how_much(tiles, tmp_path, monkeypatch,
+                                                               code):
+    import errno
+
+    import yaml
+
+    out = tmp_path / "models"
+    params = tiny_params(tiles, out, steps=2)
+    train(params, quiet=True)
+    before = (out / EXPORT_FILE).read_bytes()
+    raw = params.model_dump(mode="json")
+    raw["train"]["steps"] = 4
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+
+    def full(fd):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(os, "fsync", full)  # the export's write, as the kernel reports it
+    result = CliRunner().invoke(app, ["train", "-q", "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"canopy train: error: {out} is full")
+    assert "MB were needed" in lines[0] and "MB free" in lines[0]
+    assert (out / EXPORT_FILE).read_bytes() == before
+    assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_the_final_step_re_exports_a_missing_or_unreadable_export(tiles, tmp_path, damage):
+    out = tmp_path / "models"
+    train(tiny_params(tiles, out, steps=4), quiet=True)
+    good = (out / EXPORT_FILE).read_bytes()
+    if damage == "truncate":
+        (out / EXPORT_FILE).write_bytes(good[: len(good) // 2])
+    else:
+        (out / EXPORT_FILE).unlink()
+    result = train(tiny_params(tiles, out, steps=4), quiet=True)
+    assert result.start == result.step == 4
+    assert (out / EXPORT_FILE).read_bytes() == good  # the same bytes as the first export
