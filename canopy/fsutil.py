@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from canopy.errors import is_disk_full, note_disk_full
+from canopy.errors import UserError, is_disk_full, note_disk_full
 
 
 def fsync_dir(path: Path) -> None:
@@ -159,3 +159,50 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def output_lock(target: Path, command: str) -> Iterator[None]:
+    """Hold the lock of output folder `target` for the block, or refuse in one line.
+
+    Two runs writing one output (two `canopy train` on one models folder: the second resumes
+    from the first's checkpoint while it still trains) corrupt each other. The lock is an
+    flock on a hidden sibling file, `.<name>.lock`, holding the holder's pid and command for
+    the message. The kernel drops an flock when its process ends, however it ends, so the lock
+    of a killed run is simply taken by the next one; the holder removes the file on release,
+    so nothing stays beside the output.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f".{target.name}.lock"
+    fd = _acquire(lock_path, target)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{command} (pid {os.getpid()})".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)  # still held: nobody can lock this file between the two calls
+        os.close(fd)
+
+
+def _acquire(lock_path: Path, target: Path) -> int:
+    """An fd holding the flock of `lock_path`, which still names the locked file (a holder
+    that just released may have unlinked the file we opened: then lock the new one)."""
+    import fcntl
+
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another run"
+            os.close(fd)
+            raise UserError(f"{target} is being written by {holder}: wait for it to finish or "
+                            "stop it, then run again") from None
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)

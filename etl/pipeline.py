@@ -30,7 +30,7 @@ from canopy.etl.png import PNG_COMPRESS_LEVEL, encode_png
 from canopy.etl.scene import GDAL_ENV, SceneReader, SceneSpec
 from canopy.etl.sources import SOURCES
 from canopy.etl.tiling import Candidate, count_tiles, scene_candidates
-from canopy.fsutil import atomic_dir
+from canopy.fsutil import atomic_dir, output_lock
 from canopy.imaging import contact_sheet
 from canopy.params import CanopyParams, section_hash
 from canopy.tiles import SPLITS, ShardWriter, TileLocation, split_counts, split_of, write_manifest
@@ -57,7 +57,8 @@ class EtlResult:
 
 
 def run_etl(params: CanopyParams, out: Path, *, progress: bool = True) -> EtlResult:
-    with warnings.catch_warnings(), rasterio.Env(**GDAL_ENV), atomic_dir(out) as staging:
+    with output_lock(out, "canopy etl"), warnings.catch_warnings(), rasterio.Env(**GDAL_ENV), \
+            atomic_dir(out) as staging:
         # Plain PNG/JPEG and synthetic scenes have no georeference on purpose (crs: null).
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         # Scratch files live in the staging folder, so a killed run's go with it (the next

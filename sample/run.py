@@ -17,7 +17,7 @@ from canopy.accelerator import (
     precision_name,
 )
 from canopy.errors import UserError
-from canopy.fsutil import atomic_dir
+from canopy.fsutil import atomic_dir, output_lock
 from canopy.model.registry import make_scheduler
 from canopy.model.scheduler import Scheduler
 from canopy.params import CanopyParams
@@ -49,7 +49,7 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
     net = checkpoint.net.to(device, memory_format=layout)
     checkpoint.diffusion.to(device)
 
-    with atomic_dir(out) as staging:
+    with output_lock(out, "canopy sample"), atomic_dir(out) as staging:
         records = []
         bar = tqdm(total=settings.n, desc="images", unit="img", disable=not progress)
         for first in range(0, settings.n, settings.batch_size):

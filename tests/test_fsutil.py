@@ -123,3 +123,41 @@ def test_a_swap_still_under_way_is_left_alone(tmp_path):
     moving.mkdir()
     recover_interrupted_swap(target)
     assert moving.exists() and not target.exists()
+
+
+def test_an_output_being_written_is_refused_naming_its_writer(tmp_path):
+    from canopy.errors import UserError
+    from canopy.fsutil import output_lock
+
+    with output_lock(tmp_path / "models", "canopy train"):
+        with pytest.raises(UserError, match=r"models is being written by canopy train \(pid "):
+            with output_lock(tmp_path / "models", "canopy train"):
+                pass
+    with output_lock(tmp_path / "models", "canopy train"):  # released at the end of the block
+        pass
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from canopy.fsutil import output_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from canopy.fsutil import output_lock\n"
+        f"with output_lock({str(tmp_path / 'tiles')!r}, 'canopy etl'):\n"
+        "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=10)
+    with output_lock(tmp_path / "tiles", "canopy etl"):
+        pass
+
+
+def test_the_lock_file_goes_with_its_holder(tmp_path):
+    from canopy.fsutil import output_lock
+
+    with output_lock(tmp_path / "samples", "canopy sample"):
+        assert (tmp_path / ".samples.lock").read_text().startswith("canopy sample (pid ")
+    assert list(tmp_path.iterdir()) == []

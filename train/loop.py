@@ -28,7 +28,7 @@ import torch
 
 from canopy import weights
 from canopy.errors import UserError
-from canopy.fsutil import remove_stale_temp_files
+from canopy.fsutil import output_lock, remove_stale_temp_files
 from canopy.hashing import sha256_json
 from canopy.params import CanopyParams
 from canopy.train import checkpoint
@@ -107,6 +107,12 @@ def train(
     fresh: bool = False,
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
+    with output_lock(Path(params.paths.models), "canopy train"):
+        return _train(params, quiet=quiet, fresh=fresh, on_step=on_step)
+
+
+def _train(params: CanopyParams, *, quiet: bool, fresh: bool,
+           on_step: Callable[[int], None] | None) -> TrainResult:
     tp = params.train
     data_dir, out = Path(params.paths.tiles), Path(params.paths.models)
     say = _sayer(quiet)

@@ -239,3 +239,15 @@ def test_the_final_step_re_exports_a_missing_or_unreadable_export(tiles, tmp_pat
     result = train(tiny_params(tiles, out, steps=4), quiet=True)
     assert result.start == result.step == 4
     assert (out / EXPORT_FILE).read_bytes() == good  # the same bytes as the first export
+
+
+def test_a_second_train_on_the_same_models_is_refused(tiles, tmp_path):
+    """It would resume from the running one's checkpoint and log its steps twice."""
+    from canopy.fsutil import output_lock
+
+    params = tiny_params(tiles, tmp_path / "models", steps=2)
+    with output_lock(tmp_path / "models", "canopy train"):
+        with pytest.raises(UserError, match="being written by canopy train"):
+            train(params, quiet=True)
+    assert not (tmp_path / "models").exists()
+    train(params, quiet=True)  # once the first is done
