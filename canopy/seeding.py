@@ -28,6 +28,7 @@ class Stream(IntEnum):
     EVAL_FLOOR_SUBSET = 32
     EVAL_KID = 33
     EVAL_KID_FLOOR = 34
+    EVAL_C2ST = 35        # evaluate: C2ST subsets, folds, weights, batches (index: the use)
     JUDGE_BOOTSTRAP = 41  # judge report: the judges resampled for the intervals
     SWD_PATCHES = 101     # evaluate: patches of (set, pyramid level)
     SWD_DIRECTIONS = 102  # evaluate: projection directions of pyramid level `index`

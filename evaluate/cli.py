@@ -26,7 +26,8 @@ def evaluate(
     """Score the samples against the held-out val tiles, next to the real-vs-real floor.
 
     Reads the `evaluate` section of params.yaml (and `seed`). Writes flat scalar metrics to
-    METRICS/evaluate.json: swd, fid and kid (only with local Inception weights), memorised_fraction, the counts
+    METRICS/evaluate.json: swd, fid and kid (only with local Inception weights), c2st_accuracy
+    (a classifier's held-out accuracy, 0.5 = indistinguishable), memorised_fraction, the counts
     n_samples and n_real, and each again with a _floor suffix for train tiles against the
     same val tiles. Lower is better for all; read a metric against its floor.
     """
@@ -45,6 +46,8 @@ def evaluate(
         if "fid" in m:
             parts.append(f"fid {m['fid']:.4g} (floor {m['fid_floor']:.4g})")
             parts.append(f"kid {m['kid']:.4g} (floor {m['kid_floor']:.4g})")
+        if "c2st_accuracy" in m:
+            parts.append(f"c2st {m['c2st_accuracy']:.3f} (floor {m['c2st_accuracy_floor']:.3f})")
         parts.append(f"memorised {m['memorised_fraction']:.1%} "
                      f"(floor {m['memorised_fraction_floor']:.1%})")
         print(f"evaluate: {', '.join(parts)}; {m['n_samples']} samples vs {m['n_real']} val "

@@ -35,6 +35,13 @@ class EvaluateParams(StrictModel):
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # for Inception; auto: CUDA, then MPS, then CPU
     kid_subsets: int = Field(100, ge=1, le=100_000)  # KID: random subsets (Binkowski et al.: 100)
     kid_subset_size: int = Field(1000, ge=2)  # images per subset, capped at the smaller set
+    # Classifier two-sample test (Lopez-Paz and Oquab 2017): a small CNN on pixels trained to
+    # tell the samples from the val tiles, k-fold cross-validated; 0.5 = indistinguishable.
+    # Runs on the CPU; the time grows with c2st_folds x c2st_epochs x c2st_max_images.
+    c2st: bool = True  # false skips it
+    c2st_folds: int = Field(5, ge=2, le=20)
+    c2st_epochs: int = Field(6, ge=1, le=1000)  # per fold, over the k-1 training folds
+    c2st_max_images: int = Field(2000, ge=2)  # per class, a seeded subset when over
     # Memorisation: each image's distance to its nearest train tile, as the RMS difference of
     # the two images box-downscaled to memorisation_size px, in units of the 0..255 range
     # (0 = identical, 1 = black vs white). A near-copy is closer than memorisation_threshold.

@@ -206,6 +206,9 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
         },
     }
 
+    # --- C2ST ------------------------------------------------------------------------------
+    details["c2st"] = _c2st(params, samples, val, train_floor, used_samples, progress, metrics)
+
     # --- FID and KID ----------------------------------------------------------------------
     inception_details, omitted = _fid_kid(params, weights, no_weights_why, device, samples,
                                           val, train_floor, progress, metrics)
@@ -284,6 +287,43 @@ def _fid_kid(params: CanopyParams, weights, no_weights_why: str, device: str,
                 "std_floor": sig(kid_floor.std)},
     }
     return details, ""
+
+
+def _c2st(params: CanopyParams, samples: np.ndarray, val: np.ndarray, train_floor: np.ndarray,
+          sample_paths: list[Path], progress: bool,
+          metrics: dict[str, float | int]) -> dict[str, Any]:
+    """Add c2st_accuracy, its floor and c2st_n to `metrics`; the details for people."""
+    ev = params.evaluate
+    if not ev.c2st:
+        return {"omitted": "evaluate.c2st is false"}
+    smallest = min(len(samples), len(val), len(train_floor))
+    if smallest < 2:
+        return {"omitted": f"it needs at least 2 images per set (samples {len(samples)}, "
+                           f"val {len(val)}, floor train tiles {len(train_floor)})"}
+    from canopy.evaluate import c2st as c2st_mod
+
+    config = c2st_mod.C2stConfig(folds=ev.c2st_folds, epochs=ev.c2st_epochs,
+                                 max_images=ev.c2st_max_images)
+    n = min(smallest, config.max_images)
+    folds = min(config.folds, n)
+    total = 2 * config.epochs * 2 * n * (folds - 1) // folds  # training images, both runs
+    with _bar(progress, total, "C2ST training") as tick:
+        result = c2st_mod.c2st(samples, val, config, params.seed, tick)
+        floor = c2st_mod.c2st(train_floor, val, config, params.seed, tick)
+    metrics["c2st_accuracy"] = sig(result.accuracy)
+    metrics["c2st_accuracy_floor"] = sig(floor.accuracy)
+    metrics["c2st_n"] = result.n
+    return {
+        "definition": "classifier two-sample test (Lopez-Paz and Oquab 2017): a small CNN on "
+                      "pixels told samples (or, for the floor, train tiles) from val tiles; "
+                      "mean held-out accuracy over the folds, 0.5 = indistinguishable",
+        "n_per_class": result.n, "folds": result.folds, "epochs": config.epochs,
+        "fold_accuracies": [sig(v) for v in result.fold_accuracies],
+        "fold_accuracies_floor": [sig(v) for v in floor.fold_accuracies],
+        "most_sure_generated": [
+            {"sample": sample_paths[i].name, "index": i, "held_out_probability": sig(p)}
+            for i, p in zip(result.most_sure_a, result.most_sure_probability)],
+    }
 
 
 def _ticked(items, tick: Callable[[int], None]):

@@ -17,7 +17,7 @@ from tests.evaluate.synthetic import degrade, forest_images, write_samples, writ
 
 METRIC_KEYS = {"swd", "memorised_fraction", "n_samples", "n_real"}
 FLOOR_KEYS = {f"{key}_floor" for key in METRIC_KEYS}
-FAST = {"swd_patches_per_image": 32, "swd_projections": 32, "swd_repeats": 2,
+FAST = {"swd_patches_per_image": 32, "swd_projections": 32, "swd_repeats": 2, "c2st_epochs": 2,
         "memorisation_size": 8}
 
 
@@ -185,3 +185,18 @@ def test_bad_input_gives_one_line_and_exit_code_2(workspace, case):
     assert lines[0].startswith("canopy evaluate: error: ")
     assert expected in lines[0]
     assert not (workspace / "metrics").exists()  # no partial output
+
+
+def test_c2st_is_in_the_metrics_and_can_be_switched_off(workspace):
+    assert invoke(workspace, {"c2st_epochs": 2, "c2st_folds": 2}).exit_code == 0
+    metrics = read_metrics(workspace)
+    assert metrics["c2st_n"] == 9  # as many samples (and floor train tiles) as val tiles
+    assert 0.0 <= metrics["c2st_accuracy"] <= 1.0 and 0.0 <= metrics["c2st_accuracy_floor"] <= 1.0
+    details = read_metrics(workspace, "metrics/evaluate_details.json")
+    listed = details["c2st"]["most_sure_generated"]
+    assert len(listed) == 9 and all(item["sample"].endswith(".png") for item in listed)
+    assert invoke(workspace, {"c2st": False}).exit_code == 0
+    metrics = read_metrics(workspace)
+    assert not {"c2st_accuracy", "c2st_accuracy_floor", "c2st_n"} & set(metrics)
+    details = read_metrics(workspace, "metrics/evaluate_details.json")
+    assert details["c2st"] == {"omitted": "evaluate.c2st is false"}
