@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -166,11 +167,13 @@ def output_lock(target: Path, command: str) -> Iterator[None]:
     """Hold the lock of output folder `target` for the block, or refuse in one line.
 
     Two runs writing one output (two `canopy train` on one models folder: the second resumes
-    from the first's checkpoint while it still trains) corrupt each other. The lock is an
-    flock on a hidden sibling file, `.<name>.lock`, holding the holder's pid and command for
-    the message. The kernel drops an flock when its process ends, however it ends, so the lock
-    of a killed run is simply taken by the next one; the holder removes the file on release,
-    so nothing stays beside the output.
+    from the first's checkpoint while it still trains) corrupt each other. The lock is a POSIX
+    record lock on a hidden sibling file, `.<name>.lock`, holding the holder's pid and command
+    for the message. The kernel drops it when its process ends, however it ends, so the lock
+    of a killed run is simply taken by the next one. A POSIX lock, not an flock: forked
+    children (the DataLoader's workers) do not inherit it, so workers orphaned by a `kill -9`
+    cannot keep holding it. The holder removes the file on release, so nothing stays beside
+    the output.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -187,15 +190,18 @@ def output_lock(target: Path, command: str) -> Iterator[None]:
 
 
 def _acquire(lock_path: Path, target: Path) -> int:
-    """An fd holding the flock of `lock_path`, which still names the locked file (a holder
+    """An fd holding the lock of `lock_path`, which still names the locked file (a holder
     that just released may have unlinked the file we opened: then lock the new one)."""
     import fcntl
 
     while True:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another run"
             os.close(fd)
             raise UserError(f"{target} is being written by {holder}: wait for it to finish or "

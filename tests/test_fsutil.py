@@ -12,6 +12,7 @@ from canopy.fsutil import (
     recover_interrupted_swap,
     remove_stale_temp_files,
 )
+from tests.conftest import output_locked_by_another_process
 
 
 def test_atomic_write_replaces_and_respects_umask(tmp_path):
@@ -129,29 +130,39 @@ def test_an_output_being_written_is_refused_naming_its_writer(tmp_path):
     from canopy.errors import UserError
     from canopy.fsutil import output_lock
 
-    with output_lock(tmp_path / "models", "canopy train"):
-        with pytest.raises(UserError, match=r"models is being written by canopy train \(pid "):
+    with output_locked_by_another_process(tmp_path / "models", "canopy train") as holder:
+        with pytest.raises(UserError, match=rf"models is being written by canopy train \(pid {holder.pid}\)"):
             with output_lock(tmp_path / "models", "canopy train"):
                 pass
-    with output_lock(tmp_path / "models", "canopy train"):  # released at the end of the block
-        pass
 
 
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
+    from canopy.fsutil import output_lock
+
+    with output_locked_by_another_process(tmp_path / "tiles", "canopy etl") as holder:
+        holder.kill()  # kill -9: no cleanup runs
+        holder.wait(timeout=10)
+        with output_lock(tmp_path / "tiles", "canopy etl"):
+            pass
+
+
+def test_forked_children_do_not_keep_the_lock(tmp_path):
+    """DataLoader workers are forked from train: orphaned by a kill -9 of train, they must not
+    hold its models folder locked."""
+    from canopy.fsutil import output_lock
+
+    script = ("import os, sys, time\nfrom canopy.fsutil import output_lock\n"
+              f"with output_lock({str(tmp_path / 'models')!r}, 'canopy train'):\n"
+              "    if os.fork() == 0:\n        time.sleep(30); os._exit(0)\n"
+              "    print('held', flush=True); time.sleep(60)")
     import signal
     import subprocess
     import sys
-
-    from canopy.fsutil import output_lock
-
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from canopy.fsutil import output_lock\n"
-        f"with output_lock({str(tmp_path / 'tiles')!r}, 'canopy etl'):\n"
-        "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=10)
-    with output_lock(tmp_path / "tiles", "canopy etl"):
+    with output_lock(tmp_path / "models", "canopy train"):  # the forked child still lives
         pass
 
 

@@ -243,10 +243,10 @@ def test_the_final_step_re_exports_a_missing_or_unreadable_export(tiles, tmp_pat
 
 def test_a_second_train_on_the_same_models_is_refused(tiles, tmp_path):
     """It would resume from the running one's checkpoint and log its steps twice."""
-    from canopy.fsutil import output_lock
+    from tests.conftest import output_locked_by_another_process
 
     params = tiny_params(tiles, tmp_path / "models", steps=2)
-    with output_lock(tmp_path / "models", "canopy train"):
+    with output_locked_by_another_process(tmp_path / "models", "canopy train"):
         with pytest.raises(UserError, match="being written by canopy train"):
             train(params, quiet=True)
     assert not (tmp_path / "models").exists()
