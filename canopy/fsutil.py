@@ -212,3 +212,9 @@ def _acquire(lock_path: Path, target: Path) -> int:
         except FileNotFoundError:
             pass
         os.close(fd)
+
+
+def details_path(metrics_file: Path) -> Path:
+    """Where the details for people go beside a DVC metrics file:
+    metrics/evaluate.json -> metrics/evaluate_details.json (judge.json likewise)."""
+    return metrics_file.with_name(f"{metrics_file.stem}_details{metrics_file.suffix or '.json'}")

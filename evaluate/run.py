@@ -35,7 +35,7 @@ from canopy.errors import UserError
 from canopy.evaluate import images as images_io
 from canopy.evaluate import memorisation as mem
 from canopy.evaluate import swd as swd_mod
-from canopy.fsutil import atomic_write_text
+from canopy.fsutil import atomic_write_text, details_path
 from canopy.hashing import sha256_file
 from canopy.params import CanopyParams
 from canopy.seeding import Stream, numpy_rng
@@ -54,11 +54,6 @@ class EvaluateResult:
 
 
 METRICS_FILE = "evaluate.json"  # in paths.metrics; dvc.yaml declares it as DVC metrics
-
-
-def details_path(out: Path) -> Path:
-    """metrics/evaluate.json -> metrics/evaluate_details.json."""
-    return out.with_name(f"{out.stem}_details{out.suffix or '.json'}")
 
 
 def sig(value: float, digits: int = 6) -> float:

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from canopy.errors import UserError
-from canopy.fsutil import atomic_write_bytes, atomic_write_text
+from canopy.fsutil import atomic_write_bytes, atomic_write_text, details_path
 from canopy.imaging import contact_sheet
 from canopy.judge import images
 from canopy.judge.catalog import GENERATED, REAL, Experiment, experiment_of
@@ -50,11 +50,6 @@ class ReportResult:
     details_out: Path
     grid_out: Path | None
     notes: list[str]
-
-
-def details_path(out: Path) -> Path:
-    """metrics/judge.json -> metrics/judge_details.json."""
-    return out.with_name(f"{out.stem}_details{out.suffix or '.json'}")
 
 
 def grid_path(out: Path) -> Path:
