@@ -24,6 +24,20 @@ class UserError(Exception):
     """A problem the user can fix (bad params, missing input...). The message says how."""
 
 
+class RunAborted(Exception):
+    """A run of several ranks (torchrun) that lost one of them: one line, exit code 1."""
+
+
+RUN_ABORTED_EXIT_CODE = 1
+
+
+def _is_main_rank() -> bool:
+    # Under torchrun every rank meets the same bad params: rank 0 alone says so.
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def is_disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
 
@@ -69,6 +83,12 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _rank_prefix() -> str:
+    import os
+
+    return f"rank {os.environ['RANK']}: " if "RANK" in os.environ else ""
+
+
 def _terminate_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -86,9 +106,13 @@ def user_errors(stage: str) -> Iterator[None]:
     try:
         yield
     except UserError as err:
-        message = " ".join(str(err).split("\n"))
-        print(f"canopy {stage}: error: {message}", file=sys.stderr)
+        if _is_main_rank():
+            message = " ".join(str(err).split("\n"))
+            print(f"canopy {stage}: error: {message}", file=sys.stderr)
         raise typer.Exit(USER_ERROR_EXIT_CODE) from None
+    except RunAborted as err:
+        print(f"canopy {stage}: error: {_rank_prefix()}{err}", file=sys.stderr)
+        raise typer.Exit(RUN_ABORTED_EXIT_CODE) from None
     except OSError as err:
         if not is_disk_full(err):
             raise

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from canopy.distributed import refuse as refuse_distributed
 from canopy.errors import user_errors
 from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
 
@@ -32,6 +33,7 @@ def evaluate(
     same val tiles. Lower is better for all; read a metric against its floor.
     """
     with user_errors("evaluate"):
+        refuse_distributed("evaluate")
         loaded = with_overrides(load_params(params), "paths", {
             "samples": _text(samples), "tiles": _text(tiles), "metrics": _text(metrics)})
         from canopy.evaluate.run import METRICS_FILE, run_evaluate

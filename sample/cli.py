@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from canopy.distributed import is_main_process
 from canopy.errors import user_errors
 from canopy.model.registry import SCHEDULERS
 from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
@@ -47,5 +48,6 @@ def sample(
         settings = loaded.sample
         result = run_sample(loaded, Path(loaded.paths.samples), Path(loaded.paths.models),
                             progress=not quiet and sys.stderr.isatty())
-        print(f"sample: {result.n} images ({settings.sampler}, {result.steps} steps, "
-              f"{result.device} {result.precision}) -> {result.out}")
+        if is_main_process():  # under torchrun rank 0 speaks for all
+            print(f"sample: {result.n} images ({settings.sampler}, {result.steps} steps, "
+                  f"{result.device} {result.precision}) -> {result.out}")

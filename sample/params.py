@@ -31,6 +31,7 @@ class SampleParams(StrictModel):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # as train.precision
     channels_last: Auto = "auto"  # as train.channels_last: auto = on for CUDA and CPU
     grid_images: int = Field(64, ge=0, le=1024)  # images in grid.png
+    dist_timeout_s: int = Field(120, ge=1, le=86_400)  # under torchrun, as train.dist_timeout_s
 
     @model_validator(mode="after")
     def _eta_fits_sampler(self) -> SampleParams:

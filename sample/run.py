@@ -1,15 +1,23 @@
 """`canopy sample`: EMA weights in models/ -> data/samples/ (PNGs, manifest, grid; the files:
-canopy/samples.py and README "Files")."""
+canopy/samples.py and README "Files").
+
+Under torchrun (canopy/distributed.py) rank r of W draws images r, r + W, r + 2W, ... into
+the staging folder rank 0 made (and holds the lock of); rank 0 then writes the grid and the
+manifest and swaps the folder into place. Image i depends only on (seed, i), not on which
+batch it was drawn in, so the files are those of one process.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from canopy import samples
+from canopy import distributed, samples
 from canopy.accelerator import (
     pick_channels_last,
     pick_device,
@@ -36,11 +44,14 @@ class SampleResult:
 
 def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool) -> SampleResult:
     settings = params.sample
+    dist = distributed.from_env()
     checkpoint = load_checkpoint(models, settings.weights)
     # The checkpoint has params' diffusion.timesteps, so params' own check that sample.steps
     # fits them holds for the checkpoint too.
     check_matches_params(checkpoint, params)
     device = pick_device(settings.device, "sample.device")
+    distributed.check_devices(dist, device, "sample.device")
+    device = dist.device(device)
     amp_dtype = pick_precision(settings.precision, device, "sample.precision")
     sampler = make_scheduler(settings.sampler, checkpoint.diffusion, steps=settings.steps,
                              eta=settings.eta, spacing=settings.spacing)
@@ -49,22 +60,37 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
     net = checkpoint.net.to(device, memory_format=layout)
     checkpoint.diffusion.to(device)
 
-    with output_lock(out, "canopy sample"), atomic_dir(out) as staging:
+    progress = progress and dist.is_main
+    with distributed.process_group(dist, device, settings.dist_timeout_s), \
+            distributed.main_context(dist, lambda: _locked_staging(out), "making the staging folder") as made:
+        staging = Path(distributed.broadcast(dist, str(made) if made else None, "sampling"))
+        mine = list(range(dist.rank, settings.n, dist.world))
         records = []
-        bar = tqdm(total=settings.n, desc="images", unit="img", disable=not progress)
-        for first in range(0, settings.n, settings.batch_size):
-            indices = list(range(first, min(settings.n, first + settings.batch_size)))
+        bar = tqdm(total=len(mine), desc="images", unit="img", disable=not progress)
+        for first in range(0, len(mine), settings.batch_size):
+            indices = mine[first:first + settings.batch_size]
             images = generate(net, sampler, indices, params.seed, checkpoint.image_shape, device,
                               amp_dtype, progress, channels_last)
             for index, image in zip(indices, images.numpy()):
                 records.append(samples.write_image(staging, index, image))
             bar.update(len(indices))
         bar.close()
-        if settings.grid_images:
-            samples.write_grid(staging, min(settings.grid_images, settings.n))
-        _write_manifest(staging, params, checkpoint, sampler, device, amp_dtype, channels_last,
-                        records)
+        # Every rank's images are in the folder once every rank has sent its records.
+        records = sorted((r for part in distributed.gather(dist, records, "sampling") for r in part),
+                         key=lambda record: record.file)
+        if dist.is_main:
+            if settings.grid_images:
+                samples.write_grid(staging, min(settings.grid_images, settings.n))
+            _write_manifest(staging, params, checkpoint, sampler, device, amp_dtype,
+                            channels_last, records)
+    distributed.barrier(dist, "the swap of the samples folder")  # rank 0 has swapped it in
     return SampleResult(out, settings.n, str(device), precision_name(amp_dtype), len(sampler.timesteps))
+
+
+@contextlib.contextmanager
+def _locked_staging(out: Path) -> Iterator[Path]:
+    with output_lock(out, "canopy sample"), atomic_dir(out) as staging:
+        yield staging
 
 
 def check_matches_params(checkpoint: Checkpoint, params: CanopyParams) -> None:

@@ -37,6 +37,7 @@ STATE_FORMAT = "canopy.train-state/1"
 class Resume:
     step: int  # 0 = fresh start
     reason: str  # why not resumed ("" when resumed or nothing was there)
+    world_size: int = 1  # torchrun ranks that wrote the state (state.json; absent = 1)
 
 
 def state_dirs(state_root: Path) -> list[Path]:
@@ -136,11 +137,14 @@ def try_resume(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     max_step: int,
+    tidy: bool = True,
 ) -> Resume:
     """Load the newest state if it was made with the same params and data (`expect`: the
     `params_hash`, `data_hash` and the `resume_params` they hash). Otherwise leave the
-    objects untouched and say why a fresh start is needed."""
-    clear_stale(state_root)
+    objects untouched and say why a fresh start is needed. `tidy`: first remove what killed
+    runs left (torchrun ranks other than 0 only read)."""
+    if tidy:
+        clear_stale(state_root)
     folders = state_dirs(state_root)
     if not folders:
         return Resume(0, "")
@@ -177,7 +181,7 @@ def try_resume(
     optimizer.load_state_dict(optim_sd)
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    return Resume(step, "")
+    return Resume(step, "", int(state.get("world_size") or 1))
 
 
 def _check_matches(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -96,14 +96,20 @@ def dihedral(tile: np.ndarray, k: int) -> np.ndarray:
 
 class BatchStream(torch.utils.data.IterableDataset):
     """Endless uint8 batches (B, 3, H, W) from batch `start` on; see the module docstring.
-    A worker never raises: a bad tile yields {"error": message} for the main process."""
+    A worker never raises: a bad tile yields {"error": message} for the main process.
+
+    `part` = (lo, hi) keeps images lo..hi-1 of each batch (a torchrun rank's contiguous
+    slice): the tiles and flips are drawn for the whole batch, as in one process, and only
+    the slice is read and decoded."""
 
     def __init__(
-        self, index: TileIndex, batch_size: int, seed: int, augment: bool, start: int = 0
+        self, index: TileIndex, batch_size: int, seed: int, augment: bool, start: int = 0,
+        part: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.index = index
         self.batch_size = batch_size
+        self.part = part or (0, batch_size)
         self.seed = seed
         self.augment = augment
         self.start = start
@@ -145,6 +151,8 @@ class BatchStream(torch.utils.data.IterableDataset):
             ks = numpy_rng(self.seed, Stream.TRAIN_AUGMENT, b).integers(0, 8, len(ids))
         else:
             ks = np.zeros(len(ids), dtype=np.int64)
+        lo, hi = self.part
+        ids, ks = ids[lo:hi], ks[lo:hi]
         size = self.index.tile_size
         out = np.empty((len(ids), size, size, 3), dtype=np.uint8)
         for j, (i, k) in enumerate(zip(ids, ks)):

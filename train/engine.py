@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from canopy.distributed import SINGLE, Dist
 from canopy.model.diffusion import GaussianDiffusion, make_betas
 from canopy.model.unet import Unet
 from canopy.seeding import Stream, torch_seed
@@ -33,9 +34,15 @@ def _adamw(model: torch.nn.Module, lr: float, weight_decay: float, device: torch
 
 
 class Trainer:
-    def __init__(self, params: CanopyParams, runtime: Runtime) -> None:
+    """Under torchrun (`dist` of several ranks) each rank trains on its slice of every global
+    batch through DistributedDataParallel, which averages the gradients: the same update as
+    one process on the whole batch. `model` is always the bare network (EMA, checkpoints and
+    gradient clipping use it, with the same keys as one process); `forward` runs the step."""
+
+    def __init__(self, params: CanopyParams, runtime: Runtime, dist: Dist = SINGLE) -> None:
         self.params = params
         self.runtime = runtime
+        self.dist = dist
         tp = params.train
         device = runtime.device
         fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
@@ -49,7 +56,22 @@ class Trainer:
         self.diffusion = GaussianDiffusion(betas, d.objective, d.loss, d.min_snr_gamma).to(device)
         self.optimizer = _adamw(self.model, tp.lr, tp.weight_decay, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.grad_scaler)
-        self.forward = torch.compile(self.model) if runtime.compile else self.model
+        self.forward = self._forward_module()
+
+    def _forward_module(self) -> torch.nn.Module:
+        """DDP around the network, then torch.compile around DDP: the order PyTorch's DDP
+        notes recommend (the compiler splits the graph at DDP's gradient buckets, so the
+        all-reduce of one bucket overlaps the backward of the next)."""
+        net: torch.nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device = self.runtime.device
+            ids = [device.index] if device.type == "cuda" else None
+            # Every rank builds the same initial weights from the seed; DDP also broadcasts
+            # rank 0's at construction.
+            net = DistributedDataParallel(net, device_ids=ids)
+        return torch.compile(net) if self.runtime.compile else net
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up from 0 over warmup_steps, then constant: Adam's early moment
@@ -64,9 +86,7 @@ class Trainer:
         gradient norm before clipping, as tensors (no device sync here)."""
         rt = self.runtime
         x0 = to_model_input(images, rt.device, rt.channels_last)
-        gen = torch.Generator(rt.device).manual_seed(torch_seed(self.params.seed, Stream.TRAIN_NOISE, step))
-        t = self.diffusion.sample_timesteps(x0.shape[0], generator=gen, device=rt.device)
-        noise = torch.empty_like(x0).normal_(generator=gen)  # same memory format as x0
+        t, noise = self._draw_t_and_noise(x0, step)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
         with rt.autocast():
@@ -79,3 +99,21 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model, step + 1)
         return loss.detach(), grad_norm.detach()
+
+    def _draw_t_and_noise(self, x0: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The timesteps and noise of step `step` for this rank's images. Every rank draws
+        those of the whole global batch, with the same generator, and keeps its slice: the
+        union over ranks is exactly one process's draw."""
+        rt = self.runtime
+        gen = torch.Generator(rt.device).manual_seed(torch_seed(self.params.seed, Stream.TRAIN_NOISE, step))
+        if not self.dist.enabled:
+            t = self.diffusion.sample_timesteps(x0.shape[0], generator=gen, device=rt.device)
+            noise = torch.empty_like(x0).normal_(generator=gen)  # same memory format as x0
+            return t, noise
+        total = self.params.train.batch_size
+        lo, hi = self.dist.shard(total)
+        t = self.diffusion.sample_timesteps(total, generator=gen, device=rt.device)
+        fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
+        noise = torch.empty((total, *x0.shape[1:]), dtype=x0.dtype, device=rt.device,
+                            memory_format=fmt).normal_(generator=gen)
+        return t[lo:hi], noise[lo:hi]

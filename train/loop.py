@@ -8,6 +8,11 @@ change what is learnt, train/params.py RESUME_TRAIN_KEYS) and data hash match; s
 random draw is seeded from (seed, step), N steps straight and N/2 + resume + N/2 give the
 same weights. Otherwise the run starts fresh, says why, and moves the old state aside to
 <out>/state.old-<step> (only --fresh deletes it).
+
+Under torchrun (canopy/distributed.py) every rank runs this loop on its slice of each global
+batch; rank 0 alone holds the output lock and writes (checkpoints, export, metrics,
+previews). A stop signal to any rank is shared once per step (a MAX all-reduce), so all stop
+after the same step and rank 0 saves it.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from canopy import weights
+from canopy import distributed, weights
+from canopy.distributed import Dist
 from canopy.errors import UserError
 from canopy.fsutil import output_lock, remove_stale_temp_files
 from canopy.hashing import sha256_json
@@ -43,7 +49,7 @@ from canopy.train.data import (
 from canopy.train.engine import Trainer
 from canopy.train.params import RESUME_TRAIN_KEYS
 from canopy.train.preview import sample_grid
-from canopy.train.runtime import resolve_runtime
+from canopy.train.runtime import Runtime, resolve_runtime
 
 
 @dataclass
@@ -107,16 +113,35 @@ def train(
     fresh: bool = False,
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    with output_lock(Path(params.paths.models), "canopy train"):
-        return _train(params, quiet=quiet, fresh=fresh, on_step=on_step)
+    dist = distributed.from_env()
+    _check_batch_split(params.train.batch_size, dist.world)
+    runtime = resolve_runtime(params.train)
+    distributed.check_devices(dist, runtime.device, "train.device")
+    runtime = replace(runtime, device=dist.device(runtime.device))
+    models = Path(params.paths.models)
+    with distributed.process_group(dist, runtime.device, params.train.dist_timeout_s), \
+            distributed.main_context(dist, lambda: output_lock(models, "canopy train"),
+                                     "taking the output lock"):
+        return _train(params, runtime, dist, quiet=quiet, fresh=fresh, on_step=on_step)
 
 
-def _train(params: CanopyParams, *, quiet: bool, fresh: bool,
+def _check_batch_split(batch_size: int, world: int) -> None:
+    """Each rank takes an equal slice of the global batch (so DDP's mean of the gradients is
+    the gradient of the whole batch's mean loss)."""
+    if world > batch_size:
+        raise UserError(f"{world} ranks (torchrun) for a train.batch_size of {batch_size}: "
+                        f"start at most {batch_size} processes or raise train.batch_size")
+    if batch_size % world:
+        raise UserError(f"train.batch_size {batch_size} does not split into {world} equal "
+                        f"slices (one per torchrun rank): use a batch_size divisible by {world}")
+
+
+def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, fresh: bool,
            on_step: Callable[[int], None] | None) -> TrainResult:
     tp = params.train
     data_dir, out = Path(params.paths.tiles), Path(params.paths.models)
     say = _sayer(quiet)
-    if out.is_dir():
+    if dist.is_main and out.is_dir():
         remove_stale_temp_files(out)  # a killed export's, or DVC would hash it into the output
 
     manifest = read_manifest(data_dir)
@@ -132,76 +157,138 @@ def _train(params: CanopyParams, *, quiet: bool, fresh: bool,
     if params.model.channels != 3:
         raise UserError(f"model.channels is {params.model.channels} but tiles are RGB: set it to 3")
 
-    runtime = resolve_runtime(tp)
-    trainer = Trainer(params, runtime)
+    trainer = Trainer(params, runtime, dist)
     expect = {"resume_params": resume_params(params), "data_hash": data_hash(data_dir, shards, manifest)}
     expect["params_hash"] = sha256_json(expect["resume_params"])
     state_root = out / "state"
-    if fresh:
-        shutil.rmtree(state_root, ignore_errors=True)
-    resume = checkpoint.try_resume(
-        state_root, expect, trainer.model, trainer.ema.model, trainer.optimizer, trainer.scaler, tp.steps
-    )
-    if resume.reason:
-        kept = checkpoint.move_aside(state_root)
-        where = (f"; the old state is kept in {kept} (move it back to resume it, or delete it; "
-                 "`--fresh` starts over without keeping it)" if kept else "")
-        _say_always(f"starting fresh: {resume.reason}{where}")
+    resume = _resume(trainer, state_root, expect, tp.steps, dist, fresh)
     start = resume.step
     say(
-        f"{len(index)} train tiles of {index.tile_size} px; {runtime.describe()}; "
+        f"{len(index)} train tiles of {index.tile_size} px; {runtime.describe()}"
+        + (f" x {dist.world} ranks (torchrun)" if dist.enabled else "") + "; "
         + (f"resuming at step {start} of {tp.steps}" if start else f"training {tp.steps} steps")
     )
     info = {k: expect[k] for k in ("params_hash", "data_hash", "resume_params")}
+    if dist.enabled:  # not in the params hash: another world size may resume this state
+        info["world_size"] = dist.world
     config = _export_config(params, index.tile_size, expect)
 
-    live = _open_live(out / "live", start)
-    stream = BatchStream(index, tp.batch_size, params.seed, tp.augment, start=start)
+    live = _open_live(out / "live", start) if dist.is_main else _NoLive()
+    stream = BatchStream(index, tp.batch_size, params.seed, tp.augment, start=start,
+                         part=dist.shard(tp.batch_size))
     loader = make_loader(stream, runtime.num_workers, runtime.pin_memory, _ignore_stop_signals)
 
-    step, saved = start, start
-    with StopSignals(_say_always) as stop, _progress(tp.steps, start, quiet) as bar:
+    step, saved, halt = start, start, None
+    with StopSignals(_say_always) as stop, distributed.collectives("training"), \
+            _progress(tp.steps, start, quiet or not dist.is_main) as bar:
         batches = iter(loader)
-        meter = _Meter()
-        while step < tp.steps and stop.signum is None:
+        meter = _Meter(dist)
+        while step < tp.steps and halt is None:
             item = next(batches)
             if "error" in item:
                 raise UserError(item["error"])
             loss, grad_norm = trainer.step(item["images"], step)
             step += 1
-            meter.add(loss, grad_norm, len(item["images"]))
+            meter.add(loss, grad_norm, len(item["images"]) * dist.world)
             bar.update(1)
             if step % tp.log_every == 0 or step == tp.steps:
                 row = meter.flush(step)
                 _log_metrics(live, step, row, trainer.lr_at(step - 1))
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
-            if tp.preview_images and step % tp.sample_every == 0:
+            if dist.is_main and tp.preview_images and step % tp.sample_every == 0:
                 grid = sample_grid(
                     trainer.ema.model, trainer.diffusion, runtime, tp.preview_images,
                     tp.preview_steps, index.tile_size, params.seed,
                 )
                 live.log_image(f"samples/{step}.png", grid)
-            if step % tp.checkpoint_every == 0 or step == tp.steps or stop.signum is not None:
+            halt = _agreed_signal(stop, dist, runtime)
+            if step % tp.checkpoint_every == 0 or step == tp.steps or halt is not None:
                 meter.check_finite(step)
-                _save(trainer, state_root, out, step, info, config)
+                if dist.is_main:
+                    _save(trainer, state_root, out, step, info, config)
                 saved = step
                 say(f"step {step}/{tp.steps}: checkpoint saved to {state_root}")
             if on_step is not None:
                 on_step(step)
+            if not dist.enabled:  # one process sees a signal at once (ranks: at the next step)
+                halt = stop.signum
         if saved != step:  # stopped by a signal raised inside on_step or the last step
             meter.check_finite(step)
             _save(trainer, state_root, out, step, info, config)
         final = config | {"step": step}
-        if start == step == tp.steps and not _export_is_current(out / "ema.safetensors", final):
+        if (dist.is_main and start == step == tp.steps
+                and not _export_is_current(out / "ema.safetensors", final)):
             # Nothing left to train, but `sample` needs a readable export of this state: a
             # missing, truncated or stale one is written again from the resumed EMA weights.
             checkpoint.export_ema(out / "ema.safetensors", trainer.ema.model, final)
     live.end()
-    if stop.signum is not None:
+    # No rank reports success before rank 0's last checkpoint is on disk.
+    distributed.barrier(dist, "the last checkpoint")
+    if halt is not None:
         _say_always(f"stopped at step {step} (checkpoint saved); re-run `canopy train` to resume")
     else:
         say(f"done: {step} steps; EMA weights in {out / 'ema.safetensors'}")
-    return TrainResult(step=step, start=start, interrupted=stop.signum, out=out)
+    return TrainResult(step=step, start=start, interrupted=halt, out=out)
+
+
+def _agreed_signal(stop: StopSignals, dist: Dist, runtime: Runtime) -> int | None:
+    """The stop signal, if any; under torchrun the one any rank received (one tiny
+    all-reduce per step), so that every rank stops after the same step."""
+    if not dist.enabled:
+        return stop.signum
+    return distributed.max_int(dist, stop.signum or 0, runtime.device) or None
+
+
+def _resume(trainer: Trainer, state_root: Path, expect: dict, max_step: int, dist: Dist,
+            fresh: bool) -> checkpoint.Resume:
+    """Load the newest state if it fits (checkpoint.try_resume). Under torchrun rank 0
+    decides (and alone deletes or moves aside); then the other ranks load the same folder,
+    and all check that they did."""
+    args = (trainer.model, trainer.ema.model, trainer.optimizer, trainer.scaler, max_step)
+    resume = checkpoint.Resume(0, "")
+    if dist.is_main:
+        if fresh:
+            shutil.rmtree(state_root, ignore_errors=True)
+        resume = checkpoint.try_resume(state_root, expect, *args)
+        if resume.reason:
+            kept = checkpoint.move_aside(state_root)
+            where = (f"; the old state is kept in {kept} (move it back to resume it, or delete "
+                     "it; `--fresh` starts over without keeping it)" if kept else "")
+            _say_always(f"starting fresh: {resume.reason}{where}")
+    if not dist.enabled:
+        return resume
+    wanted = distributed.broadcast(dist, resume, "resuming")
+    if not dist.is_main and wanted.step:
+        resume = checkpoint.try_resume(state_root, expect, *args, tidy=False)
+    steps = distributed.gather(dist, resume.step, "resuming")
+    if any(found != wanted.step for found in steps):
+        lost = [rank for rank, found in enumerate(steps) if found != wanted.step]
+        raise UserError(f"rank 0 resumes {state_root} at step {wanted.step} but rank(s) "
+                        f"{lost} found {[steps[r] for r in lost]}: every node must see the same "
+                        "paths.models (a shared filesystem), or start with --fresh")
+    if wanted.step and wanted.world_size != dist.world:
+        _say_always(f"resuming a state trained by {wanted.world_size} process(es) with "
+                    f"{dist.world}: same global batch and draws, so the weights follow within "
+                    "float rounding, not bit for bit")
+    return wanted
+
+
+class _NoLive:
+    """What ranks other than 0 log to: nothing (they write no file)."""
+
+    step = 0
+
+    def log_metric(self, *args: Any) -> None:
+        pass
+
+    def log_image(self, *args: Any) -> None:
+        pass
+
+    def make_summary(self) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
 
 
 def _save(trainer: Trainer, state_root: Path, out: Path, step: int, info: dict, config: dict) -> None:
@@ -233,9 +320,12 @@ def _export_config(params: CanopyParams, tile_size: int, expect: dict) -> dict[s
 
 
 class _Meter:
-    """Sums on the device between log rows: no per-step sync with the GPU."""
+    """Sums on the device between log rows: no per-step sync with the GPU. Under torchrun
+    the loss is averaged over the ranks (the global batch's) where it is read: at log rows
+    and checkpoints, which every rank reaches at the same steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, dist: Dist = distributed.SINGLE) -> None:
+        self.dist = dist
         self._reset()
 
     def _reset(self) -> None:
@@ -251,24 +341,35 @@ class _Meter:
         self.steps += 1
         self.images += images
 
+    def _loss(self) -> float:
+        if isinstance(self.loss, torch.Tensor):
+            return float(distributed.mean(self.dist, self.loss))
+        return float(self.loss)
+
     def check_finite(self, step: int) -> None:
-        if self.steps and not math.isfinite(float(self.loss)):
-            raise UserError(
-                f"the loss became {float(self.loss)} by step {step}: training diverged (the last "
-                "good checkpoint is kept); lower train.lr, raise train.warmup_steps or use "
-                "train.precision: fp32"
-            )
+        if self.steps:
+            _refuse_diverged(self._loss(), step)
 
     def flush(self, step: int) -> dict[str, float]:
-        self.check_finite(step)
+        loss = self._loss()
+        _refuse_diverged(loss, step)
         elapsed = max(time.perf_counter() - self.since, 1e-9)
         row = {
-            "loss": float(self.loss) / self.steps,
+            "loss": loss / self.steps,
             "grad_norm": float(self.grad_norm) / self.steps,
             "images_per_s": self.images / elapsed,
         }
         self._reset()
         return row
+
+
+def _refuse_diverged(loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        raise UserError(
+            f"the loss became {loss} by step {step}: training diverged (the last "
+            "good checkpoint is kept); lower train.lr, raise train.warmup_steps or use "
+            "train.precision: fp32"
+        )
 
 
 def _log_metrics(live: Any, step: int, row: dict[str, float], lr: float) -> None:
@@ -335,4 +436,6 @@ def _sayer(quiet: bool) -> Callable[[str], None]:
 def _say_always(message: str) -> None:
     from tqdm import tqdm
 
+    if not distributed.is_main_process():
+        return  # under torchrun rank 0 speaks for all
     tqdm.write(f"canopy train: {message}", file=sys.stderr)

@@ -84,6 +84,9 @@ class TrainParams(StrictModel):
     sample_every: int = Field(500, ge=1)  # steps between preview grids of EMA samples
     preview_images: int = Field(16, ge=0, le=256)  # images per preview grid; 0 = no previews
     preview_steps: int = Field(20, ge=1, le=1000)  # DDIM steps for previews
+    # Under torchrun: how long a rank waits for the others (joining, then every collective)
+    # before it stops with an error; a rank that died is noticed within this at the latest.
+    dist_timeout_s: int = Field(120, ge=1, le=86_400)
 
     @field_validator("num_workers")
     @classmethod
