@@ -61,8 +61,22 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
     checkpoint.diffusion.to(device)
 
     progress = progress and dist.is_main
-    with distributed.process_group(dist, device, settings.dist_timeout_s), \
-            distributed.main_context(dist, lambda: _locked_staging(out), "making the staging folder") as made:
+    with distributed.process_group(dist, device, settings.dist_timeout_s):
+        records = _sample_all(params, dist, out, net, sampler, checkpoint, device, amp_dtype,
+                              channels_last, progress)
+        distributed.barrier(dist, "the swap of the samples folder")  # rank 0 has swapped it in
+    return SampleResult(out, len(records), str(device), precision_name(amp_dtype),
+                        len(sampler.timesteps))
+
+
+def _sample_all(params: CanopyParams, dist: distributed.Dist, out: Path, net: torch.nn.Module,
+                sampler: Scheduler, checkpoint: Checkpoint, device: torch.device, amp_dtype,
+                channels_last: bool, progress: bool) -> list[samples.ImageRecord]:
+    """Draw this rank's images into the staging folder; rank 0 finishes the folder (grid,
+    manifest) and swaps it into place. Returns the records of every image."""
+    settings = params.sample
+    with distributed.main_context(dist, lambda: _locked_staging(out),
+                                  "making the staging folder") as made:
         staging = Path(distributed.broadcast(dist, str(made) if made else None, "sampling"))
         mine = list(range(dist.rank, settings.n, dist.world))
         records = []
@@ -83,8 +97,7 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
                 samples.write_grid(staging, min(settings.grid_images, settings.n))
             _write_manifest(staging, params, checkpoint, sampler, device, amp_dtype,
                             channels_last, records)
-    distributed.barrier(dist, "the swap of the samples folder")  # rank 0 has swapped it in
-    return SampleResult(out, settings.n, str(device), precision_name(amp_dtype), len(sampler.timesteps))
+    return records
 
 
 @contextlib.contextmanager
