@@ -83,6 +83,16 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _let_rank_0_speak() -> None:
+    # torchrun's agent stops every worker as soon as one exits with an error: a rank other
+    # than 0 that met the same bad params waits a moment, so that rank 0 prints the line.
+    import os
+    import time
+
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        time.sleep(3)
+
+
 def _rank_prefix() -> str:
     import os
 
@@ -109,6 +119,8 @@ def user_errors(stage: str) -> Iterator[None]:
         if _is_main_rank():
             message = " ".join(str(err).split("\n"))
             print(f"canopy {stage}: error: {message}", file=sys.stderr)
+        else:
+            _let_rank_0_speak()
         raise typer.Exit(USER_ERROR_EXIT_CODE) from None
     except RunAborted as err:
         print(f"canopy {stage}: error: {_rank_prefix()}{err}", file=sys.stderr)

@@ -5,6 +5,7 @@ nobody, bad world sizes refused."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +128,18 @@ def test_two_ranks_resumed_equal_two_ranks_straight_and_rank_1_writes_nothing(ru
     assert new and all(f.split("/")[:2] == ["halves", "models"] for f in new)
     assert _files(root / "halves" / "models") == _files(runs["two"])
     assert not list(cwds[1].iterdir())
+
+
+@pytest.mark.slow
+def test_a_state_of_one_process_resumes_on_two_ranks_and_says_so(runs):
+    models = runs["root"] / "other-world" / "models"
+    shutil.copytree(runs["one"], models)
+    params_file = _params_file(models.parent, tiny_params(runs["tiles"], models, steps=9))
+    done = distributed.run(["train", "-p", str(params_file)], 2)
+    assert [r.code for r in done] == [0, 0], done[0].err
+    assert "resuming a state trained by 1 process(es) with 2" in done[0].err
+    assert "resuming at step 8 of 9" in done[0].err and "starting fresh" not in done[0].err
+    assert _step_of(models) == 9
 
 
 @pytest.mark.slow
