@@ -11,6 +11,10 @@ from canopy.schema import StrictModel
 
 BandRef = int | str  # 1-based band index, or a band name (GDAL description)
 
+# Keys that say how a run goes, not what it makes: left out of the manifest's params_hash, so
+# that the output is byte-identical whatever their values (dotted paths under `etl`).
+RUN_ONLY_KEYS = ("workers", "sentinelhub.threads", "sentinelhub.max_retries", "sentinelhub.max_requests")
+
 
 class LocalEntry(StrictModel):
     """A `paths` entry with its own settings, for inputs that need other bands or scaling."""
