@@ -17,7 +17,6 @@ functions (about 0.4 s) so that runs with another etl source do not pay for them
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -350,11 +349,18 @@ def _library_payload(aoi: AoiParams, epsg: int, bounds: tuple[float, ...], width
 
 def _window_payload(template: dict[str, Any], bounds: tuple[float, ...], width: int,
                     height: int) -> dict[str, Any]:
-    """`template` (another window's payload of the same AOI) for this window."""
-    payload = copy.deepcopy(template)
-    payload["input"]["bounds"]["bbox"] = [float(value) for value in bounds]
-    payload["output"]["width"], payload["output"]["height"] = width, height
-    return payload
+    """`template` (another window's payload of the same AOI) for this window.
+
+    Only the dicts on the way to bbox and size are copied; the rest (data filter, evalscript)
+    is shared with the template, which nothing modifies (a deep copy would take 3 s for the
+    20,000 windows of a whole-world bbox).
+    """
+    inputs, output = template["input"], template["output"]
+    return {
+        **template,
+        "input": {**inputs, "bounds": {**inputs["bounds"], "bbox": [float(value) for value in bounds]}},
+        "output": {**output, "width": width, "height": height},
+    }
 
 
 def _even_parts(total: int, parts: int) -> list[int]:
