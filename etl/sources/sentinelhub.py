@@ -5,6 +5,8 @@ Each AOI (WGS84 bbox) is projected to the UTM zone of its centre, snapped to the
 pixels a side (the Process API limit). Each sub-request is one Process API call whose answer
 is normalised and cached under `cache_dir`, named by a hash of everything that determines it;
 a re-run with the same params reads the cache and sends nothing (not even a token request).
+Requests are downloaded on `threads` threads, after a guard that refuses more than
+`max_requests` of them (cached ones do not count) and says what they cost in processing units.
 
 Cached file format (the etl core relies on it): GeoTIFF, 5 uint16 bands with descriptions
 "B04", "B03", "B02" (surface reflectance x REFLECTANCE_SCALE), "dataMask" (0/1), "SCL" (scene
