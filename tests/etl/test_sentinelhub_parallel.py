@@ -8,6 +8,7 @@ from __future__ import annotations
 import _thread
 import json
 import logging
+import threading
 from pathlib import Path
 from urllib.parse import quote_plus
 
@@ -92,8 +93,10 @@ def test_interrupted_run_resumes_from_the_cache_and_downloads_nothing_twice(stan
     params = make_params(standin, tmp_path, *aois(count), threads=2)
     standin.slow("process", 0.2)  # so that most requests are still queued when Ctrl-C comes
 
+    once = threading.Lock()  # a second Ctrl-C would cut the clean stop short
+
     def ctrl_c_after_two(call):
-        if call.endpoint == "process" and served(standin) == 2:
+        if call.endpoint == "process" and served(standin) >= 2 and once.acquire(blocking=False):
             _thread.interrupt_main()  # what Ctrl-C does, while the main thread waits
 
     standin.on_answer(ctrl_c_after_two)
