@@ -61,7 +61,9 @@ def train_images_per_s(params_file: Path, models: Path, ranks: int, threads: int
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={ranks}", "--no-python", *cmd]
     env = clean_env(**({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     with open(models / "live" / "plots" / "metrics" / "images_per_s.tsv") as f:
         rows = [float(row["images_per_s"]) for row in csv.DictReader(f, delimiter="\t")]
     return statistics.mean(rows[1:] if len(rows) > 1 else rows)
@@ -112,7 +114,7 @@ def part2(args: argparse.Namespace, device: str) -> None:
         wrapped.forward = DistributedDataParallel(wrapped.model, device_ids=ids)
         images = torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8)
         times: dict[str, list[float]] = {"plain": [], "DDP, 1 rank": []}
-        for rnd in range(args.rounds * 2):
+        for rnd in range(args.rounds + 1):  # the first round warms up and is dropped
             for name, trainer in (("plain", plain), ("DDP, 1 rank", wrapped)):
                 times[name].append(_time_steps(trainer, images, args.steps, warm=rnd == 0))
     finally:
