@@ -84,6 +84,10 @@ class TrainParams(StrictModel):
     sample_every: int = Field(500, ge=1)  # steps between preview grids of EMA samples
     preview_images: int = Field(16, ge=0, le=256)  # images per preview grid; 0 = no previews
     preview_steps: int = Field(20, ge=1, le=1000)  # DDIM steps for previews
+    # How the shards are checked against data/tiles/manifest.json before training: size (each
+    # shard's size and tile count, instant) or sha256 (also its hash: reads every shard once,
+    # catching a changed byte that keeps the size). Not a resume key: it changes no weight.
+    verify_shards: Literal["size", "sha256"] = "size"
 
     @field_validator("num_workers")
     @classmethod
