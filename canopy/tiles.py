@@ -223,8 +223,9 @@ def index_shards(shards: Iterable[Path], max_member: int = MAX_MEMBER_BYTES
 
 def _index_shard(shard: Path, max_member: int) -> list[TileLocation]:
     try:
-        with open(shard, "rb") as raw, tarfile.open(fileobj=_BoundedFile(raw), mode="r:") as tar:
-            size = os.fstat(raw.fileno()).st_size
+        with open(shard, "rb") as handle, \
+                tarfile.open(fileobj=_BoundedFile(handle), mode="r:") as tar:
+            size = os.fstat(handle.fileno()).st_size
             locations = []
             for member in tar:
                 _check_member_size(shard, size, member, max_member)
@@ -255,10 +256,10 @@ class _BoundedFile(io.RawIOBase):
     tarfile reads a PAX or GNU long-name header's data in one read of the size its header
     claims, and Python allocates a buffer of the size asked before reading."""
 
-    def __init__(self, raw: io.BufferedReader) -> None:
+    def __init__(self, handle: io.BufferedReader) -> None:
         super().__init__()
-        self._raw = raw
-        self._size = os.fstat(raw.fileno()).st_size
+        self._handle = handle
+        self._size = os.fstat(handle.fileno()).st_size
 
     def readable(self) -> bool:
         return True
@@ -267,14 +268,14 @@ class _BoundedFile(io.RawIOBase):
         return True
 
     def read(self, n: int = -1) -> bytes:
-        left = max(0, self._size - self._raw.tell())
-        return self._raw.read(left if n is None or n < 0 else min(n, left))
+        left = max(0, self._size - self._handle.tell())
+        return self._handle.read(left if n is None or n < 0 else min(n, left))
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._raw.seek(offset, whence)
+        return self._handle.seek(offset, whence)
 
     def tell(self) -> int:
-        return self._raw.tell()
+        return self._handle.tell()
 
 
 def list_tiles(root: Path, split: str, tile_size: int | None = None) -> list[TileLocation]:
