@@ -11,6 +11,10 @@ from canopy.schema import StrictModel
 
 BandRef = int | str  # 1-based band index, or a band name (GDAL description)
 
+# Keys that say how a run goes, not what it makes: left out of the manifest's params_hash, so
+# that the output is byte-identical whatever their values (dotted paths under `etl`).
+RUN_ONLY_KEYS = ("workers", "sentinelhub.threads", "sentinelhub.max_retries", "sentinelhub.max_requests")
+
 
 class LocalEntry(StrictModel):
     """A `paths` entry with its own settings, for inputs that need other bands or scaling."""
@@ -99,6 +103,11 @@ class SentinelHubParams(StrictModel):
     aois: list[AoiParams] = Field(default_factory=list)
     cache_dir: str = "data/cache/sentinelhub"
     max_retries: int = Field(4, ge=0, le=20)  # on 429 and 5xx answers
+    # Process API requests in flight at once. A 429 pauses them all until its Retry-After.
+    threads: int = Field(4, ge=1, le=64)
+    # Refuse to start more downloads than this (cached requests do not count): a mistyped
+    # bbox can plan a whole continent. Raise it on purpose for large areas.
+    max_requests: int = Field(2000, ge=1)
 
     @field_validator("aois")
     @classmethod

@@ -25,14 +25,15 @@ from rasterio.windows import bounds as window_bounds
 from tqdm import tqdm
 
 from canopy.errors import UserError
-from canopy.etl.params import EtlParams
+from canopy.etl.params import RUN_ONLY_KEYS, EtlParams
 from canopy.etl.png import PNG_COMPRESS_LEVEL, encode_png
 from canopy.etl.scene import GDAL_ENV, SceneReader, SceneSpec
 from canopy.etl.sources import SOURCES
 from canopy.etl.tiling import Candidate, count_tiles, scene_candidates
 from canopy.fsutil import atomic_dir, output_lock
+from canopy.hashing import sha256_json
 from canopy.imaging import contact_sheet
-from canopy.params import CanopyParams, section_hash
+from canopy.params import CanopyParams
 from canopy.tiles import SPLITS, ShardWriter, TileLocation, split_counts, split_of, write_manifest
 
 IN_FLIGHT_PER_WORKER = 48  # about one row of 128 px tiles of a 6000 px wide raster
@@ -107,9 +108,22 @@ def write_tiles(scenes: list[SceneSpec], params: CanopyParams, root: Path,
         root, tile_size=etl.tile_size, stride=etl.stride, shards=shards, synthetic=synthetic,
         filters={**vars(filters), "min_valid_fraction": etl.min_valid_fraction,
                  "min_vegetation_fraction": etl.min_vegetation_fraction},
-        sources=scene_reports, params_hash=section_hash(params, "etl", "seed"),
+        sources=scene_reports, params_hash=output_params_hash(params),
     )
     return EtlResult(root, counts, filters, len(scenes), synthetic, shard_entries)
+
+
+def output_params_hash(params: CanopyParams) -> str:
+    """sha256 of the `etl` section and `seed`, less RUN_ONLY_KEYS (thread counts, retries...)."""
+    dumped = params.model_dump(mode="json")
+    etl = dumped["etl"]
+    for dotted in RUN_ONLY_KEYS:
+        *parents, name = dotted.split(".")
+        section = etl
+        for parent in parents:
+            section = section[parent]
+        del section[name]
+    return sha256_json({"etl": etl, "seed": dumped["seed"]})
 
 
 def _tile_scene(scene, etl: EtlParams, encoder, writers, filters, placed, progress) -> dict:

@@ -18,6 +18,7 @@ from torch import nn
 SCHEDULES = ("linear", "cosine", "sigmoid")
 OBJECTIVES = ("eps", "v")
 LOSSES = ("l2", "l1")
+TIMESTEP_SAMPLINGS = ("uniform", "lognormal")
 
 
 def linear_betas(timesteps: int) -> torch.Tensor:
@@ -71,6 +72,14 @@ class GaussianDiffusion(nn.Module):
       eps: the noise (DDPM eq. 14).
       v:   v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 (Salimans & Ho 2022, "Progressive
            Distillation", sec. 4), better conditioned near t = 0 and t = T.
+    Training timesteps (`timestep_sampling`):
+      uniform:   t ~ U{0 .. T-1} (DDPM). With the linear schedule 60% of those steps have
+                 sigma = sqrt((1 - alpha_bar) / alpha_bar) > 2, images almost pure noise,
+                 where there is little left to learn.
+      lognormal: the noise level that EDM trains on (Karras et al. 2022, "Elucidating the
+                 Design Space of Diffusion-Based Generative Models", sec. 5 and table 1):
+                 ln(sigma) ~ N(P_mean, P_std^2), mapped to the timestep whose sigma_t is
+                 nearest in ln(sigma). The same network calls, spent where the loss can fall.
     Min-SNR weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
     Strategy", eq. 12-13): with SNR(t) = alpha_bar / (1 - alpha_bar), the per-image loss is
     scaled by min(SNR, gamma) / SNR for eps and min(SNR, gamma) / (SNR + 1) for v, so the many
@@ -83,6 +92,9 @@ class GaussianDiffusion(nn.Module):
         objective: str = "eps",
         loss: str = "l2",
         min_snr_gamma: float | None = None,
+        timestep_sampling: str = "uniform",
+        lognormal_mean: float = -1.2,
+        lognormal_std: float = 1.2,
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -91,9 +103,17 @@ class GaussianDiffusion(nn.Module):
             raise ValueError(f"unknown loss {loss!r}: use one of {', '.join(LOSSES)}")
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
+        if timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise ValueError(f"unknown timestep_sampling {timestep_sampling!r}: use one of "
+                             f"{', '.join(TIMESTEP_SAMPLINGS)}")
+        if lognormal_std <= 0:
+            raise ValueError(f"lognormal_std must be positive, got {lognormal_std}")
         betas = betas.to(torch.float64)
         alpha_bar = torch.cumprod(1.0 - betas, dim=0)
         self.timesteps = len(betas)
+        self.timestep_sampling = timestep_sampling
+        self.lognormal_mean = lognormal_mean
+        self.lognormal_std = lognormal_std
         self.objective = objective
         self.loss_type = loss
         self.min_snr_gamma = min_snr_gamma
@@ -104,6 +124,8 @@ class GaussianDiffusion(nn.Module):
             "sqrt_alphas_cumprod": alpha_bar.sqrt(),
             "sqrt_one_minus_alphas_cumprod": (1.0 - alpha_bar).sqrt(),
             "snr": alpha_bar / (1.0 - alpha_bar),
+            # ln(sigma_t), rising with t: where a drawn noise level falls among the timesteps
+            "log_sigma": 0.5 * (torch.log1p(-alpha_bar) - torch.log(alpha_bar)),
         }.items():
             self.register_buffer(name, value.float(), persistent=False)
 
@@ -167,5 +189,17 @@ class GaussianDiffusion(nn.Module):
     def sample_timesteps(
         self, batch: int, generator: torch.Generator | None = None, device=None
     ) -> torch.Tensor:
-        """One uniform timestep per image."""
-        return torch.randint(0, self.timesteps, (batch,), generator=generator, device=device)
+        """One timestep per image, drawn as `timestep_sampling` says (class docstring)."""
+        if self.timestep_sampling == "uniform":
+            return torch.randint(0, self.timesteps, (batch,), generator=generator, device=device)
+        z = torch.randn(batch, generator=generator, device=device)
+        log_sigma = self.lognormal_mean + self.lognormal_std * z
+        return nearest_index(self.log_sigma.to(device), log_sigma)
+
+
+def nearest_index(ascending: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The index of the entry of the rising `ascending` nearest to each of `values`."""
+    right = torch.searchsorted(ascending, values.to(ascending.dtype)).clamp(1, len(ascending) - 1)
+    left = right - 1
+    nearer_left = (values - ascending[left]).abs() <= (ascending[right] - values).abs()
+    return torch.where(nearer_left, left, right)

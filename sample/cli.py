@@ -10,6 +10,7 @@ import typer
 from canopy.errors import user_errors
 from canopy.model.registry import SCHEDULERS
 from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
+from canopy.signals import interrupt_on_stop_signals
 
 
 def sample(
@@ -45,7 +46,8 @@ def sample(
         from canopy.sample.run import run_sample
 
         settings = loaded.sample
-        result = run_sample(loaded, Path(loaded.paths.samples), Path(loaded.paths.models),
-                            progress=not quiet and sys.stderr.isatty())
+        with interrupt_on_stop_signals():  # even if SIGINT was inherited ignored
+            result = run_sample(loaded, Path(loaded.paths.samples), Path(loaded.paths.models),
+                                progress=not quiet and sys.stderr.isatty())
         print(f"sample: {result.n} images ({settings.sampler}, {result.steps} steps, "
               f"{result.device} {result.precision}) -> {result.out}")

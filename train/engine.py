@@ -46,7 +46,10 @@ class Trainer:
         self.ema = EMA(self.model, tp.ema_decay, tp.ema_warmup_steps, tp.ema_every)
         betas = make_betas(params.schedule, params.diffusion.timesteps)
         d = params.diffusion
-        self.diffusion = GaussianDiffusion(betas, d.objective, d.loss, d.min_snr_gamma).to(device)
+        self.diffusion = GaussianDiffusion(
+            betas, d.objective, d.loss, d.min_snr_gamma,
+            d.timestep_sampling, d.lognormal_mean, d.lognormal_std,
+        ).to(device)
         self.optimizer = _adamw(self.model, tp.lr, tp.weight_decay, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.grad_scaler)
         self.forward = torch.compile(self.model) if runtime.compile else self.model

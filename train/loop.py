@@ -12,12 +12,12 @@ same weights. Otherwise the run starts fresh, says why, and moves the old state 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ from canopy.errors import UserError
 from canopy.fsutil import output_lock, remove_stale_temp_files
 from canopy.hashing import sha256_json
 from canopy.params import CanopyParams
+from canopy.signals import handling_stop_signals
 from canopy.train import checkpoint
 from canopy.train.data import (
     BatchStream,
@@ -74,7 +75,7 @@ class StopSignals:
     def __init__(self, say: Callable[[str], None]) -> None:
         self.signum: int | None = None
         self._say = say
-        self._previous: dict[int, Any] = {}
+        self._installed = contextlib.ExitStack()
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
@@ -83,14 +84,11 @@ class StopSignals:
         self._say(f"{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)")
 
     def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self._installed.enter_context(handling_stop_signals(self._handle))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        self._installed.close()
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:

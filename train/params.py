@@ -53,6 +53,10 @@ class DiffusionParams(StrictModel):
     objective: Literal["eps", "v"] = "eps"  # what the network predicts: noise, or v
     loss: Literal["l2", "l1"] = "l2"
     min_snr_gamma: float | None = Field(None, gt=0.0)  # min-SNR weighting, e.g. 5.0; null = off
+    # Which timesteps training draws: uniform (DDPM), or lognormal (EDM: ln sigma ~ N(mean, std))
+    timestep_sampling: Literal["uniform", "lognormal"] = "uniform"
+    lognormal_mean: float = Field(-1.2, ge=-10.0, le=10.0)
+    lognormal_std: float = Field(1.2, gt=0.0, le=10.0)
 
 
 class TrainParams(StrictModel):

@@ -2,8 +2,10 @@
 
 It answers `/api/v1/process` with a real GeoTIFF (5 uint16 bands, no band descriptions, like
 the service) sized by the request's output width/height, in the request's CRS and bbox. It
-records every request and can be scripted to fail first (401, 429 with Retry-After in ms,
-500...), so tests drive the real sentinelhub client without touching the internet.
+records every request (when it arrived and when it was answered) and can be scripted to fail
+first (401, 429 with Retry-After in ms, 500, an HTML page...), to answer slowly, or to call a
+hook after each answer, so tests drive the real sentinelhub client without touching the
+internet.
 
     with StandIn() as sh:
         sh.script("process", 429, headers={"Retry-After": "50"})  # next process call answers 429
@@ -40,7 +42,9 @@ class Call:
     headers: dict[str, str]
     body: Any  # parsed JSON (process) or form dict (token)
     status: int
-    time: float = field(default_factory=time.monotonic)
+    time: float = field(default_factory=time.monotonic)  # when the answer was ready
+    arrived: float = 0.0  # time.monotonic() when the request came in
+    answered: float = 0.0  # ... and when its answer had been sent
 
 
 @dataclass
@@ -58,6 +62,8 @@ class StandIn:
         self._calls: list[Call] = []
         self._scripts: dict[str, deque[Scripted]] = {"token": deque(), "process": deque()}
         self._always: dict[str, Scripted | None] = {"token": None, "process": None}
+        self._delay: dict[str, float] = {"token": 0.0, "process": 0.0}
+        self._on_answer: Any = None
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -105,6 +111,14 @@ class StandIn:
         """Every call to `endpoint` answers `status` (after any scripted answers)."""
         self._always[endpoint] = _scripted(status, headers, None)
 
+    def slow(self, endpoint: str, seconds: float) -> None:
+        """Unscripted answers of `endpoint` take `seconds` (scripted ones come at once)."""
+        self._delay[endpoint] = seconds
+
+    def on_answer(self, hook: Any) -> None:
+        """Call `hook(call)` in the server thread after each answer has been sent."""
+        self._on_answer = hook
+
     def calls(self, endpoint: str | None = None) -> list[Call]:
         with self._lock:
             return [c for c in self._calls if endpoint is None or c.endpoint == endpoint]
@@ -124,6 +138,7 @@ class StandIn:
             scripted = queue.popleft() if queue else self._always.get(endpoint)
         if scripted is not None:
             return scripted, body
+        time.sleep(self._delay.get(endpoint, 0.0))
         if endpoint == "token":
             return self._token(body), body
         if endpoint == "process":
@@ -197,20 +212,26 @@ def _fake_jwt(client_id: str) -> str:
 def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
+            arrived = time.monotonic()
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             path = self.path.split("?", 1)[0]
             endpoint = next((name for name, p in ENDPOINTS.items() if p == path), "other")
             headers = {k.lower(): v for k, v in self.headers.items()}
             answer, body = standin._answer(endpoint, headers, raw)
+            call = Call(endpoint, path, headers, body, answer.status, arrived=arrived)
             with standin._lock:
-                standin._calls.append(Call(endpoint, path, headers, body, answer.status))
+                standin._calls.append(call)
             self.send_response(answer.status)
             for key, value in answer.headers.items():
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(answer.body)))
             self.end_headers()
             self.wfile.write(answer.body)
+            self.wfile.flush()
+            call.answered = time.monotonic()
+            if standin._on_answer is not None:
+                standin._on_answer(call)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass  # keep test output clean

@@ -8,6 +8,7 @@ from canopy.model.diffusion import (
     cosine_betas,
     linear_betas,
     make_betas,
+    nearest_index,
     sigmoid_betas,
 )
 
@@ -111,3 +112,41 @@ def test_timesteps_are_drawn_per_image():
     d = _diffusion()
     t = d.sample_timesteps(64, generator=torch.Generator().manual_seed(0))
     assert t.shape == (64,) and t.min() >= 0 and t.max() < 100 and len(set(t.tolist())) > 20
+
+
+def test_nearest_index_picks_the_closest_entry():
+    ascending = torch.tensor([-2.0, -1.0, 0.5, 3.0])
+    values = torch.tensor([-5.0, -1.6, -1.4, 0.0, 1.8, 1.7, 9.0])
+    assert nearest_index(ascending, values).tolist() == [0, 0, 1, 2, 3, 2, 3]
+
+
+def test_lognormal_timesteps_follow_the_noise_level_distribution():
+    d = GaussianDiffusion(make_betas("linear", 1000), "v", timestep_sampling="lognormal",
+                          lognormal_mean=-1.2, lognormal_std=1.2)
+    t = d.sample_timesteps(200_000, generator=torch.Generator().manual_seed(0))
+    assert t.min() >= 0 and t.max() < 1000
+    log_sigma = d.log_sigma[t].double()
+    # The drawn timesteps' noise levels have the asked-for median and spread (the grid of
+    # 1000 timesteps is fine enough for a 0.05 tolerance; the ends clamp a few draws).
+    assert log_sigma.median().item() == pytest.approx(-1.2, abs=0.05)
+    q16, q84 = torch.quantile(log_sigma.float()[:50_000], torch.tensor([0.16, 0.84])).tolist()
+    assert (q84 - q16) / 2 == pytest.approx(1.2, abs=0.05)
+    # Uniform draws spend most of their steps at sigma > 2 under the linear schedule;
+    # lognormal ones few.
+    uniform = GaussianDiffusion(make_betas("linear", 1000), "v").sample_timesteps(
+        200_000, generator=torch.Generator().manual_seed(0))
+    assert (d.log_sigma[uniform].exp() > 2).float().mean() > 0.55
+    assert (log_sigma.exp() > 2).float().mean() < 0.1
+
+
+def test_lognormal_timesteps_are_seeded():
+    d = GaussianDiffusion(make_betas("cosine", 1000), "v", timestep_sampling="lognormal")
+    first = d.sample_timesteps(64, generator=torch.Generator().manual_seed(3))
+    again = d.sample_timesteps(64, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, d.sample_timesteps(64, generator=torch.Generator().manual_seed(4)))
+
+
+def test_unknown_timestep_sampling_is_rejected():
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        GaussianDiffusion(make_betas("linear", 10), timestep_sampling="edm")
