@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import re
 import shutil
@@ -64,7 +65,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted_swap(target)
     _remove_stale_staging(target)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-{os.getpid()}-"))
+    staging = Path(tempfile.mkdtemp(dir=target.parent,
+                                    prefix=f"{_staging_prefix(target)}{os.getpid()}-"))
     try:
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the output should not be
         yield staging
@@ -79,11 +81,34 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+# The hidden siblings an output swap makes: `.<name>.staging-<pid>-<random>` while the new
+# output is built, `.<name>.old-<pid>-<random>` for the old output between the two renames of
+# replace_dir. The pid tells later runs, and readers, whether the writer is still alive.
+def _staging_prefix(target: Path) -> str:
+    return f".{target.name}.staging-"
+
+
+def _old_prefix(target: Path) -> str:
+    return f".{target.name}.old-"
+
+
+def _writer_pid(sibling: Path, prefix: str) -> int | None:
+    """The pid in a staging or moved-aside name; None for names without one (written by
+    versions that did not record it)."""
+    pid = sibling.name[len(prefix):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def _siblings(target: Path, prefix: str) -> list[Path]:
+    return sorted(target.parent.glob(f"{glob.escape(prefix)}*"))
+
+
 def _remove_stale_staging(target: Path) -> None:
     """Remove staging folders left by runs that were killed (their process is gone)."""
-    for stale in target.parent.glob(f".{target.name}.staging-*"):
-        pid = stale.name.rsplit(".staging-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+    prefix = _staging_prefix(target)
+    for stale in _siblings(target, prefix):
+        pid = _writer_pid(stale, prefix)
+        if pid is not None and not _process_alive(pid):
             shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -104,7 +129,7 @@ def recover_interrupted_swap(target: Path) -> None:
     """Undo what a run killed inside replace_dir left: the old output moved aside to
     `.<name>.old-<pid>-*` and nothing at `target` (then the old output goes back), or the new
     output in place and the old one not yet removed (then it is removed)."""
-    leftovers = [p for p in target.parent.glob(f".{target.name}.old-*") if _writer_gone(p)]
+    leftovers = [p for p in _siblings(target, _old_prefix(target)) if _writer_gone(p, target)]
     if not leftovers:
         return
     if not (target.exists() or target.is_symlink()):
@@ -116,10 +141,31 @@ def recover_interrupted_swap(target: Path) -> None:
         _remove(old)
 
 
-def _writer_gone(leftover: Path) -> bool:
-    pid = leftover.name.rsplit(".old-", 1)[1].split("-", 1)[0]
+def _writer_gone(leftover: Path, target: Path) -> bool:
+    pid = _writer_pid(leftover, _old_prefix(target))
     # Names without a pid come from versions that did not record it: long gone.
-    return not pid.isdigit() or not _process_alive(int(pid))
+    return pid is None or not _process_alive(pid)
+
+
+def refuse_half_swapped(target: Path, command: str) -> None:
+    """For a reader that finds its input `target` missing: when a writer's moved-aside old
+    output or staging folder lies beside it, raise the one line that says what happened and
+    what to run (`command` writes `target`, e.g. "canopy etl"); else return, and the reader
+    says the input is missing as usual."""
+    target = Path(target)
+    if target.exists() or target.is_symlink():
+        return
+    for prefix, what in ((_old_prefix(target), "was killed mid-swap"),
+                         (_staging_prefix(target), "was killed before its output was in place")):
+        for sibling in _siblings(target, prefix):
+            pid = _writer_pid(sibling, prefix)
+            if pid is not None and _process_alive(pid):
+                raise UserError(f"{target} is missing while `{command}` (pid {pid}) writes it "
+                                f"({sibling.name} is beside it): wait for it to finish, then "
+                                "run again")
+            raise UserError(f"{target} is missing but {sibling.name} is beside it: a "
+                            f"`{command}` {what}; re-run `{command}` (it restores or replaces "
+                            "the output)")
 
 
 def _remove(path: Path) -> None:
@@ -147,7 +193,7 @@ def replace_dir(new: Path, target: Path) -> None:
         # The pid tells the next run whether this swap is still under way (see
         # recover_interrupted_swap).
         old = Path(tempfile.mkdtemp(dir=target.parent,
-                                    prefix=f".{target.name}.old-{os.getpid()}-"))
+                                    prefix=f"{_old_prefix(target)}{os.getpid()}-"))
         os.rmdir(old)
         os.replace(target, old)
     os.replace(new, target)

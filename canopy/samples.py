@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from canopy.errors import UserError
+from canopy.fsutil import refuse_half_swapped
 from canopy.hashing import sha256_bytes
 from canopy.imaging import contact_sheet, decode_rgb_png
 
@@ -26,6 +28,9 @@ MANIFEST_FILE = "manifest.json"
 GRID_FILE = "grid.png"
 _IMAGE_NAME = re.compile(r"^\d{6,}\.png$")
 _FIX = "re-run `canopy sample` after `canopy etl`"
+# The most bytes a sample file may have: far beyond any tile-sized PNG (see canopy/tiles.py),
+# so a huge file in the folder is refused before it is read into memory.
+MAX_SAMPLE_BYTES = 64 * 2**20
 
 
 def image_name(index: int) -> str:
@@ -92,6 +97,7 @@ def write_manifest(folder: Path, manifest: SamplesManifest) -> None:
 def list_samples(folder: Path) -> list[Path]:
     """The sample images `NNNNNN.png` in file-name order (grid.png and others ignored)."""
     if not folder.is_dir():
+        refuse_half_swapped(folder, "canopy sample")
         raise UserError(f"samples folder {folder} not found: run `canopy sample` first "
                         "or pass --samples DIR")
     paths = sorted(p for p in folder.iterdir() if _IMAGE_NAME.match(p.name) and p.is_file())
@@ -104,7 +110,12 @@ def list_samples(folder: Path) -> list[Path]:
 def read_sample(path: Path, tile_size: int) -> np.ndarray:
     """One sample as an (H, W, 3) uint8 array; it must have the tiles' size."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_SAMPLE_BYTES:
+                raise UserError(f"{path} is {size} bytes, far more than a sample image may "
+                                f"take ({MAX_SAMPLE_BYTES}); {_FIX}")
+            data = handle.read(size)  # bounded by the size: never a read to the end of anything
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     array = decode_rgb_png(data, str(path), _FIX)
@@ -118,6 +129,7 @@ def read_sample(path: Path, tile_size: int) -> np.ndarray:
 def read_manifest(folder: Path) -> dict[str, Any] | None:
     """The folder's manifest, checked; None when there is none (images from elsewhere)."""
     path = folder / MANIFEST_FILE
+    refuse_half_swapped(folder, "canopy sample")
     if not path.is_file():
         return None
     try:

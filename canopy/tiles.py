@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import stat
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,7 @@ import numpy as np
 
 import canopy
 from canopy.errors import UserError
+from canopy.fsutil import refuse_half_swapped
 from canopy.hashing import canonical_json, sha256_file
 from canopy.imaging import decode_rgb_png
 
@@ -30,6 +32,12 @@ SPLITS = ("train", "val")
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 _FIX = "re-run `canopy etl`"
+# The most bytes one tar member may claim: a 128 px RGB PNG is at most about 50 KB even
+# uncompressed, so 16 MB is far beyond any real tile. Larger tiles get twice their raw size.
+MAX_MEMBER_BYTES = 16 * 2**20
+# How readers check shards against the manifest before reading them: `size` (each shard's
+# size and tile count, cheap) or `sha256` (also each shard's hash: reads every byte once).
+VERIFY_CHOICES = ("size", "sha256")
 
 
 def split_of(key: str, val_fraction: float) -> str:
@@ -48,9 +56,15 @@ class TileLocation(NamedTuple):
     size: int
 
     def read(self) -> bytes:
+        """The PNG bytes: exactly `size` bytes from `offset` (the index checked both against
+        the shard), never a read to the end of the file."""
         with open(self.shard, "rb") as handle:
             handle.seek(self.offset)
-            return handle.read(self.size)
+            data = handle.read(self.size)
+        if len(data) != self.size:
+            raise UserError(f"tile {self.key} in {self.shard}: the shard ends after "
+                            f"{len(data)} of the tile's {self.size} bytes; {_FIX}")
+        return data
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -149,6 +163,7 @@ def read_manifest(root: Path, point_at: str) -> dict[str, Any]:
     """The manifest of the tiles folder `root`, checked; `point_at` names the option that
     chooses the folder, for the message when there is none."""
     path = root / MANIFEST_FILE
+    refuse_half_swapped(root, "canopy etl")  # a killed etl's leftover says more than "missing"
     if not path.is_file():
         raise UserError(f"{path} not found: run `canopy etl` first (or `dvc repro etl`), "
                         f"or point {point_at} at an etl output folder")
@@ -184,12 +199,20 @@ def shard_files(root: Path, split: str) -> list[Path]:
     return sorted((root / split).glob("*.tar"))
 
 
-def index_shards(shards: Iterable[Path]) -> list[TileLocation]:
-    """Every tile of the shards, in shard and then tar order, from the tar headers only."""
+def member_cap(tile_size: int | None) -> int:
+    """The most bytes a tar member of a shard of `tile_size` px tiles may claim."""
+    raw = 3 * tile_size * tile_size if tile_size else 0
+    return max(MAX_MEMBER_BYTES, 2 * raw)
+
+
+def index_shards(shards: Iterable[Path], max_member: int = MAX_MEMBER_BYTES
+                 ) -> list[TileLocation]:
+    """Every tile of the shards, in shard and then tar order, from the tar headers only. A
+    member claiming more than `max_member` bytes, or more than its shard holds, is refused."""
     locations: list[TileLocation] = []
     seen: dict[str, Path] = {}
     for shard in shards:
-        for location in _index_shard(shard):
+        for location in _index_shard(shard, max_member):
             if location.key in seen:
                 raise UserError(f"tile key {location.key!r} is in both {seen[location.key]} and "
                                 f"{shard}: keys must be unique; {_FIX}")
@@ -198,29 +221,83 @@ def index_shards(shards: Iterable[Path]) -> list[TileLocation]:
     return locations
 
 
-def _index_shard(shard: Path) -> list[TileLocation]:
+def _index_shard(shard: Path, max_member: int) -> list[TileLocation]:
     try:
-        with tarfile.open(shard, "r:") as tar:
-            return [TileLocation(member.name[: -len(".png")], shard, member.offset_data,
-                                 member.size)
-                    for member in tar if member.isfile() and member.name.endswith(".png")]
+        with open(shard, "rb") as handle, \
+                tarfile.open(fileobj=_BoundedFile(handle), mode="r:") as tar:
+            size = os.fstat(handle.fileno()).st_size
+            locations = []
+            for member in tar:
+                _check_member_size(shard, size, member, max_member)
+                if member.isfile() and member.name.endswith(".png"):
+                    locations.append(TileLocation(member.name[: -len(".png")], shard,
+                                                  member.offset_data, member.size))
+            return locations
     except (tarfile.TarError, OSError) as err:
         raise UserError(f"{shard} is not a readable tar shard ({err}); {_FIX}") from None
 
 
-def list_tiles(root: Path, split: str) -> list[TileLocation]:
+def _check_member_size(shard: Path, shard_size: int, member: tarfile.TarInfo,
+                       max_member: int) -> None:
+    """Refuse a header whose size no tile can have or the shard cannot hold: the reads of
+    that member (by tarfile, then by TileLocation.read) must stay inside the shard."""
+    if member.size > max_member:
+        raise UserError(f"{shard}: member {member.name!r} claims {member.size} bytes, more than "
+                        f"the {max_member} a tile may take (a forged or corrupt tar header); "
+                        f"{_FIX}")
+    if member.offset_data + member.size > shard_size:
+        raise UserError(f"{shard}: member {member.name!r} claims {member.size} bytes from byte "
+                        f"{member.offset_data}, past the end of the shard ({shard_size} bytes; "
+                        f"a forged or corrupt tar header); {_FIX}")
+
+
+class _BoundedFile(io.RawIOBase):
+    """A shard opened for tarfile, whose reads never ask for more than the file holds:
+    tarfile reads a PAX or GNU long-name header's data in one read of the size its header
+    claims, and Python allocates a buffer of the size asked before reading."""
+
+    def __init__(self, handle: io.BufferedReader) -> None:
+        super().__init__()
+        self._handle = handle
+        self._size = os.fstat(handle.fileno()).st_size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self._size - self._handle.tell())
+        return self._handle.read(left if n is None or n < 0 else min(n, left))
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+
+def list_tiles(root: Path, split: str, tile_size: int | None = None) -> list[TileLocation]:
     """Every tile of a split, in shard and then tar order."""
-    return index_shards(shard_files(root, split))
+    return index_shards(shard_files(root, split), member_cap(tile_size))
 
 
-def verified_tiles(root: Path, split: str, manifest: dict[str, Any]) -> list[TileLocation]:
+def verified_tiles(root: Path, split: str, manifest: dict[str, Any],
+                   verify: str = "size") -> list[TileLocation]:
     """Every tile of a split, from the shards the manifest lists, each checked first: it
     exists, is a regular file (a FIFO or a device would hang the reader), has the size the
     manifest records (manifests written before sizes were recorded skip this) and holds the
-    number of tiles it records. Cheap: no shard is hashed."""
+    number of tiles it records. Cheap: no shard is hashed, unless `verify` is "sha256": then
+    each shard's sha256 must also be the manifest's (a flipped byte of the same size)."""
+    if verify not in VERIFY_CHOICES:
+        raise ValueError(f"verify must be one of {VERIFY_CHOICES}, got {verify!r}")
     entries = [entry for entry in manifest["shards"] if _split_of_entry(entry) == split]
     shards = [_checked_shard(root, entry) for entry in entries]
-    locations = index_shards(shards)
+    if verify == "sha256":
+        for shard, entry in zip(shards, entries):
+            _check_sha256(shard, entry)
+    locations = index_shards(shards, member_cap(manifest["tile_size"]))
     for shard, entry in zip(shards, entries):
         _check_count(shard, entry, sum(1 for loc in locations if loc.shard == shard))
     return locations
@@ -248,6 +325,14 @@ def _checked_shard(root: Path, entry: dict[str, Any]) -> Path:
         raise UserError(f"shard {path} is {info.st_size} bytes, but {MANIFEST_FILE} records "
                         f"{size}; {_FIX}")
     return path
+
+
+def _check_sha256(shard: Path, entry: dict[str, Any]) -> None:
+    found = sha256_file(shard)
+    if found != entry["sha256"]:
+        raise UserError(f"shard {shard} has sha256 {found[:12]}..., but {MANIFEST_FILE} records "
+                        f"{entry['sha256'][:12]}...: its content changed since etl wrote it; "
+                        f"{_FIX}")
 
 
 def _check_count(shard: Path, entry: dict[str, Any], found: int) -> None:

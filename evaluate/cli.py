@@ -23,6 +23,10 @@ def evaluate(
                                  help="Override paths.metrics: the folder that receives "
                                       "evaluate.json and evaluate_details.json."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    verify_sha256: bool = typer.Option(
+        False, "--verify-sha256",
+        help="Check each tile shard's sha256 against the manifest first "
+             "(evaluate.verify_shards: sha256)."),
 ) -> None:
     """Score the samples against the held-out val tiles, next to the real-vs-real floor.
 
@@ -36,6 +40,8 @@ def evaluate(
         refuse_distributed("evaluate")
         loaded = with_overrides(load_params(params), "paths", {
             "samples": _text(samples), "tiles": _text(tiles), "metrics": _text(metrics)})
+        if verify_sha256:
+            loaded = with_overrides(loaded, "evaluate", {"verify_shards": "sha256"})
         from canopy.evaluate.run import METRICS_FILE, run_evaluate
 
         paths = loaded.paths

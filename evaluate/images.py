@@ -13,11 +13,11 @@ import numpy as np
 from canopy import tiles
 
 
-def tiles_by_key(tiles_dir: Path, split: str) -> list[tiles.TileLocation]:
+def tiles_by_key(tiles_dir: Path, split: str, verify: str = "size") -> list[tiles.TileLocation]:
     """Every tile of a split in key order, so the seeded subsets do not depend on sharding;
-    the shards are checked against the manifest first."""
+    the shards are checked against the manifest first (`verify`: size or sha256)."""
     manifest = tiles.read_manifest(tiles_dir, point_at="--tiles")
-    return sorted(tiles.verified_tiles(tiles_dir, split, manifest),
+    return sorted(tiles.verified_tiles(tiles_dir, split, manifest, verify),
                   key=lambda location: location.key)
 
 

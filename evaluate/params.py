@@ -51,6 +51,9 @@ class EvaluateParams(StrictModel):
     memorisation_size: int = Field(32, ge=4, le=512)
     memorisation_threshold: float = Field(0.03, gt=0.0, le=1.0)
     memorisation_dihedral: bool = True  # also match flipped / 90-degree rotated copies
+    # How the tile shards are checked against data/tiles/manifest.json before reading: size
+    # (size and tile count, instant) or sha256 (also each shard's hash, as train.verify_shards)
+    verify_shards: Literal["size", "sha256"] = "size"
 
     @model_validator(mode="after")
     def _patches_fit(self) -> EvaluateParams:

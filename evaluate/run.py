@@ -86,12 +86,12 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
                         f"({ev.swd_patch_size}); lower it or use larger tiles")
     sample_paths = samples_io.list_samples(samples_dir)
     samples_io.read_manifest(samples_dir)  # refuses another format version; none is fine
-    val_refs = images_io.tiles_by_key(tiles_dir, "val")
+    val_refs = images_io.tiles_by_key(tiles_dir, "val", ev.verify_shards)
     if not val_refs:
         raise UserError(f"no val tiles in {tiles_dir / 'val'}: evaluate compares samples with "
                         "held-out tiles; raise etl.val_fraction or add imagery, then re-run "
                         "`canopy etl`")
-    train_refs = images_io.tiles_by_key(tiles_dir, "train")
+    train_refs = images_io.tiles_by_key(tiles_dir, "train", ev.verify_shards)
     if not train_refs:
         raise UserError(f"no train tiles in {tiles_dir / 'train'}: the floor and the "
                         "memorisation check need them; re-run `canopy etl`")

@@ -41,7 +41,8 @@ def samples_manifest_sha256(samples_dir: Path) -> str:
 
 def val_tiles(tiles_dir: Path) -> dict[str, TileRef]:
     """The val tiles by key (the held-out tiles: real imagery the model never trained on)."""
-    return {ref.key: ref for ref in tiles_format.list_tiles(tiles_dir, "val")}
+    refs = tiles_format.list_tiles(tiles_dir, "val", tile_size(tiles_dir))  # bounds each member
+    return {ref.key: ref for ref in refs}
 
 
 def read_tile(ref: TileRef, size: int) -> np.ndarray:

@@ -172,3 +172,101 @@ def test_the_lock_file_goes_with_its_holder(tmp_path):
     with output_lock(tmp_path / "samples", "canopy sample"):
         assert (tmp_path / ".samples.lock").read_text().startswith("canopy sample (pid ")
     assert list(tmp_path.iterdir()) == []
+
+
+def _kill_mid_swap(target, tmp_path, kill_after=1):
+    """Run the real swap of atomic_dir on `target` in another process, SIGKILLed after its
+    `kill_after`-th rename: after the first, `target` is missing and the old output lies
+    beside it as `.<name>.old-<pid>-*`."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "swap.py"
+    script.write_text(_KILLED_SWAP)
+    done = subprocess.run([sys.executable, str(script), str(target), str(kill_after)],
+                          cwd=os.getcwd(), timeout=60)
+    assert done.returncode == -9
+    (leftover,) = target.parent.glob(f".{target.name}.old-*")
+    assert not target.exists()
+    return leftover
+
+
+def _half_swapped_line(target, leftover, command):
+    return (f"{target} is missing but {leftover.name} is beside it: a `{command}` was killed "
+            f"mid-swap; re-run `{command}` (it restores or replaces the output)")
+
+
+def _one_line(result):
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def stage_folders(tmp_path):
+    """A tiles folder and a samples folder as etl and sample write them, and params."""
+    import numpy as np
+
+    from tests.evaluate.synthetic import forest_images, write_samples
+    from tests.tiles import write_tiles
+
+    write_tiles(tmp_path / "data" / "tiles", forest_images(4, 16), forest_images(2, 16, seed=1))
+    write_samples(tmp_path / "data" / "samples", forest_images(2, 16, seed=2).astype(np.uint8))
+    (tmp_path / "params.yaml").write_text(
+        "etl: {tile_size: 16, stride: 16}\nmodel: {dim: 8, dim_mults: [1, 2]}\n"
+        "evaluate: {fid: false}\n")
+    return tmp_path
+
+
+def _cli(root, *args):
+    from typer.testing import CliRunner
+
+    from canopy.cli import app
+
+    paths = {"train": ["--tiles", str(root / "data" / "tiles"), "--models", str(root / "models")],
+             "evaluate": ["--tiles", str(root / "data" / "tiles"),
+                          "--samples", str(root / "data" / "samples"),
+                          "--metrics", str(root / "metrics")]}
+    return CliRunner().invoke(app, [args[0], "-q", "--params", str(root / "params.yaml"),
+                                    *paths[args[0]], *args[1:]])
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_a_reader_of_tiles_killed_mid_swap_says_to_rerun_etl(stage_folders, stage):
+    tiles = stage_folders / "data" / "tiles"
+    leftover = _kill_mid_swap(tiles, stage_folders)
+    result = _cli(stage_folders, stage)
+    assert result.exit_code == 2
+    assert _one_line(result) == (f"canopy {stage}: error: "
+                                 + _half_swapped_line(tiles, leftover, "canopy etl"))
+    assert not (stage_folders / "models").exists() and not (stage_folders / "metrics").exists()
+
+
+def test_evaluate_on_samples_killed_mid_swap_says_to_rerun_sample(stage_folders):
+    samples = stage_folders / "data" / "samples"
+    leftover = _kill_mid_swap(samples, stage_folders)
+    result = _cli(stage_folders, "evaluate")
+    assert result.exit_code == 2
+    assert _one_line(result) == ("canopy evaluate: error: "
+                                 + _half_swapped_line(samples, leftover, "canopy sample"))
+    assert not (stage_folders / "metrics").exists()
+
+
+def test_a_killed_first_run_and_a_running_writer_are_told_apart(tmp_path):
+    from canopy.errors import UserError
+    from canopy.fsutil import refuse_half_swapped
+
+    target = tmp_path / "tiles"
+    refuse_half_swapped(target, "canopy etl")  # nothing beside it: the reader's own message
+    dead = tmp_path / ".tiles.staging-999999999-abc"  # pid 999999999: no such process
+    dead.mkdir()
+    with pytest.raises(UserError, match=r"tiles is missing but \.tiles\.staging-999999999-abc "
+                                        r"is beside it: a `canopy etl` was killed before its "
+                                        r"output was in place; re-run `canopy etl`"):
+        refuse_half_swapped(target, "canopy etl")
+    dead.rmdir()
+    (tmp_path / f".tiles.staging-{os.getpid()}-def").mkdir()  # this process: a live writer
+    with pytest.raises(UserError, match=rf"while `canopy etl` \(pid {os.getpid()}\) writes it"):
+        refuse_half_swapped(target, "canopy etl")
+    target.mkdir()
+    refuse_half_swapped(target, "canopy etl")  # the output is there: nothing to say

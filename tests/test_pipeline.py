@@ -45,7 +45,12 @@ def run(cmd: list[str], cwd: Path, env: dict) -> str:
 
 @pytest.fixture
 def project(tmp_path: Path) -> tuple[Path, dict]:
-    """A fresh git repository with the project's tracked files and the tiny params."""
+    return make_project(tmp_path)
+
+
+def make_project(tmp_path: Path) -> tuple[Path, dict]:
+    """A fresh git repository with the project's tracked files and the tiny params, and the
+    environment to run git and dvc in it (no analytics, no update check: nothing goes out)."""
     files = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True,
                            check=True).stdout.split()
     root = tmp_path / "repo"
@@ -62,6 +67,7 @@ def project(tmp_path: Path) -> tuple[Path, dict]:
     run(["git", "init", "-q", "-b", "main"], root, env)
     if not (root / ".dvc" / "config").exists():
         run(["dvc", "init", "-q"], root, env)
+    run(["dvc", "config", "--local", "core.check_update", "false"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-q", "-m", "project"], root, env)
     return root, env

@@ -49,3 +49,12 @@ def test_a_manifest_of_another_format_version_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match="format_version 2") as err:
         samples.read_manifest(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_a_sample_file_too_big_for_an_image_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "000000.png"
+    with open(path, "wb") as handle:
+        handle.truncate(samples.MAX_SAMPLE_BYTES + 1)  # sparse: no disk, no time
+    with pytest.raises(UserError, match=r"000000.png is \d+ bytes, far more than a sample "
+                                        r"image may take"):
+        samples.read_sample(path, 16)

@@ -151,3 +151,116 @@ def test_a_shard_outside_the_folder_is_refused(tmp_path):
     path.write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="outside the folder"):
         _verified(tmp_path / "tiles")
+
+
+# --- sha256 verification on request --------------------------------------------------------
+
+def _flip_a_png_byte(location):
+    """Change one byte inside a tile's PNG bytes: the shard keeps its size and tile count."""
+    data = bytearray(location.shard.read_bytes())
+    data[location.offset + location.size // 2] ^= 0xFF
+    location.shard.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_passes_the_size_checks_but_not_sha256(tmp_path):
+    placed = write_folder(tmp_path, images(4), images(1))
+    _flip_a_png_byte(placed[2])  # in train/shard-000001.tar
+    manifest = tiles.read_manifest(tmp_path, point_at="--tiles")
+    assert tiles.verified_tiles(tmp_path, "train", manifest) == placed[:4]
+    with pytest.raises(UserError, match=r"^shard .*train/shard-000001.tar has sha256 \w+\.\.\., "
+                                        r"but manifest.json records \w+\.\.\.: .*; "
+                                        r"re-run `canopy etl`$"):
+        tiles.verified_tiles(tmp_path, "train", manifest, verify="sha256")
+    assert tiles.verified_tiles(tmp_path, "val", manifest, verify="sha256") == placed[4:]
+
+
+# --- every read bounded ---------------------------------------------------------------------
+
+def _forge_size(shard, header_offset, size):
+    """Rewrite the size field of the tar header at `header_offset`, with a valid checksum."""
+    data = bytearray(shard.read_bytes())
+    header = data[header_offset:header_offset + tarfile.BLOCKSIZE]
+    header[124:136] = f"{size:011o}\0".encode()
+    header[148:156] = b" " * 8
+    header[148:156] = f"{sum(header):06o}\0 ".encode()
+    data[header_offset:header_offset + tarfile.BLOCKSIZE] = header
+    shard.write_bytes(bytes(data))
+
+
+def _png_header_offset(shard):
+    with tarfile.open(shard) as tar:
+        return next(m for m in tar if m.name.endswith(".png")).offset
+
+
+def test_a_member_claiming_more_than_its_shard_holds_is_refused(tmp_path):
+    write_folder(tmp_path, images(2), images(0))
+    shard = tmp_path / "train" / "shard-000000.tar"
+    _forge_size(shard, _png_header_offset(shard), 2**20)  # 1 MB: under the cap, past the end
+    with pytest.raises(UserError, match=r"shard-000000.tar: member 'train_0.png' claims 1048576 "
+                                        r"bytes from byte 512, past the end of the shard "
+                                        r"\(\d+ bytes; a forged or corrupt tar header\); "
+                                        r"re-run `canopy etl`"):
+        tiles.list_tiles(tmp_path, "train")
+
+
+def test_a_member_claiming_more_than_any_tile_takes_is_refused(tmp_path):
+    write_folder(tmp_path, images(2), images(0))
+    shard = tmp_path / "train" / "shard-000000.tar"
+    _forge_size(shard, _png_header_offset(shard), 20 * 2**20)
+    with open(shard, "r+b") as handle:
+        handle.truncate(40 * 2**20)  # zeros (the end-of-archive marker): holds the claim
+    with pytest.raises(UserError, match=r"shard-000000.tar: member 'train_0.png' claims 20971520 "
+                                        r"bytes, more than the 16777216 a tile may take"):
+        tiles.list_tiles(tmp_path, "train")
+    assert tiles.member_cap(4096) == 2 * 3 * 4096 * 4096  # big tiles get twice their raw size
+
+
+def test_a_tile_read_is_exactly_its_size_and_a_short_one_is_refused(tmp_path):
+    (location,) = write_folder(tmp_path, images(1), images(0))
+    assert len(location.read()) == location.size
+    with open(location.shard, "r+b") as handle:  # the shard changed after it was indexed
+        handle.truncate(location.offset + 10)
+    with pytest.raises(UserError, match=rf"the shard ends after 10 of the tile's "
+                                        rf"{location.size} bytes; re-run `canopy etl`"):
+        location.read()
+
+
+_FORGED_PAX = """
+import resource, sys
+from pathlib import Path
+from canopy import tiles
+from canopy.errors import UserError
+
+# Address space for what is loaded plus 1 GiB: a read buffer of the 8 GB claimed cannot fit.
+vm_kib = next(int(line.split()[1]) for line in open("/proc/self/status")
+              if line.startswith("VmSize:"))
+limit = vm_kib * 1024 + 2**30
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    tiles.index_shards([Path(sys.argv[1])])
+except UserError as err:
+    print(err)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_a_forged_pax_header_is_refused_without_reading_what_it_claims(tmp_path):
+    """tarfile reads a PAX header's data in one read of the size the header claims; the
+    shard's reads are clamped to the file, so a forged 8 GB claim allocates nothing."""
+    import subprocess
+    import sys
+
+    shard = tmp_path / "shard.tar"
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("k" * 120 + ".png")  # a name this long needs a PAX header
+        info.size = 100
+        tar.addfile(info, __import__("io").BytesIO(b"\0" * 100))
+    assert shard.read_bytes()[156:157] == b"x"  # the first header is the PAX one
+    _forge_size(shard, 0, 8 * 2**30 - 1)
+    script = tmp_path / "index.py"
+    script.write_text(_FORGED_PAX)
+    done = subprocess.run([sys.executable, str(script), str(shard)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr  # a MemoryError would be a traceback
+    assert f"{shard} is not a readable tar shard" in done.stdout
+    assert "re-run `canopy etl`" in done.stdout

@@ -26,6 +26,9 @@ def train(
     models: Optional[Path] = typer.Option(None, "--models",
                                           help="override paths.models (the output folder)"),
     fresh: bool = typer.Option(False, "--fresh", help="ignore any checkpoint and start over"),
+    verify_sha256: bool = typer.Option(
+        False, "--verify-sha256",
+        help="check each shard's sha256 against the manifest first (train.verify_shards: sha256)"),
 ) -> None:
     """Train the diffusion model on the tiles (paths.tiles) and write paths.models.
 
@@ -37,7 +40,8 @@ def train(
     with user_errors("train"):
         from canopy.train.loop import train
 
-        overrides = {"steps": steps, "batch_size": batch_size, "device": device}
+        overrides = {"steps": steps, "batch_size": batch_size, "device": device,
+                     "verify_shards": "sha256" if verify_sha256 else None}
         loaded = with_overrides(load_params(params), "train", overrides)
         loaded = with_overrides(loaded, "paths", {"tiles": _text(tiles), "models": _text(models)})
         result = train(loaded, quiet=quiet, fresh=fresh)

@@ -66,11 +66,12 @@ def data_hash(data_dir: Path, shards: list[Path], manifest: dict[str, Any]) -> s
     return sha256_json(pairs)
 
 
-def build_index(shards: list[Path], root: Path) -> TileIndex:
+def build_index(shards: list[Path], root: Path, verify: str = "size") -> TileIndex:
     """Read the tar headers (not the images) of every shard, each checked against the
-    manifest first (canopy/tiles.py verified_tiles); the tile size is the manifest's."""
+    manifest first (canopy/tiles.py verified_tiles, `verify` size or sha256); the tile size
+    is the manifest's."""
     manifest = read_manifest(root)
-    locations = tiles.verified_tiles(root, "train", manifest)
+    locations = tiles.verified_tiles(root, "train", manifest, verify)
     _refuse_unlisted(shards, {location.shard for location in locations}, root)
     if not locations:
         raise UserError(

@@ -144,7 +144,7 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
 
     manifest = read_manifest(data_dir)
     shards = train_shards(data_dir)
-    index = build_index(shards, data_dir)
+    index = build_index(shards, data_dir, tp.verify_shards)
     factor = params.model.downsample_factor
     if index.tile_size % factor:
         raise UserError(

@@ -91,6 +91,10 @@ class TrainParams(StrictModel):
     # Under torchrun: how long a rank waits for the others (joining, then every collective)
     # before it stops with an error; a rank that died is noticed within this at the latest.
     dist_timeout_s: int = Field(120, ge=1, le=86_400)
+    # How the shards are checked against data/tiles/manifest.json before training: size (each
+    # shard's size and tile count, instant) or sha256 (also its hash: reads every shard once,
+    # catching a changed byte that keeps the size). Not a resume key: it changes no weight.
+    verify_shards: Literal["size", "sha256"] = "size"
 
     @field_validator("num_workers")
     @classmethod

@@ -200,3 +200,20 @@ def test_c2st_is_in_the_metrics_and_can_be_switched_off(workspace):
     assert not {"c2st_accuracy", "c2st_accuracy_floor", "c2st_n"} & set(metrics)
     details = read_metrics(workspace, "metrics/evaluate_details.json")
     assert details["c2st"] == {"omitted": "evaluate.c2st is false"}
+
+
+def test_verify_shards_sha256_names_a_changed_shard_and_writes_nothing(workspace):
+    from canopy import tiles as tiles_format
+
+    location = tiles_format.list_tiles(workspace / "tiles", "val")[3]
+    data = bytearray(location.shard.read_bytes())
+    data[location.offset + location.size // 2] ^= 0xFF  # same size: only a hash sees it
+    location.shard.write_bytes(bytes(data))
+    result = invoke(workspace, {"verify_shards": "sha256"})
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"canopy evaluate: error: shard {location.shard} has sha256 ")
+    assert line.endswith("re-run `canopy etl`")
+    assert not (workspace / "metrics").exists()
+    again = invoke(workspace, {}, "--verify-sha256")  # the option does the same
+    assert again.exit_code == 2 and f"shard {location.shard} has sha256" in again.stderr

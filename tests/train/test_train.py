@@ -251,3 +251,22 @@ def test_a_second_train_on_the_same_models_is_refused(tiles, tmp_path):
             train(params, quiet=True)
     assert not (tmp_path / "models").exists()
     train(params, quiet=True)  # once the first is done
+
+
+def test_verify_sha256_stops_train_on_a_changed_byte_the_size_checks_miss(tiles, tmp_path):
+    from canopy import tiles as tiles_format
+
+    location = tiles_format.list_tiles(tiles, "train")[6]  # in shard-000001.tar
+    data = bytearray(location.shard.read_bytes())
+    data[location.offset + location.size // 2] ^= 0xFF  # same size, same tile count
+    location.shard.write_bytes(bytes(data))
+    params = tmp_path / "params.yaml"
+    params.write_text("etl: {tile_size: 16, stride: 16}\nmodel: {dim: 8, dim_mults: [1, 2]}\n")
+    models = tmp_path / "models"
+    result = CliRunner().invoke(app, ["train", "-q", "--params", str(params), "--tiles",
+                                      str(tiles), "--models", str(models), "--verify-sha256"])
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"canopy train: error: shard {location.shard} has sha256 ")
+    assert line.endswith("re-run `canopy etl`")
+    assert not models.exists()
