@@ -144,7 +144,9 @@ def bench_params(shape: Shape) -> SimpleNamespace:
         seed=0,
         schedule="linear",
         model=SimpleNamespace(unet_kwargs=shape.unet_kwargs),
-        diffusion=SimpleNamespace(timesteps=1000, objective="eps", loss="l2", min_snr_gamma=None),
+        diffusion=SimpleNamespace(timesteps=1000, objective="eps", loss="l2", min_snr_gamma=None,
+                                  timestep_sampling="uniform", lognormal_mean=-1.2,
+                                  lognormal_std=1.2),
         train=SimpleNamespace(lr=2e-4, warmup_steps=100, weight_decay=0.0, grad_clip=1.0,
                               ema_decay=0.999, ema_warmup_steps=100, ema_every=1),
     )
