@@ -8,6 +8,7 @@ from __future__ import annotations
 import _thread
 import json
 import logging
+import signal
 import threading
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -88,7 +89,18 @@ def test_output_is_byte_identical_whatever_the_thread_count(standin, creds, tmp_
     assert serial == parallel
 
 
-def test_interrupted_run_resumes_from_the_cache_and_downloads_nothing_twice(standin, creds, tmp_path):
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt during the test, however the test run was started: a
+    run started as a background job of a script inherits SIGINT as ignored, and then
+    `_thread.interrupt_main` does nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupted_run_resumes_from_the_cache_and_downloads_nothing_twice(standin, creds, tmp_path,
+                                                                            ctrl_c_raises):
     count = 12
     params = make_params(standin, tmp_path, *aois(count), threads=2)
     standin.slow("process", 0.2)  # so that most requests are still queued when Ctrl-C comes
