@@ -18,7 +18,7 @@ from canopy.errors import UserError
 from canopy.etl.params import SentinelHubParams
 from canopy.etl.sources import sentinelhub as sh
 from canopy.etl.sources import sentinelhub_client as client
-from tests.etl.sh_standin import PROCESS_PATH, TOKEN_PATH, StandIn
+from tests.etl.sh_standin import PROCESS_PATH, TOKEN_PATH
 
 SMALL = {"name": "berlin", "bbox": [13.40, 52.50, 13.43, 52.52],
          "time": ["2023-06-01", "2023-06-30"], "max_cloud": 0.2}
@@ -46,18 +46,6 @@ def isolated_env(monkeypatch, tmp_path):
     yield
     written = [p for root in (xdg, home) for p in root.rglob("*") if p.is_file()]
     assert written == [], f"something wrote {written} (sentinelhub's config file?)"
-
-
-@pytest.fixture()
-def standin():
-    with StandIn() as server:
-        yield server
-
-
-@pytest.fixture()
-def creds(monkeypatch, standin):
-    monkeypatch.setenv("SH_CLIENT_ID", standin.client_id)
-    monkeypatch.setenv("SH_CLIENT_SECRET", standin.client_secret)
 
 
 def make_params(standin, tmp_path, *aois, **overrides) -> SentinelHubParams:

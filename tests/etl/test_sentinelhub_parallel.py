@@ -35,18 +35,6 @@ def aois(count: int) -> list[dict]:
             for i in range(count)]
 
 
-@pytest.fixture()
-def standin():
-    with StandIn() as server:
-        yield server
-
-
-@pytest.fixture()
-def creds(monkeypatch, standin):
-    monkeypatch.setenv("SH_CLIENT_ID", standin.client_id)
-    monkeypatch.setenv("SH_CLIENT_SECRET", standin.client_secret)
-
-
 def served(standin: StandIn) -> int:
     return sum(call.status == 200 for call in standin.calls("process"))
 
