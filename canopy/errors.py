@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import shutil
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import typer
+
+from canopy.signals import interrupt_on_stop_signals
 
 USER_ERROR_EXIT_CODE = 2
 INTERRUPTED_EXIT_CODE = 130
@@ -99,22 +100,17 @@ def _rank_prefix() -> str:
     return f"rank {os.environ['RANK']}: " if "RANK" in os.environ else ""
 
 
-def _terminate_as_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 @contextlib.contextmanager
 def user_errors(stage: str) -> Iterator[None]:
     """Turn UserError, and a full disk or quota, into one line on stderr and exit code 2.
 
-    SIGTERM (what `kill`, DVC and job schedulers send) is handled like Ctrl-C, so the cleanup
-    that runs on KeyboardInterrupt (removing staging folders, saving a checkpoint) runs too.
+    SIGTERM (what `kill`, DVC and job schedulers send) is handled like Ctrl-C, and Ctrl-C works
+    even when SIGINT was inherited as ignored (canopy/signals.py), so the cleanup that runs on
+    KeyboardInterrupt (removing staging folders, saving a checkpoint) runs too.
     """
-    previous = signal.getsignal(signal.SIGTERM)
-    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
-        yield
+        with interrupt_on_stop_signals():
+            yield
     except UserError as err:
         if _is_main_rank():
             message = " ".join(str(err).split("\n"))
@@ -133,6 +129,3 @@ def user_errors(stage: str) -> Iterator[None]:
     except KeyboardInterrupt:
         print(f"canopy {stage}: interrupted", file=sys.stderr)
         raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
-    finally:
-        with contextlib.suppress(ValueError, TypeError):
-            signal.signal(signal.SIGTERM, previous)

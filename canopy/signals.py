@@ -34,7 +34,9 @@ def handling_stop_signals(handler: Handler) -> Iterator[None]:
         yield
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            # None: a handler installed outside Python, which cannot be put back
+            with contextlib.suppress(TypeError):
+                signal.signal(sig, old)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -9,7 +9,6 @@ import typer
 
 from canopy.errors import user_errors
 from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
-from canopy.signals import interrupt_on_stop_signals
 
 
 def etl(
@@ -35,8 +34,7 @@ def etl(
         from canopy.etl.pipeline import run_etl
 
         progress = not quiet and sys.stderr.isatty()
-        with interrupt_on_stop_signals():  # even if SIGINT was inherited ignored
-            result = run_etl(loaded, out, progress=progress)
+        result = run_etl(loaded, out, progress=progress)
         label = " [SYNTHETIC demo data, not real imagery]" if result.synthetic else ""
         f = result.filters
         print(

@@ -11,7 +11,6 @@ from canopy.distributed import is_main_process
 from canopy.errors import user_errors
 from canopy.model.registry import SCHEDULERS
 from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
-from canopy.signals import interrupt_on_stop_signals
 
 
 def sample(
@@ -47,9 +46,8 @@ def sample(
         from canopy.sample.run import run_sample
 
         settings = loaded.sample
-        with interrupt_on_stop_signals():  # even if SIGINT was inherited ignored
-            result = run_sample(loaded, Path(loaded.paths.samples), Path(loaded.paths.models),
-                                progress=not quiet and sys.stderr.isatty())
+        result = run_sample(loaded, Path(loaded.paths.samples), Path(loaded.paths.models),
+                            progress=not quiet and sys.stderr.isatty())
         if is_main_process():  # under torchrun rank 0 speaks for all
             print(f"sample: {result.n} images ({settings.sampler}, {result.steps} steps, "
                   f"{result.device} {result.precision}) -> {result.out}")
