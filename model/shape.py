@@ -14,12 +14,17 @@ def validate_config(
     convnext_mult: int = 2,
     norm: str = "group",
     norm_groups: int = 1,
+    kernel_size: int = 7,
 ) -> None:
     """Raise ValueError, naming the setting, for a shape the network cannot be built with."""
     init_dim = init_dim or dim
     _check_shape(dim, init_dim, dim_mults, channels)
     if convnext_mult < 1:
         raise ValueError(f"convnext_mult must be >= 1, got {convnext_mult}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(
+            f"kernel_size must be odd and positive (a centred kernel), got {kernel_size}"
+        )
     if norm not in ("group", "layer"):
         raise ValueError(f"norm must be 'group' or 'layer', got {norm!r}")
     if norm == "group":

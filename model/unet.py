@@ -132,15 +132,16 @@ def make_norm(kind: str, groups: int, channels: int) -> nn.Module:
 
 
 class ConvNextBlock(nn.Module):
-    """x -> dwconv7x7 (+ time MLP) -> norm -> conv3x3 (out*mult) -> GELU -> norm -> conv3x3 (out),
-    plus a 1x1 residual conv when the width changes."""
+    """x -> dwconv kxk (+ time MLP) -> norm -> conv3x3 (out*mult) -> GELU -> norm -> conv3x3 (out),
+    plus a 1x1 residual conv when the width changes. k = 7 in the ConvNeXt paper."""
 
     def __init__(
-        self, dim: int, dim_out: int, time_dim: int, mult: int, norm: str, groups: int
+        self, dim: int, dim_out: int, time_dim: int, mult: int, norm: str, groups: int,
+        kernel_size: int = 7,
     ) -> None:
         super().__init__()
         self.time_mlp = nn.Sequential(nn.GELU(), nn.Linear(time_dim, dim))
-        self.ds_conv = DepthwiseConv2d(dim, 7)
+        self.ds_conv = DepthwiseConv2d(dim, kernel_size)
         self.net = nn.Sequential(
             make_norm(norm, groups, dim),
             nn.Conv2d(dim, dim_out * mult, 3, padding=1),
@@ -185,13 +186,15 @@ class Unet(nn.Module):
         convnext_mult: int = 2,
         norm: str = "group",
         norm_groups: int = 1,
+        kernel_size: int = 7,
     ) -> None:
         super().__init__()
-        validate_config(dim, init_dim, dim_mults, channels, convnext_mult, norm, norm_groups)
+        validate_config(dim, init_dim, dim_mults, channels, convnext_mult, norm, norm_groups,
+                        kernel_size)
         init_dim = init_dim or dim
         self.channels = channels
         self.downsample_factor = 2 ** (len(dim_mults) - 1)
-        block = _block_factory(convnext_mult, norm, norm_groups, time_dim=4 * dim)
+        block = _block_factory(convnext_mult, norm, norm_groups, 4 * dim, kernel_size)
 
         self.init_conv = nn.Conv2d(channels, init_dim, 7, padding=3)
         self.time_mlp = nn.Sequential(
@@ -264,9 +267,9 @@ class Unet(nn.Module):
             )
 
 
-def _block_factory(mult: int, norm: str, groups: int, time_dim: int):
+def _block_factory(mult: int, norm: str, groups: int, time_dim: int, kernel_size: int):
     def block(d_in: int, d_out: int) -> ConvNextBlock:
-        return ConvNextBlock(d_in, d_out, time_dim, mult, norm, groups)
+        return ConvNextBlock(d_in, d_out, time_dim, mult, norm, groups, kernel_size)
 
     return block
 

@@ -68,7 +68,7 @@ def resume_params(params: CanopyParams) -> dict[str, Any]:
         "format": checkpoint.STATE_FORMAT,
         "seed": dumped["seed"],
         "schedule": dumped["schedule"],
-        "model": dumped["model"],
+        "model": params.model.unet_kwargs(),  # the weights' own record of the shape
         "diffusion": dumped["diffusion"],
         "train": {key: dumped["train"][key] for key in RESUME_TRAIN_KEYS},
     }

@@ -14,6 +14,7 @@ from canopy.model.unet import Unet, count_parameters
         ({"dim": 8, "dim_mults": (1, 2), "norm": "layer"}, 16),
         ({"dim": 8, "dim_mults": (1, 2), "norm_groups": 4}, 16),
         ({"dim": 8, "dim_mults": (1, 2), "channels": 1}, 16),
+        ({"dim": 8, "dim_mults": (1, 2), "kernel_size": 3}, 16),
     ],
 )
 def test_output_keeps_the_input_shape(kwargs, size):
@@ -33,6 +34,13 @@ def test_norm_choice_is_real():
     assert groups == {4}
 
 
+def test_kernel_size_sets_every_depthwise_conv():
+    sizes = {m.ds_conv.kernel_size for m in Unet(dim=8, dim_mults=(1, 2), kernel_size=3).modules()
+             if hasattr(m, "ds_conv")}
+    assert sizes == {(3, 3)}
+    assert count_parameters(Unet(dim=8, kernel_size=3)) < count_parameters(Unet(dim=8))
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -40,6 +48,7 @@ def test_norm_choice_is_real():
         ({"dim": 8, "norm_groups": 3}, "norm_groups=3 does not divide"),
         ({"dim": 8, "dim_mults": ()}, "dim_mults must be positive"),
         ({"dim": 8, "norm": "batch"}, "norm must be 'group' or 'layer'"),
+        ({"dim": 8, "kernel_size": 4}, "kernel_size must be odd"),
     ],
 )
 def test_bad_shapes_are_rejected_clearly(kwargs, message):

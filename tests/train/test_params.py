@@ -13,6 +13,7 @@ from canopy.params import parse_params
         ({"model": {"norm": "batch"}}, "model.norm: Input should be 'group' or 'layer'"),
         ({"diffusion": {"objective": "x0"}}, "diffusion.objective: Input should be 'eps' or 'v'"),
         ({"train": {"precision": "fp8"}}, "train.precision"),
+        ({"model": {"kernel_size": 4}}, "model.kernel_size: Input should be 3, 5, 7 or 9"),
         ({"train": {"num_workers": -1}}, "num_workers must be 'auto' or 0..64"),
         ({"train": {"ema_decay": 1.0}}, "train.ema_decay"),
         ({"train": {"bach_size": 8}}, "train.bach_size: unknown key; did you mean 'batch_size'?"),
@@ -32,3 +33,10 @@ def test_defaults_are_the_reference_design():
     }
     assert p.diffusion.timesteps == 1000 and p.diffusion.objective == "eps"
     assert p.model.downsample_factor == 8
+
+
+def test_kernel_size_is_recorded_only_away_from_its_default():
+    # Weights written before model.kernel_size existed have no such key: at 7 they must keep
+    # matching (sample's shape check, the resume hash), and any other size must be recorded.
+    assert "kernel_size" not in parse_params({"model": {"kernel_size": 7}}).model.unet_kwargs()
+    assert parse_params({"model": {"kernel_size": 3}}).model.unet_kwargs()["kernel_size"] == 3
