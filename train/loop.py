@@ -386,7 +386,20 @@ def _open_live(live_dir: Path, start: int) -> Any:
 
     if start:
         _trim_live(live_dir, start)
+        _drop_torn_summary(live_dir / "metrics.json")
     return Live(str(live_dir), resume=bool(start), dvcyaml=False, save_dvc_exp=False, report=None)
+
+
+def _drop_torn_summary(summary: Path) -> None:
+    """dvclive writes metrics.json in place: a kill in the middle leaves it empty or cut off,
+    and dvclive's resume would fail to parse it. It only holds the latest row, which the next
+    step writes again, so a torn one is dropped."""
+    try:
+        json.loads(summary.read_text())
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        summary.unlink()
 
 
 def _trim_live(live_dir: Path, step: int) -> None:
