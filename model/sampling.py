@@ -45,22 +45,27 @@ def sample_images(
 
     x = noise()
     scheduler.reset()  # the same scheduler runs batch after batch
-    one_at_a_time = device.type == "cpu" and amp_dtype is None
+    forward = _batch_invariant_forward(net, device, amp_dtype)
     with torch.inference_mode(), _batch_invariant_kernels(device):
         for t, t_prev in scheduler.pairs():
             t_row = torch.tensor([t], device=device)  # one row: embedded once, broadcast
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                 enabled=amp_dtype is not None):
-                x_in = x.contiguous(memory_format=layout)
-                if one_at_a_time:
-                    out = torch.cat([net(image[None], t_row) for image in x_in])
-                else:
-                    out = net(x_in, t_row)
+                out = forward(x.contiguous(memory_format=layout), t_row)
             step_noise = noise() if scheduler.needs_noise(t, t_prev) else None
             x = scheduler.step(out.float(), t, t_prev, x, step_noise)
             if on_step is not None:
                 on_step()
     return to_uint8(x).cpu()
+
+
+def _batch_invariant_forward(net: torch.nn.Module, device: torch.device,
+                             amp_dtype: torch.dtype | None) -> Callable:
+    """The network as sampling calls it: in fp32 on CPU one image per call (oneDNN's bits depend
+    on the batch size, not on which image), elsewhere the whole batch."""
+    if device.type == "cpu" and amp_dtype is None:
+        return lambda x, t: torch.cat([net(image[None], t) for image in x])
+    return net
 
 
 @contextlib.contextmanager
