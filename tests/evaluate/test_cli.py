@@ -17,7 +17,7 @@ from tests.evaluate.synthetic import degrade, forest_images, write_samples, writ
 
 METRIC_KEYS = {"swd", "memorised_fraction", "n_samples", "n_real"}
 FLOOR_KEYS = {f"{key}_floor" for key in METRIC_KEYS}
-FAST = {"swd_patches_per_image": 32, "swd_projections": 32, "swd_repeats": 2, "c2st_epochs": 2,
+FAST = {"swd_patches_per_image": 32, "swd_projections": 32, "swd_repeats": 2, "c2st_steps": 10, "bootstrap_replicates": 20, "trust_min_images": 2,
         "memorisation_size": 8}
 
 
@@ -188,7 +188,7 @@ def test_bad_input_gives_one_line_and_exit_code_2(workspace, case):
 
 
 def test_c2st_is_in_the_metrics_and_can_be_switched_off(workspace):
-    assert invoke(workspace, {"c2st_epochs": 2, "c2st_folds": 2}).exit_code == 0
+    assert invoke(workspace, {"c2st_steps": 10, "bootstrap_replicates": 20, "trust_min_images": 2, "c2st_folds": 2}).exit_code == 0
     metrics = read_metrics(workspace)
     assert metrics["c2st_n"] == 9  # as many samples (and floor train tiles) as val tiles
     assert 0.0 <= metrics["c2st_accuracy"] <= 1.0 and 0.0 <= metrics["c2st_accuracy_floor"] <= 1.0
