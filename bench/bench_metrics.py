@@ -4,13 +4,14 @@
     python bench/bench_metrics.py --tiles /tmp/neon --sizes 64 256 1000 --device cuda
     python bench/bench_metrics.py --images tiles.npz ...                # a uint8 (N, H, W, 3) array
 
-For each count n and each of `--draws` seeded draws, the real tiles (train and val together)
-are permuted and cut into three disjoint sets: the reference R (n tiles, in the val tiles'
-place), the floor set F (n tiles, in the train tiles' place) and a "samples" set A (n tiles).
-Then A itself (real vs real: it must score at the floor), and blurred (sigma 1), noised (std 8)
-and patch-shuffled (4 x 4) copies of A, are scored against R exactly as `canopy evaluate`
-scores samples, each with its bootstrap interval; F against R is the floor. Prints one table
-row per (n, set) and writes every figure as JSON (--out).
+For each seeded draw, the real tiles (train and val together) are permuted once and cut into
+three disjoint parts; for each count n the first n tiles of each part are the reference R (in
+the val tiles' place), the floor set F (in the train tiles' place) and a "samples" set A. Then
+A itself (real vs real: it must score at the floor), and blurred (sigma 1), noised (std 8) and
+patch-shuffled (4 x 4) copies of A, are scored against R as `canopy evaluate` scores samples,
+each with its bootstrap interval; F against R is the floor. The sets for a smaller n are the
+start of those for a larger one, so Inception features are computed once per image. Prints one
+table row per (n, set) and appends every figure as JSON (--out) after each n.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ def feature_extractor(args):
     return inception.InceptionFeatures(weights, args.device, 64)
 
 
-def interval(values) -> list[float]:
-    found = bootstrap.percentile_interval(values)
+def interval(values, estimate: float) -> list[float]:
+    found = bootstrap.centred_interval(values, estimate)
     return [round(found.low, 4), round(found.high, 4)]
 
 
@@ -75,22 +76,24 @@ def score(sets: dict[str, np.ndarray], feats: dict[str, np.ndarray], args, seed:
     floor_reps = swd.replicates[names.index("F")]
     for i, name in enumerate(names):
         value = swd_mod.mean_over_levels(swd.per_level[i])
-        out[name]["swd"] = [round(value, 2), *interval(swd.replicates[i])]
-        out[name]["swd_ratio_to_floor"] = [
-            round(value / swd_mod.mean_over_levels(swd.per_level[names.index("F")]), 3),
-            *interval(swd.replicates[i] / floor_reps)]
+        ratio = value / swd_mod.mean_over_levels(swd.per_level[names.index("F")])
+        out[name]["swd"] = [round(value, 2), *interval(swd.replicates[i], value)]
+        out[name]["swd_ratio_to_floor"] = [round(ratio, 3),
+                                           *interval(swd.replicates[i] / floor_reps, ratio)]
     timing = {"swd": time.perf_counter() - start}
 
     start = time.perf_counter()
     ref = feats["R"]
     for i, name in enumerate(names):
         f, role = feats[name], f"fake{i}"
-        out[name]["fid"] = [round(fid_mod.fid(f, ref), 3), *interval(
-            fid_mod.fid_replicates(f, ref, [(d[role], d["real"]) for d in draws]))]
+        value = fid_mod.fid(f, ref)
+        out[name]["fid"] = [round(value, 3), *interval(
+            fid_mod.fid_replicates(f, ref, [(d[role], d["real"]) for d in draws]), value)]
         out[name]["fid_inf"] = round(fid_mod.fid_infinity(f, ref, np.random.default_rng(seed)), 3)
         pair = fid_mod.KernelPair(f, ref)
-        out[name]["kid_x1e3"] = [round(1e3 * pair.mmd2(np.arange(n), np.arange(n)), 4), *[
-            1e3 * v for v in interval([pair.mmd2(d[role], d["real"]) for d in draws])]]
+        value = pair.mmd2(np.arange(len(f)), np.arange(n))
+        out[name]["kid_x1e3"] = [round(1e3 * value, 4), *[1e3 * v for v in interval(
+            [pair.mmd2(d[role], d["real"]) for d in draws], value)]]
         result = pr.precision_recall(f, ref)
         rng = np.random.default_rng(seed)
         out[name]["precision"] = [round(result.precision, 3), *bootstrap_mean(
@@ -128,7 +131,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="for Inception: cpu, cuda, mps")
     parser.add_argument("--weights", default=None, help="Inception TorchScript file")
     parser.add_argument("--no-pixel-c2st", dest="pixel_c2st", action="store_false")
-    parser.add_argument("--c2st-steps", type=int, default=300)
+    parser.add_argument("--c2st-steps", type=int, default=150)
     parser.add_argument("--out", default=None, help="write every figure here as JSON")
     args = parser.parse_args()
 
@@ -136,25 +139,43 @@ def main() -> None:
     print(f"{len(pool)} real tiles of {pool.shape[1]} px; load average {os.getloadavg()}",
           flush=True)
     extractor = feature_extractor(args)
+    part = min(max(args.sizes), len(pool) // 3)
     results = []
-    for n in args.sizes:
-        if 3 * n > len(pool):
-            print(f"n={n}: needs {3 * n} tiles, skipped", flush=True)
-            continue
-        for draw in range(args.draws):
-            order = np.random.default_rng([n, draw]).permutation(len(pool))
-            real_a = pool[order[2 * n:3 * n]]
-            sets = {"R": pool[order[:n]], "F": pool[order[n:2 * n]], "real": real_a,
-                    **{name: make(real_a) for name, make in FAKES.items()}}
+    for draw in range(args.draws):
+        order = np.random.default_rng(draw).permutation(len(pool))
+        real_a = pool[order[2 * part:3 * part]]
+        parts = {"R": pool[order[:part]], "F": pool[order[part:2 * part]], "real": real_a,
+                 **{name: make(real_a) for name, make in FAKES.items()}}
+        cache = {name: FeatureCache(images, extractor) for name, images in parts.items()}
+        for n in args.sizes:
+            if n > part:
+                print(f"n={n}: needs {3 * n} tiles, skipped", flush=True)
+                continue
             start = time.perf_counter()
-            feats = {name: extractor(images) for name, images in sets.items()}
+            feats = {name: c.first(n) for name, c in cache.items()}
             seconds = time.perf_counter() - start
+            sets = {name: images[:n] for name, images in parts.items()}
             row = {"n": n, "draw": draw, **score(sets, feats, args, seed=draw)}
             row["seconds"]["inception"] = round(seconds, 1)
             results.append(row)
             print_row(row)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+            if args.out:
+                Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+
+
+class FeatureCache:
+    """Inception features of the first k images of a set, computed once per image."""
+
+    def __init__(self, images: np.ndarray, extractor):
+        self.images, self.extractor = images, extractor
+        self.features = np.empty((0, 2048))
+
+    def first(self, k: int) -> np.ndarray:
+        done = len(self.features)
+        if k > done:
+            self.features = np.concatenate([self.features,
+                                            self.extractor(self.images[done:k])])
+        return self.features[:k]
 
 
 def print_row(row: dict) -> None:

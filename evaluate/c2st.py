@@ -40,7 +40,7 @@ _PICK_A, _PICK_B, _FOLDS, _TORCH = 0, 1, 2, 3
 @dataclass(frozen=True)
 class C2stConfig:
     folds: int = 5
-    steps: int = 300  # optimiser steps per fold, whatever the number of images
+    steps: int = 150  # optimiser steps per fold, whatever the number of images
     max_images: int = 2000  # per class
     batch_size: int = 32
     learning_rate: float = 2e-3

@@ -41,7 +41,7 @@ class EvaluateParams(StrictModel):
     # a fixed budget of optimiser steps learns as much from 64 images as from 2000.
     c2st: bool = True  # false skips it
     c2st_folds: int = Field(5, ge=2, le=20)
-    c2st_steps: int = Field(300, ge=1, le=100_000)  # optimiser steps (batches of 32) per fold
+    c2st_steps: int = Field(150, ge=1, le=100_000)  # optimiser steps (batches of 32) per fold
     c2st_max_images: int = Field(2000, ge=2)  # per class, a seeded subset when over
     # The same test on the Inception features (with FID): a cross-validated L2-regularised
     # logistic regression, `c2st_features_l2` per feature on standardised features.

@@ -371,16 +371,17 @@ def _record(metrics: dict[str, float | int], name: str, value: float, floor: flo
     """`name`, `name_floor` and, with bootstrap replicates, their 95% intervals (`_lo`, `_hi`);
     with `ratio`, also name / floor and its interval, from the paired replicates."""
     metrics[name], metrics[f"{name}_floor"] = sig(value), sig(floor)
+    point_ratio = value / floor if floor > 0 else float("nan")
     if ratio:
-        metrics[f"{name}_ratio"] = sig(value / floor) if floor > 0 else float("nan")
+        metrics[f"{name}_ratio"] = sig(point_ratio)
     if len(replicates) == 0:
         return
-    _put_interval(metrics, name, bootstrap.percentile_interval(replicates))
-    _put_interval(metrics, f"{name}_floor", bootstrap.percentile_interval(replicates_floor))
+    _put_interval(metrics, name, bootstrap.centred_interval(replicates, value))
+    _put_interval(metrics, f"{name}_floor", bootstrap.centred_interval(replicates_floor, floor))
     if ratio:
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios = replicates / replicates_floor
-        _put_interval(metrics, f"{name}_ratio", bootstrap.percentile_interval(ratios))
+        _put_interval(metrics, f"{name}_ratio", bootstrap.centred_interval(ratios, point_ratio))
 
 
 def _record_mean(metrics: dict[str, float | int], name: str, outcomes: np.ndarray,

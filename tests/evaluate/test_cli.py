@@ -217,3 +217,27 @@ def test_verify_shards_sha256_names_a_changed_shard_and_writes_nothing(workspace
     assert not (workspace / "metrics").exists()
     again = invoke(workspace, {}, "--verify-sha256")  # the option does the same
     assert again.exit_code == 2 and f"shard {location.shard} has sha256" in again.stderr
+
+
+def test_too_few_images_give_one_line_and_are_marked_in_the_metrics(workspace):
+    result = invoke(workspace, {"trust_min_images": 10})  # 10 samples, but only 9 val tiles
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "too few images" in line]
+    assert len(lines) == 1 and "10 samples and 9 val tiles" in lines[0]
+    metrics = read_metrics(workspace)
+    assert (metrics["trusted"], metrics["trust_min_images"]) == (0, 10)
+    result = invoke(workspace, {"trust_min_images": 9})
+    assert "too few images" not in result.stderr
+    assert read_metrics(workspace)["trusted"] == 1
+
+
+def test_every_metric_and_its_floor_has_a_seeded_interval(workspace):
+    assert invoke(workspace).exit_code == 0
+    metrics = read_metrics(workspace)
+    for name in ("swd", "swd_floor", "swd_ratio", "c2st_accuracy", "c2st_accuracy_floor"):
+        low, high = metrics[f"{name}_lo"], metrics[f"{name}_hi"]
+        assert low <= metrics[name] <= high and low < high, name
+    assert invoke(workspace).exit_code == 0
+    assert read_metrics(workspace) == metrics  # same seed, same bytes
+    assert invoke(workspace, {"bootstrap_replicates": 0}).exit_code == 0
+    assert "swd_lo" not in read_metrics(workspace)
