@@ -241,3 +241,37 @@ def test_every_metric_and_its_floor_has_a_seeded_interval(workspace):
     assert read_metrics(workspace) == metrics  # same seed, same bytes
     assert invoke(workspace, {"bootstrap_replicates": 0}).exit_code == 0
     assert "swd_lo" not in read_metrics(workspace)
+
+
+class _PixelFeatures:
+    """A stand-in for Inception: fixed random projections of 8 px thumbnails to 2048 values,
+    so the feature metrics' whole path runs in a fast test."""
+
+    def __init__(self, weights, device="cpu", batch_size=16):
+        self.matrix = np.random.default_rng(0).normal(size=(8 * 8 * 3, 2048))
+
+    def __call__(self, images, tick=lambda n: None):
+        n, h, w, c = images.shape
+        small = images.reshape(n, 8, h // 8, 8, w // 8, c).mean(axis=(2, 4)).reshape(n, -1)
+        tick(n)
+        return np.tanh((small / 255.0 - 0.3) @ self.matrix / 4.0)
+
+
+def test_the_feature_metrics_are_computed_once_and_written_with_floors_and_intervals(
+        workspace, monkeypatch, tmp_path):
+    weights = tmp_path / "stand-in.pt"
+    weights.write_bytes(b"not read")
+    monkeypatch.setattr(inception, "InceptionFeatures", _PixelFeatures)
+    result = invoke(workspace, {"fid": True, "inception_weights": str(weights),
+                                "kid_subsets": 5})
+    assert result.exit_code == 0, result.output
+    metrics = read_metrics(workspace)
+    for name in ("fid", "kid", "c2st_features_accuracy", "precision", "recall"):
+        for key in (name, f"{name}_floor"):
+            assert metrics[f"{key}_lo"] <= metrics[key] <= metrics[f"{key}_hi"], key
+    assert metrics["fid_ratio_lo"] <= metrics["fid_ratio"] <= metrics["fid_ratio_hi"]
+    assert {"fid_inf", "fid_inf_floor"} <= set(metrics)
+    assert 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall_floor"] <= 1
+    assert "c2st on features" in result.stdout and "precision" in result.stdout
+    details = read_metrics(workspace, "metrics/evaluate_details.json")
+    assert details["fid_kid"]["precision_recall"]["k"] == 3  # the Inception section
