@@ -3,6 +3,8 @@
     python bench/bench_metrics.py --tiles data/tiles                    # 64 and 256 images
     python bench/bench_metrics.py --tiles /tmp/neon --sizes 64 256 1000 --device cuda
     python bench/bench_metrics.py --images tiles.npz ...                # a uint8 (N, H, W, 3) array
+    python bench/bench_metrics.py --tiles /tmp/neon --swd-only --sizes 64 256 1000 --draws 3 \
+        --replicates 30                                                 # SWD alone, fresh draws
 
 For each seeded draw, the real tiles (train and val together) are permuted once and cut into
 three disjoint parts; for each count n the first n tiles of each part are the reference R (in
@@ -133,11 +135,16 @@ def main() -> None:
     parser.add_argument("--no-pixel-c2st", dest="pixel_c2st", action="store_false")
     parser.add_argument("--c2st-steps", type=int, default=150)
     parser.add_argument("--out", default=None, help="write every figure here as JSON")
+    parser.add_argument("--swd-only", action="store_true",
+                        help="SWD alone (no Inception): fresh sets for each n and draw")
     args = parser.parse_args()
 
     pool = load_images(args)
     print(f"{len(pool)} real tiles of {pool.shape[1]} px; load average {os.getloadavg()}",
           flush=True)
+    if args.swd_only:
+        swd_sweep(pool, args)
+        return
     extractor = feature_extractor(args)
     part = min(max(args.sizes), len(pool) // 3)
     results = []
@@ -161,6 +168,28 @@ def main() -> None:
             print_row(row)
             if args.out:
                 Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+
+
+def swd_sweep(pool: np.ndarray, args) -> None:
+    """SWD ratio to the floor of the real set and of each fake, with its interval: R, F and A
+    drawn afresh for each (n, draw), so the rows show how much the floor moves between draws."""
+    for n in args.sizes:
+        for draw in range(args.draws):
+            order = np.random.default_rng([7, n, draw]).permutation(len(pool))
+            reference, floor_set, real = (pool[order[i * n:(i + 1) * n]] for i in range(3))
+            sets = [floor_set, real] + [make(real) for make in FAKES.values()]
+            picks = bootstrap.draws(np.random.default_rng(draw), {
+                "real": n, **{f"fake{i}": n for i in range(len(sets))}}, args.replicates)
+            result = swd_mod.swd(sets, reference, swd_mod.SwdConfig(), seed=draw,
+                                 resamples=picks)
+            values = [swd_mod.mean_over_levels(r) for r in result.per_level]
+            parts = []
+            for i, name in enumerate(["real", *FAKES], start=1):
+                ratio = values[i] / values[0]
+                found = bootstrap.centred_interval(result.replicates[i] / result.replicates[0],
+                                                   ratio)
+                parts.append(f"{name} {ratio:.2f} [{found.low:.2f}, {found.high:.2f}]")
+            print(f"n={n} draw {draw} floor {values[0]:.1f}; " + "; ".join(parts), flush=True)
 
 
 class FeatureCache:
