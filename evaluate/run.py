@@ -8,6 +8,13 @@ What is compared with what (README "Files", metrics/):
     directions (SWD) and the same val features (FID/KID). It is what a perfect model, one that
     samples the training distribution, would score with these counts: small sets inflate FID
     and SWD, and the floor is inflated the same way, so read the model's distance from it;
+  - on the same Inception features, computed once: the feature C2ST (a cross-validated
+    linear classifier), precision and recall, and FID extrapolated to infinite n (`fid_inf`);
+  - intervals: every metric, its floor and the ratio of the two (SWD, FID) get a 95% seeded
+    bootstrap interval over the images (`_lo`, `_hi`), paired so that the samples' row and the
+    floor's row resample the same val tiles (bootstrap.py);
+  - trust: below evaluate.trust_min_images samples or val tiles, `trusted` is 0 and one line
+    says so (the counts where the figures ranked obvious fakes right: docs/benchmarks.md);
   - memorisation: each sample's distance to its nearest train tile (all train tiles are
     searched, `n_train`); `memorised_fraction` is the fraction of samples that are near-copies,
     and `memorised_fraction_floor` the same for the val tiles (which are never copies).
@@ -435,7 +442,7 @@ def _c2st(params: CanopyParams, samples: np.ndarray, val: np.ndarray, train_floo
     with _bar(progress, 2 * folds * config.steps, "C2ST training") as tick:
         result = c2st_mod.c2st(samples, val, config, params.seed, tick)
         floor = c2st_mod.c2st(train_floor, val, config, params.seed, tick)
-    _record_mean(metrics, "c2st_accuracy", result.correct, floor.correct, params.seed, 0,
+    _record_mean(metrics, "c2st_accuracy", result.correct, floor.correct, params.seed, 4,
                  ev.bootstrap_replicates)
     metrics["c2st_n"] = result.n
     return {
