@@ -59,7 +59,7 @@ def main() -> None:
     queries = mem.query_features(samples, 32, True)
     timed(f"near-copy search ({args.train} train, x8)", mem.nearest_distances, queries,
           [mem.downscale(train, 32)])
-    timed("SWD (samples and floor vs val)", swd_mod.swd, [samples, floor], val)
+    timed("SWD (samples and floor vs val)", swd_mod.swd, [samples, floor], val)  # .per_level
     weights, why = inception.locate_weights(None)
     if weights is None:
         print(f"  Inception: skipped ({why})")

@@ -9,8 +9,10 @@ ImageNet network may ignore: pixel noise, blur, colour casts, texture.
 Here:
   - balanced: n = min(len(A), len(B), max_images) images of each, a seeded subset of each;
   - k-fold cross-validated: each class is split into k folds (so every fold is balanced); for
-    each fold a fresh network is trained on the other k-1 folds for a fixed number of epochs
-    and scored on the held-out fold; the accuracy is the mean over the folds. Every image is
+    each fold a fresh network is trained on the other k-1 folds for a fixed number of optimiser
+    steps, whatever the set size (a fixed number of epochs gives 100 images a handful of steps,
+    too few to learn anything, and 4000 images far more than needed), and scored on the
+    held-out fold; the accuracy is the mean over the folds. Every image is
     held out exactly once, so each has one held-out probability of being from A;
   - the network: a stride-4 4x4 "patchify" convolution (it sees every pixel, yet keeps the
     cost of 128 px tiles small; its input standardised per channel by the training folds), two stride-2 3x3 convolutions, global average pooling and a
@@ -38,7 +40,7 @@ _PICK_A, _PICK_B, _FOLDS, _TORCH = 0, 1, 2, 3
 @dataclass(frozen=True)
 class C2stConfig:
     folds: int = 5
-    epochs: int = 6
+    steps: int = 150  # optimiser steps per fold, whatever the number of images
     max_images: int = 2000  # per class
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -51,6 +53,7 @@ class C2stResult:
     n: int  # images per class
     folds: int
     fold_accuracies: list[float]
+    correct: np.ndarray  # per held-out prediction (2n: A's images, then B's), for the bootstrap
     picked_a: np.ndarray  # indices into A of the n images used
     most_sure_a: list[int]  # indices into A, highest held-out probability of A first
     most_sure_probability: list[float]
@@ -74,6 +77,7 @@ def c2st(a: np.ndarray, b: np.ndarray, config: C2stConfig, seed: int,
     fold_of_both = np.concatenate([fold_of, fold_of])  # stratified: each fold is balanced
     held_out_p = np.empty(2 * n)
     fold_accuracies = []
+    correct_all = np.empty(2 * n, dtype=bool)
     with _deterministic_cpu():
         generator = torch.Generator().manual_seed(torch_seed(seed, Stream.EVAL_C2ST, _TORCH))
         for fold in range(folds):
@@ -82,10 +86,11 @@ def c2st(a: np.ndarray, b: np.ndarray, config: C2stConfig, seed: int,
             net = _train(images, labels, train, config, generator, tick)
             held_out_p[test] = _predict(net, images[torch.from_numpy(test)], config.batch_size)
             correct = (held_out_p[test] > 0.5) == labels[test].numpy().astype(bool)
+            correct_all[test] = correct
             fold_accuracies.append(float(correct.mean()))
     order = np.argsort(-held_out_p[:n], kind="stable")[: config.most_sure]
     return C2stResult(accuracy=float(np.mean(fold_accuracies)), n=n, folds=folds,
-                      fold_accuracies=fold_accuracies, picked_a=pick_a,
+                      fold_accuracies=fold_accuracies, correct=correct_all, picked_a=pick_a,
                       most_sure_a=[int(pick_a[i]) for i in order],
                       most_sure_probability=[float(held_out_p[i]) for i in order])
 
@@ -167,17 +172,30 @@ def _train(images, labels, train, config: C2stConfig, generator, tick):
     optimiser = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     net.train()
-    for _ in range(config.epochs):
-        order = train[torch.randperm(len(train), generator=generator)]
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start:start + config.batch_size]
-            x = _augment(_as_input(images[batch]), generator)
-            loss = loss_fn(net(x).squeeze(1), labels[batch])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            tick(len(batch))
+    for batch in _batches(train, config.batch_size, config.steps, generator):
+        x = _augment(_as_input(images[batch]), generator)
+        loss = loss_fn(net(x).squeeze(1), labels[batch])
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        tick(1)
     return net
+
+
+def _batches(train, batch_size: int, steps: int, generator):
+    """`steps` batches of training rows: passes over a fresh permutation each time, a batch
+    never straddling two passes (so every batch is balanced in expectation)."""
+    import torch
+
+    size = min(batch_size, len(train))
+    done = 0
+    while done < steps:
+        order = train[torch.randperm(len(train), generator=generator)]
+        for start in range(0, len(order) - size + 1, size):
+            yield order[start:start + size]
+            done += 1
+            if done == steps:
+                return
 
 
 def _predict(net, images, batch_size: int) -> np.ndarray:

@@ -31,10 +31,12 @@ def evaluate(
     """Score the samples against the held-out val tiles, next to the real-vs-real floor.
 
     Reads the `evaluate` section of params.yaml (and `seed`). Writes flat scalar metrics to
-    METRICS/evaluate.json: swd, fid and kid (only with local Inception weights), c2st_accuracy
-    (a classifier's held-out accuracy, 0.5 = indistinguishable), memorised_fraction, the counts
-    n_samples and n_real, and each again with a _floor suffix for train tiles against the
-    same val tiles. Lower is better for all; read a metric against its floor.
+    METRICS/evaluate.json: swd, fid, kid, and on the same Inception features (only with local
+    weights) c2st_features_accuracy, precision and recall; c2st_accuracy (a pixel classifier's
+    held-out accuracy, 0.5 = indistinguishable), memorised_fraction, the counts n_samples and
+    n_real, each again with a _floor suffix for train tiles against the same val tiles, and
+    95% bootstrap intervals (_lo, _hi). Read a metric against its floor; `trusted` is 0 (and a
+    line says so) when too few images were compared.
     """
     with user_errors("evaluate"):
         refuse_distributed("evaluate")
@@ -50,7 +52,16 @@ def evaluate(
         result = run_evaluate(loaded, Path(paths.samples), Path(paths.tiles), target, progress=progress,
                               note=lambda line: print(f"evaluate: {line}", file=sys.stderr))
         m = result.metrics
-        parts = [f"swd {m['swd']:.4g} (floor {m['swd_floor']:.4g})"]
+        parts = []
+        if "c2st_features_accuracy" in m:
+            parts.append(f"c2st on features {_with_interval(m, 'c2st_features_accuracy', 3)}")
+        for name in ("precision", "recall"):
+            if name in m:
+                parts.append(f"{name} {_with_interval(m, name, 3)}")
+        ratio = f"{m['swd_ratio']:.3g}"
+        if "swd_ratio_lo" in m:
+            ratio += f" [{m['swd_ratio_lo']:.3g}, {m['swd_ratio_hi']:.3g}]"
+        parts.append(f"swd {m['swd']:.4g} (floor {m['swd_floor']:.4g}, ratio {ratio})")
         if "fid" in m:
             parts.append(f"fid {m['fid']:.4g} (floor {m['fid_floor']:.4g})")
             parts.append(f"kid {m['kid']:.4g} (floor {m['kid_floor']:.4g})")
@@ -60,6 +71,14 @@ def evaluate(
                      f"(floor {m['memorised_fraction_floor']:.1%})")
         print(f"evaluate: {', '.join(parts)}; {m['n_samples']} samples vs {m['n_real']} val "
               f"tiles (floor: {m['n_samples_floor']} train tiles) -> {result.out}")
+
+
+def _with_interval(m: dict, name: str, digits: int) -> str:
+    """`0.98 [0.95, 1] (floor 0.52)`: the value, its interval when there is one, its floor."""
+    text = f"{m[name]:.{digits}g}"
+    if f"{name}_lo" in m:
+        text += f" [{m[f'{name}_lo']:.{digits}g}, {m[f'{name}_hi']:.{digits}g}]"
+    return f"{text} (floor {m[f'{name}_floor']:.{digits}g})"
 
 
 def _text(path: Path | None) -> str | None:

@@ -8,6 +8,13 @@ What is compared with what (README "Files", metrics/):
     directions (SWD) and the same val features (FID/KID). It is what a perfect model, one that
     samples the training distribution, would score with these counts: small sets inflate FID
     and SWD, and the floor is inflated the same way, so read the model's distance from it;
+  - on the same Inception features, computed once: the feature C2ST (a cross-validated
+    linear classifier), precision and recall, and FID extrapolated to infinite n (`fid_inf`);
+  - intervals: every metric, its floor and the ratio of the two (SWD, FID) get a 95% seeded
+    bootstrap interval over the images (`_lo`, `_hi`), paired so that the samples' row and the
+    floor's row resample the same val tiles (bootstrap.py);
+  - trust: below evaluate.trust_min_images samples or val tiles, `trusted` is 0 and one line
+    says so (the counts where the figures ranked obvious fakes right: docs/benchmarks.md);
   - memorisation: each sample's distance to its nearest train tile (all train tiles are
     searched, `n_train`); `memorised_fraction` is the fraction of samples that are near-copies,
     and `memorised_fraction_floor` the same for the val tiles (which are never copies).
@@ -32,6 +39,7 @@ from canopy import samples as samples_io
 from canopy import tiles
 from canopy.accelerator import pick_device
 from canopy.errors import UserError
+from canopy.evaluate import bootstrap
 from canopy.evaluate import images as images_io
 from canopy.evaluate import memorisation as mem
 from canopy.evaluate import swd as swd_mod
@@ -135,17 +143,22 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
     sample_dist, val_dist = sample_search.distances(), val_search.distances()
 
     # --- SWD ------------------------------------------------------------------------------
+    n_samples, n_real, n_floor = len(samples), len(val), len(train_floor)
+    resamples = bootstrap.draws(numpy_rng(seed, Stream.EVAL_BOOTSTRAP, 0),
+                                {"real": n_real, "fake0": n_samples, "fake1": n_floor},
+                                ev.bootstrap_replicates)
     config = swd_mod.SwdConfig(ev.swd_patch_size, ev.swd_patches_per_image, ev.swd_projections,
                                ev.swd_repeats, ev.swd_min_resolution)
     levels = len(swd_mod.pyramid_resolutions(tile_size, config.min_resolution))
     total = levels * (len(val) + len(samples) + len(train_floor))
     with _bar(progress, total, "SWD patches") as tick:
-        swd_samples, swd_floor = swd_mod.swd([samples, train_floor], val, config, seed, tick)
+        swd_result = swd_mod.swd([samples, train_floor], val, config, seed, tick, resamples)
+    swd_samples, swd_floor = swd_result.per_level
 
-    n_samples, n_real, n_floor = len(samples), len(val), len(train_floor)
-    metrics: dict[str, float | int] = {
-        "swd": sig(swd_mod.mean_over_levels(swd_samples)),
-        "swd_floor": sig(swd_mod.mean_over_levels(swd_floor)),
+    metrics: dict[str, float | int] = {}
+    _record(metrics, "swd", swd_mod.mean_over_levels(swd_samples),
+            swd_mod.mean_over_levels(swd_floor), *swd_result.replicates, ratio=True)
+    metrics.update({
         "memorised_fraction": sig(mem.memorised_fraction(sample_dist, ev.memorisation_threshold)),
         "memorised_fraction_floor": sig(mem.memorised_fraction(val_dist,
                                                                ev.memorisation_threshold)),
@@ -154,7 +167,7 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
         "n_samples_floor": n_floor,
         "n_real_floor": n_real,
         "n_train": len(train_refs),
-    }
+    })
     details: dict[str, Any] = {
         "inputs": {
             "samples": str(samples_dir),
@@ -181,6 +194,10 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
                           "(Karras et al. 2018), x1e3 per level; swd = mean over levels; "
                           "normalised by the val set's per-channel statistics",
             "per_level_x1e3": {str(r): sig(v) for r, v in swd_samples.items()},
+            "interval": f"{ev.bootstrap_replicates} bootstrap resamples of the images, on "
+                        f"{swd_mod.BOOTSTRAP_PATCHES} patches per image and level and "
+                        f"{swd_mod.BOOTSTRAP_DIRECTIONS} directions, shifted to the full "
+                        "estimate",
             "floor_per_level_x1e3": {str(r): sig(v) for r, v in swd_floor.items()},
             "n_samples": n_samples, "n_real": n_real, "n_samples_floor": n_floor,
             "patch_size": config.patch_size,
@@ -206,11 +223,15 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
 
     # --- FID and KID ----------------------------------------------------------------------
     inception_details, omitted = _fid_kid(params, weights, no_weights_why, device, samples,
-                                          val, train_floor, progress, metrics)
+                                          val, train_floor, progress, metrics, resamples)
     details["fid_kid"] = inception_details
     notes = []
     if omitted:
         notes.append(f"FID/KID omitted: {omitted}")
+        note(notes[-1])
+    details["trust"] = _trust(ev.trust_min_images, n_samples, n_real, metrics)
+    if not metrics["trusted"]:
+        notes.append(details["trust"]["why"])
         note(notes[-1])
 
     details_out = details_path(out)
@@ -236,7 +257,8 @@ def _locate_weights(params: CanopyParams):
 def _fid_kid(params: CanopyParams, weights, no_weights_why: str, device: str,
              samples: np.ndarray,
              val: np.ndarray, train_floor: np.ndarray, progress: bool,
-             metrics: dict[str, float | int]) -> tuple[dict[str, Any], str]:
+             metrics: dict[str, float | int],
+             resamples: list[dict[str, np.ndarray]]) -> tuple[dict[str, Any], str]:
     """Add fid, kid (and floors) to `metrics` when possible; (details, why they could not be
     computed, or "" when they were or were switched off)."""
     ev = params.evaluate
@@ -249,7 +271,6 @@ def _fid_kid(params: CanopyParams, weights, no_weights_why: str, device: str,
         why = (f"they need at least 2 images per set (samples {len(samples)}, val {len(val)}, "
                f"floor train tiles {len(train_floor)})")
         return {"omitted": why}, why
-    from canopy.evaluate import fid as fid_mod
     from canopy.evaluate import inception
 
     extractor = inception.InceptionFeatures(weights, device, ev.inception_batch_size)
@@ -258,15 +279,6 @@ def _fid_kid(params: CanopyParams, weights, no_weights_why: str, device: str,
         f_val = extractor(val, tick)
         f_samples = extractor(samples, tick)
         f_floor = extractor(train_floor, tick)
-    seed = params.seed
-    kid_samples = fid_mod.kid(f_samples, f_val, numpy_rng(seed, Stream.EVAL_KID),
-                              ev.kid_subsets, ev.kid_subset_size)
-    kid_floor = fid_mod.kid(f_floor, f_val, numpy_rng(seed, Stream.EVAL_KID_FLOOR),
-                            ev.kid_subsets, ev.kid_subset_size)
-    metrics["fid"] = sig(fid_mod.fid(f_samples, f_val))
-    metrics["fid_floor"] = sig(fid_mod.fid(f_floor, f_val))
-    metrics["kid"] = sig(kid_samples.mean)
-    metrics["kid_floor"] = sig(kid_floor.mean)
     details = {
         "weights": {"source": weights.source, "file": weights.path.name,
                     "sha256": weights.sha256},
@@ -274,14 +286,141 @@ def _fid_kid(params: CanopyParams, weights, no_weights_why: str, device: str,
         "resize": "uint8 tile as float -> 299x299 by TF1 legacy bilinear (no half-pixel "
                   "offset, no antialiasing), then (x - 128) / 128",
         "device": device,
-        "fid": {"n_samples": len(samples), "n_real": len(val), "n_samples_floor": len(train_floor),
-                "note": "biased upwards at small n: compare only at equal counts"},
-        "kid": {"kernel": "(x.y/2048 + 1)^3", "estimator": "unbiased MMD^2, mean over subsets",
-                "subsets": kid_samples.subsets, "subset_size": kid_samples.subset_size,
-                "std": sig(kid_samples.std), "subset_size_floor": kid_floor.subset_size,
-                "std_floor": sig(kid_floor.std)},
     }
+    # The features are computed once; every metric below reads them.
+    details.update(_fid(params, f_samples, f_val, f_floor, metrics, resamples))
+    details["kid"] = _kid(params, f_samples, f_val, f_floor, metrics, resamples)
+    details["c2st_features"] = _c2st_features(params, f_samples, f_val, f_floor, metrics)
+    details["precision_recall"] = _precision_recall(params, f_samples, f_val, f_floor, metrics)
     return details, ""
+
+
+def _fid(params: CanopyParams, f_samples, f_val, f_floor, metrics, resamples) -> dict[str, Any]:
+    from canopy.evaluate import fid as fid_mod
+
+    seed = params.seed
+    reps = [fid_mod.fid_replicates(f, f_val, [(r[role], r["real"]) for r in resamples])
+            for f, role in ((f_samples, "fake0"), (f_floor, "fake1"))]
+    _record(metrics, "fid", fid_mod.fid(f_samples, f_val), fid_mod.fid(f_floor, f_val), *reps,
+            ratio=True)
+    fid_inf = fid_mod.fid_infinity(f_samples, f_val, numpy_rng(seed, Stream.EVAL_FID_INF, 0))
+    fid_inf_floor = fid_mod.fid_infinity(f_floor, f_val, numpy_rng(seed, Stream.EVAL_FID_INF, 1))
+    metrics["fid_inf"], metrics["fid_inf_floor"] = sig(fid_inf), sig(fid_inf_floor)
+    return {"fid": {"n_samples": len(f_samples), "n_real": len(f_val),
+                    "n_samples_floor": len(f_floor),
+                    "note": "biased upwards at small n: compare only at equal counts, or "
+                            "fid_inf with fid_inf_floor",
+                    "fid_inf": "FID extrapolated to infinitely many samples (Chong and Forsyth "
+                               "2020) from 5 subset sizes, n/4 to n; the val set's own bias "
+                               "remains, in fid_inf_floor too"}}
+
+
+def _kid(params: CanopyParams, f_samples, f_val, f_floor, metrics, resamples) -> dict[str, Any]:
+    from canopy.evaluate import fid as fid_mod
+
+    ev, seed = params.evaluate, params.seed
+    kid_samples = fid_mod.kid(f_samples, f_val, numpy_rng(seed, Stream.EVAL_KID),
+                              ev.kid_subsets, ev.kid_subset_size)
+    kid_floor = fid_mod.kid(f_floor, f_val, numpy_rng(seed, Stream.EVAL_KID_FLOOR),
+                            ev.kid_subsets, ev.kid_subset_size)
+    reps = []
+    for f, role in ((f_samples, "fake0"), (f_floor, "fake1")):
+        pair = fid_mod.KernelPair(f, f_val)
+        reps.append(np.array([pair.mmd2(r[role], r["real"]) for r in resamples]))
+    _record(metrics, "kid", kid_samples.mean, kid_floor.mean, *reps)
+    return {"kernel": "(x.y/2048 + 1)^3", "estimator": "unbiased MMD^2, mean over subsets; "
+            "its expectation does not depend on the counts, so the floor is 0 up to noise",
+            "subsets": kid_samples.subsets, "subset_size": kid_samples.subset_size,
+            "std": sig(kid_samples.std), "subset_size_floor": kid_floor.subset_size,
+            "std_floor": sig(kid_floor.std)}
+
+
+def _c2st_features(params: CanopyParams, f_samples, f_val, f_floor,
+                   metrics) -> dict[str, Any]:
+    from canopy.evaluate import linear_c2st as lin
+
+    ev, seed = params.evaluate, params.seed
+    config = lin.LinearC2stConfig(folds=ev.c2st_folds, l2=ev.c2st_features_l2,
+                                  max_images=ev.c2st_max_images)
+    result = lin.linear_c2st(f_samples, f_val, config, seed)
+    floor = lin.linear_c2st(f_floor, f_val, config, seed)
+    _record_mean(metrics, "c2st_features_accuracy", result.correct, floor.correct,
+                 seed, 1, ev.bootstrap_replicates)
+    return {"definition": "L2-regularised logistic regression on standardised Inception "
+                          "features, k-fold cross-validated held-out accuracy; 0.5 = "
+                          "indistinguishable", "n_per_class": result.n, "folds": result.folds,
+            "l2": config.l2}
+
+
+def _precision_recall(params: CanopyParams, f_samples, f_val, f_floor,
+                      metrics) -> dict[str, Any]:
+    from canopy.evaluate import precision_recall as pr
+
+    ev, seed = params.evaluate, params.seed
+    k = ev.precision_recall_k
+    if min(len(f_samples), len(f_val), len(f_floor)) <= k:
+        return {"omitted": f"it needs more than k={k} images per set"}
+    result, floor = pr.precision_recall(f_samples, f_val, k), pr.precision_recall(f_floor, f_val, k)
+    _record_mean(metrics, "precision", result.generated_inside, floor.generated_inside,
+                 seed, 2, ev.bootstrap_replicates)
+    _record_mean(metrics, "recall", result.real_inside, floor.real_inside,
+                 seed, 3, ev.bootstrap_replicates)
+    return {"definition": f"Kynkaanniemi et al. 2019: k-NN balls (k={k}) of each set's "
+                          "Inception features; precision = share of samples inside the val "
+                          "tiles' balls (realism), recall = share of val tiles inside the "
+                          "samples' balls (coverage); higher is better, read against the floor "
+                          "(train tiles in the samples' place)", "k": k,
+            "interval": "bootstrap of the per-image outcomes, the balls held fixed"}
+
+
+def _record(metrics: dict[str, float | int], name: str, value: float, floor: float,
+            replicates: np.ndarray, replicates_floor: np.ndarray, ratio: bool = False) -> None:
+    """`name`, `name_floor` and, with bootstrap replicates, their 95% intervals (`_lo`, `_hi`);
+    with `ratio`, also name / floor and its interval, from the paired replicates."""
+    metrics[name], metrics[f"{name}_floor"] = sig(value), sig(floor)
+    point_ratio = value / floor if floor > 0 else float("nan")
+    if ratio:
+        metrics[f"{name}_ratio"] = sig(point_ratio)
+    if len(replicates) == 0:
+        return
+    _put_interval(metrics, name, bootstrap.centred_interval(replicates, value))
+    _put_interval(metrics, f"{name}_floor", bootstrap.centred_interval(replicates_floor, floor))
+    if ratio:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = replicates / replicates_floor
+        _put_interval(metrics, f"{name}_ratio", bootstrap.centred_interval(ratios, point_ratio))
+
+
+def _record_mean(metrics: dict[str, float | int], name: str, outcomes: np.ndarray,
+                 outcomes_floor: np.ndarray, seed: int, use: int, replicates: int) -> None:
+    """`name` and `name_floor` as the mean of per-image outcomes, with their intervals."""
+    metrics[name] = sig(float(np.mean(outcomes)))
+    metrics[f"{name}_floor"] = sig(float(np.mean(outcomes_floor)))
+    if replicates == 0:
+        return
+    rng = numpy_rng(seed, Stream.EVAL_BOOTSTRAP, use)
+    _put_interval(metrics, name, bootstrap.mean_interval(outcomes, rng, replicates))
+    _put_interval(metrics, f"{name}_floor",
+                  bootstrap.mean_interval(outcomes_floor, rng, replicates))
+
+
+def _put_interval(metrics: dict[str, float | int], name: str, interval) -> None:
+    metrics[f"{name}_lo"], metrics[f"{name}_hi"] = sig(interval.low), sig(interval.high)
+
+
+def _trust(min_images: int, n_samples: int, n_real: int,
+           metrics: dict[str, float | int]) -> dict[str, Any]:
+    """Mark the figures trusted (1) or not (0): with fewer images than `min_images` in either
+    compared set, the floors and intervals measured in docs/benchmarks.md were too wide to rank
+    two models that differ clearly."""
+    smallest = min(n_samples, n_real)
+    metrics["trusted"] = int(smallest >= min_images)
+    metrics["trust_min_images"] = min_images
+    why = (f"too few images to trust these figures: {n_samples} samples and {n_real} val tiles, "
+           f"below evaluate.trust_min_images ({min_images}) in the smaller set; read the "
+           "intervals (_lo, _hi), or raise sample.n (and the val tiles) and re-run")
+    return {"trusted": bool(metrics["trusted"]), "min_images": min_images,
+            "why": "" if metrics["trusted"] else why}
 
 
 def _c2st(params: CanopyParams, samples: np.ndarray, val: np.ndarray, train_floor: np.ndarray,
@@ -297,22 +436,20 @@ def _c2st(params: CanopyParams, samples: np.ndarray, val: np.ndarray, train_floo
                            f"val {len(val)}, floor train tiles {len(train_floor)})"}
     from canopy.evaluate import c2st as c2st_mod
 
-    config = c2st_mod.C2stConfig(folds=ev.c2st_folds, epochs=ev.c2st_epochs,
+    config = c2st_mod.C2stConfig(folds=ev.c2st_folds, steps=ev.c2st_steps,
                                  max_images=ev.c2st_max_images)
-    n = min(smallest, config.max_images)
-    folds = min(config.folds, n)
-    total = 2 * config.epochs * 2 * n * (folds - 1) // folds  # training images, both runs
-    with _bar(progress, total, "C2ST training") as tick:
+    folds = min(config.folds, smallest, config.max_images)
+    with _bar(progress, 2 * folds * config.steps, "C2ST training") as tick:
         result = c2st_mod.c2st(samples, val, config, params.seed, tick)
         floor = c2st_mod.c2st(train_floor, val, config, params.seed, tick)
-    metrics["c2st_accuracy"] = sig(result.accuracy)
-    metrics["c2st_accuracy_floor"] = sig(floor.accuracy)
+    _record_mean(metrics, "c2st_accuracy", result.correct, floor.correct, params.seed, 4,
+                 ev.bootstrap_replicates)
     metrics["c2st_n"] = result.n
     return {
         "definition": "classifier two-sample test (Lopez-Paz and Oquab 2017): a small CNN on "
                       "pixels told samples (or, for the floor, train tiles) from val tiles; "
                       "mean held-out accuracy over the folds, 0.5 = indistinguishable",
-        "n_per_class": result.n, "folds": result.folds, "epochs": config.epochs,
+        "n_per_class": result.n, "folds": result.folds, "steps_per_fold": config.steps,
         "fold_accuracies": [sig(v) for v in result.fold_accuracies],
         "fold_accuracies_floor": [sig(v) for v in floor.fold_accuracies],
         "most_sure_generated": [

@@ -212,27 +212,86 @@ def swd_level(fakes: Sequence[np.ndarray], real: np.ndarray, config: SwdConfig,
 
 
 def swd(fakes: Sequence[np.ndarray], real: np.ndarray, config: SwdConfig = SwdConfig(),
-        seed: int = 0, tick: Callable[[int], None] = lambda n: None) -> list[dict[int, float]]:
+        seed: int = 0, tick: Callable[[int], None] = lambda n: None,
+        resamples: Sequence[dict[str, np.ndarray]] = ()) -> SwdResult:
     """SWD x 1e3 per pyramid level (keyed by its resolution) of each uint8 (N, H, W, 3) set in
     `fakes` against `real`. The real set's patches and the directions are drawn once and
-    shared by every fake set; set i's patches use their own seeded stream."""
+    shared by every fake set; set i's patches use their own seeded stream.
+
+    `resamples`: bootstrap draws of image indices, keys "real" and "fake0", "fake1", ...;
+    for each, the mean-over-levels SWD of every fake set is recomputed on a thinned estimator
+    (BOOTSTRAP_PATCHES patches per image, BOOTSTRAP_DIRECTIONS directions: resorting the full
+    one hundreds of times would cost minutes), shifted by the full estimate minus the thinned
+    one on the original sets, so the replicates spread around the reported value."""
     size = real.shape[1]
     if any(f.shape[1:] != real.shape[1:] for f in fakes):
         raise ValueError("every image set must have the real set's image shape")
     if size < config.patch_size:
         raise ValueError(f"{size}px images are smaller than a {config.patch_size}px patch")
     results: list[dict[int, float]] = [{} for _ in fakes]
+    boot = np.zeros((len(fakes), len(resamples)))
+    thin_estimate = np.zeros(len(fakes))
+    resolutions = pyramid_resolutions(size, config.min_resolution)
+
     def patches(images: np.ndarray, role: int, level: int) -> np.ndarray:
         rng = numpy_rng(seed, Stream.SWD_PATCHES, role, level)
         return level_descriptors(images, level, config, rng, tick=tick)
 
-    for level, res in enumerate(pyramid_resolutions(size, config.min_resolution)):
+    for level, res in enumerate(resolutions):
         real_desc = patches(real, 0, level)
         fake_desc = [patches(f, i + 1, level) for i, f in enumerate(fakes)]
         dirs_rng = numpy_rng(seed, Stream.SWD_DIRECTIONS, level)
         for result, value in zip(results, swd_level(fake_desc, real_desc, config, dirs_rng)):
             result[res] = 1e3 * value
-    return results
+        if resamples:
+            thin = _thin_projections([real_desc, *fake_desc], config,
+                                     numpy_rng(seed, Stream.SWD_DIRECTIONS, 1000 + level))
+            full = {"real": np.arange(len(real)),
+                    **{f"fake{i}": np.arange(len(f)) for i, f in enumerate(fakes)}}
+            thin_estimate += 1e3 * _thin_swd(thin, full) / len(resolutions)
+            for r, pick in enumerate(resamples):
+                boot[:, r] += 1e3 * _thin_swd(thin, pick) / len(resolutions)
+    means = np.array([mean_over_levels(result) for result in results])
+    return SwdResult(results, boot + (means - thin_estimate)[:, None])
+
+
+@dataclass(frozen=True)
+class SwdResult:
+    per_level: list[dict[int, float]]  # per fake set: resolution -> SWD x 1e3
+    replicates: np.ndarray  # (fake sets, resamples): bootstrap replicates of the mean over levels
+
+
+BOOTSTRAP_PATCHES = 16  # per image and level, of the patches already drawn
+BOOTSTRAP_DIRECTIONS = 32
+
+
+def _thin_projections(descs: list[np.ndarray], config: SwdConfig,
+                      rng: np.random.Generator) -> list[np.ndarray]:
+    """Each set's first BOOTSTRAP_PATCHES patches per image, normalised by the real set (the
+    first) and projected: (images, patches, directions), so a resample is a gather."""
+    stats = channel_stats(descs[0])
+    per_image = config.patches_per_image
+    keep = min(BOOTSTRAP_PATCHES, per_image)
+    dirs = None
+    out = []
+    for desc in descs:
+        flat = normalise(desc, stats)
+        if dirs is None:
+            dirs = random_directions(flat.shape[1], BOOTSTRAP_DIRECTIONS, rng)
+        images = flat.reshape(-1, per_image, flat.shape[1])[:, :keep]
+        out.append(images @ dirs)
+    return out
+
+
+def _thin_swd(thin: list[np.ndarray], pick: dict[str, np.ndarray]) -> np.ndarray:
+    """The thinned SWD (x1) of each fake set against the real one, images chosen by `pick`."""
+    def sorted_rows(projected: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        chosen = projected[rows]
+        return np.sort(chosen.reshape(-1, chosen.shape[2]), axis=0)
+
+    real_sorted = sorted_rows(thin[0], pick["real"])
+    return np.array([np.mean(wasserstein_1d(sorted_rows(t, pick[f"fake{i}"]), real_sorted))
+                     for i, t in enumerate(thin[1:])])
 
 
 def mean_over_levels(per_level: dict[int, float]) -> float:

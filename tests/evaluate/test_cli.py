@@ -17,7 +17,7 @@ from tests.evaluate.synthetic import degrade, forest_images, write_samples, writ
 
 METRIC_KEYS = {"swd", "memorised_fraction", "n_samples", "n_real"}
 FLOOR_KEYS = {f"{key}_floor" for key in METRIC_KEYS}
-FAST = {"swd_patches_per_image": 32, "swd_projections": 32, "swd_repeats": 2, "c2st_epochs": 2,
+FAST = {"swd_patches_per_image": 32, "swd_projections": 32, "swd_repeats": 2, "c2st_steps": 10, "bootstrap_replicates": 20, "trust_min_images": 2,
         "memorisation_size": 8}
 
 
@@ -188,7 +188,7 @@ def test_bad_input_gives_one_line_and_exit_code_2(workspace, case):
 
 
 def test_c2st_is_in_the_metrics_and_can_be_switched_off(workspace):
-    assert invoke(workspace, {"c2st_epochs": 2, "c2st_folds": 2}).exit_code == 0
+    assert invoke(workspace, {"c2st_steps": 10, "bootstrap_replicates": 20, "trust_min_images": 2, "c2st_folds": 2}).exit_code == 0
     metrics = read_metrics(workspace)
     assert metrics["c2st_n"] == 9  # as many samples (and floor train tiles) as val tiles
     assert 0.0 <= metrics["c2st_accuracy"] <= 1.0 and 0.0 <= metrics["c2st_accuracy_floor"] <= 1.0
@@ -217,3 +217,61 @@ def test_verify_shards_sha256_names_a_changed_shard_and_writes_nothing(workspace
     assert not (workspace / "metrics").exists()
     again = invoke(workspace, {}, "--verify-sha256")  # the option does the same
     assert again.exit_code == 2 and f"shard {location.shard} has sha256" in again.stderr
+
+
+def test_too_few_images_give_one_line_and_are_marked_in_the_metrics(workspace):
+    result = invoke(workspace, {"trust_min_images": 10})  # 10 samples, but only 9 val tiles
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "too few images" in line]
+    assert len(lines) == 1 and "10 samples and 9 val tiles" in lines[0]
+    metrics = read_metrics(workspace)
+    assert (metrics["trusted"], metrics["trust_min_images"]) == (0, 10)
+    result = invoke(workspace, {"trust_min_images": 9})
+    assert "too few images" not in result.stderr
+    assert read_metrics(workspace)["trusted"] == 1
+
+
+def test_every_metric_and_its_floor_has_a_seeded_interval(workspace):
+    assert invoke(workspace).exit_code == 0
+    metrics = read_metrics(workspace)
+    for name in ("swd", "swd_floor", "swd_ratio", "c2st_accuracy", "c2st_accuracy_floor"):
+        low, high = metrics[f"{name}_lo"], metrics[f"{name}_hi"]
+        assert low <= metrics[name] <= high and low < high, name
+    assert invoke(workspace).exit_code == 0
+    assert read_metrics(workspace) == metrics  # same seed, same bytes
+    assert invoke(workspace, {"bootstrap_replicates": 0}).exit_code == 0
+    assert "swd_lo" not in read_metrics(workspace)
+
+
+class _PixelFeatures:
+    """A stand-in for Inception: fixed random projections of 8 px thumbnails to 2048 values,
+    so the feature metrics' whole path runs in a fast test."""
+
+    def __init__(self, weights, device="cpu", batch_size=16):
+        self.matrix = np.random.default_rng(0).normal(size=(8 * 8 * 3, 2048))
+
+    def __call__(self, images, tick=lambda n: None):
+        n, h, w, c = images.shape
+        small = images.reshape(n, 8, h // 8, 8, w // 8, c).mean(axis=(2, 4)).reshape(n, -1)
+        tick(n)
+        return np.tanh((small / 255.0 - 0.3) @ self.matrix / 4.0)
+
+
+def test_the_feature_metrics_are_computed_once_and_written_with_floors_and_intervals(
+        workspace, monkeypatch, tmp_path):
+    weights = tmp_path / "stand-in.pt"
+    weights.write_bytes(b"not read")
+    monkeypatch.setattr(inception, "InceptionFeatures", _PixelFeatures)
+    result = invoke(workspace, {"fid": True, "inception_weights": str(weights),
+                                "kid_subsets": 5})
+    assert result.exit_code == 0, result.output
+    metrics = read_metrics(workspace)
+    for name in ("fid", "kid", "c2st_features_accuracy", "precision", "recall"):
+        for key in (name, f"{name}_floor"):
+            assert metrics[f"{key}_lo"] <= metrics[key] <= metrics[f"{key}_hi"], key
+    assert metrics["fid_ratio_lo"] <= metrics["fid_ratio"] <= metrics["fid_ratio_hi"]
+    assert {"fid_inf", "fid_inf_floor"} <= set(metrics)
+    assert 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall_floor"] <= 1
+    assert "c2st on features" in result.stdout and "precision" in result.stdout
+    details = read_metrics(workspace, "metrics/evaluate_details.json")
+    assert details["fid_kid"]["precision_recall"]["k"] == 3  # the Inception section

@@ -90,7 +90,7 @@ def test_swd_is_near_zero_for_identical_sets_and_grows_with_each_shift(real, oth
         "tint 8": degrade(other, tint=(8, -8, 0)),
         "tint 25": degrade(other, tint=(25, -25, 0)),
     }
-    results = S.swd(list(shifts.values()), real, FAST, seed=0)
+    results = S.swd(list(shifts.values()), real, FAST, seed=0).per_level
     value = {name: S.mean_over_levels(r) for name, r in zip(shifts, results)}
     assert all(set(r) == {32, 16} for r in results)
     assert value["same images"] < value["same distribution"]  # only patch positions differ
@@ -105,12 +105,12 @@ def test_swd_is_near_zero_for_identical_sets_and_grows_with_each_shift(real, oth
 
 
 def test_swd_is_deterministic_given_the_seed(real, other):
-    first = S.swd([other], real, FAST, seed=3)
-    assert S.swd([other], real, FAST, seed=3) == first
-    assert S.swd([other], real, FAST, seed=4) != first
+    first = S.swd([other], real, FAST, seed=3).per_level
+    assert S.swd([other], real, FAST, seed=3).per_level == first
+    assert S.swd([other], real, FAST, seed=4).per_level != first
 
 
 def test_a_fake_set_scores_the_same_alone_or_beside_another(real, other):
-    alone = S.swd([other], real, FAST, seed=0)[0]
-    together = S.swd([other, degrade(other, blur=1.0)], real, FAST, seed=0)[0]
+    alone = S.swd([other], real, FAST, seed=0).per_level[0]
+    together = S.swd([other, degrade(other, blur=1.0)], real, FAST, seed=0).per_level[0]
     assert alone == together
