@@ -159,3 +159,14 @@ def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path):
 def test_a_long_bad_value_is_shown_as_a_short_excerpt():
     message = error_of({"schedule": "x" * 100_000})
     assert len(message) < 400 and "(100002 characters)" in message
+
+
+@pytest.mark.parametrize("raw, expected", [(True, "all"), (False, "none"), ("transpose", "transpose"),
+                                           ("all", "all"), ("none", "none")])
+def test_augment_names_its_symmetries_and_keeps_the_booleans(raw, expected):
+    assert parse_params({"train": {"augment": raw}}).train.augment == expected
+
+
+def test_an_unknown_augment_names_the_choices():
+    assert "train.augment: Input should be 'none', 'transpose' or 'all'" in error_of(
+        {"train": {"augment": "flip"}})

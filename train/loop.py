@@ -70,8 +70,16 @@ def resume_params(params: CanopyParams) -> dict[str, Any]:
         "schedule": dumped["schedule"],
         "model": params.model.unet_kwargs(),  # the weights' own record of the shape
         "diffusion": dumped["diffusion"],
-        "train": {key: dumped["train"][key] for key in RESUME_TRAIN_KEYS},
+        "train": {key: _as_before(key, dumped["train"][key]) for key in RESUME_TRAIN_KEYS},
     }
+
+
+def _as_before(key: str, value: Any) -> Any:
+    """train.augment as the boolean it was before it named its symmetries (all = true,
+    none = false), so that the checkpoints of earlier runs still resume."""
+    if key == "augment" and value in ("all", "none"):
+        return value == "all"
+    return value
 
 
 class StopSignals:

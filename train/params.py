@@ -74,7 +74,12 @@ class TrainParams(StrictModel):
     warmup_steps: int = Field(100, ge=0)  # linear lr warm-up from 0; constant afterwards
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)  # AdamW decoupled weight decay
     grad_clip: float = Field(1.0, gt=0.0)  # max global grad norm
-    augment: bool = True  # random flips and 90-degree rotations (no up or north in tiles)
+    # Which symmetries of the square training tiles are drawn under (README "Augmentation"):
+    # none; transpose (the identity or the flip about the main diagonal, which keeps a light
+    # from the upper left where it is); all (the 8 flips and quarter turns, for imagery
+    # without a light direction). The booleans of earlier params still work: true = all,
+    # false = none, with the same batches as before.
+    augment: Literal["none", "transpose", "all"] = "all"
     # EMA of the weights (fp32), what `canopy sample` uses. The EMA copies the weights for the
     # first ema_warmup_steps steps, then averages with decay min(ema_decay, (1+n)/(10+n)), n
     # counting updates since then; updates run every ema_every steps with the decay raised to
@@ -103,6 +108,13 @@ class TrainParams(StrictModel):
     # shard's size and tile count, instant) or sha256 (also its hash: reads every shard once,
     # catching a changed byte that keeps the size). Not a resume key: it changes no weight.
     verify_shards: Literal["size", "sha256"] = "size"
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "all" if value else "none"
+        return value
 
     @field_validator("num_workers")
     @classmethod
