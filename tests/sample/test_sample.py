@@ -151,8 +151,8 @@ BAD = {
     "other model shape": (other_shape, [], "weights of another model shape"),
     "n <= 0": (None, ["--n", "0"], "sample.n"),
     "steps > timesteps": (None, ["--steps", "50"], "exceeds"),
-    "unknown sampler": (None, ["--sampler", "euler"], "'ddpm', 'ddim' or 'dpmpp2m' (got 'euler')"),
-    "unknown spacing": (None, ["--spacing", "leading"], "'quadratic' or 'trailing' (got 'leading')"),
+    "unknown sampler": (None, ["--sampler", "euler"], "'ddpm', 'ddim', 'dpmpp2m' or 'heun' (got 'euler')"),
+    "unknown spacing": (None, ["--spacing", "leading"], "'quadratic', 'trailing' or 'karras' (got 'leading')"),
     "eta with dpmpp2m": (None, ["--sampler", "dpmpp2m", "--eta", "0.5"],
                          "sample.eta (0.5) must be 0 with sample.sampler dpmpp2m"),
     "params changed since training": (
