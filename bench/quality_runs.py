@@ -52,7 +52,6 @@ def merge(base: dict, over: dict) -> dict:
 
 def one_job(spec: dict) -> None:
     """Runs in a child process: train, then sample, as the stages do."""
-    sys.path.insert(0, str(REPO))
     from canopy.params import parse_params
     from canopy.sample.run import run_sample
     from canopy.train import loop
@@ -63,7 +62,14 @@ def one_job(spec: dict) -> None:
     loop.train(params, quiet=True, fresh=True)
     trained = time.perf_counter() - start
     run_sample(params, Path(params.paths.samples), Path(params.paths.models), progress=False)
+    sampled = time.perf_counter() - start
+    if spec.get("evaluate"):
+        from canopy.evaluate.run import run_evaluate
+
+        run_evaluate(params, Path(params.paths.samples), Path(params.paths.tiles),
+                     Path(params.paths.metrics) / "evaluate.json")
     print(json.dumps({"job": spec["name"], "train_s": round(trained, 1),
+                      "sample_s": round(sampled - trained, 1),
                       "total_s": round(time.perf_counter() - start, 1)}), flush=True)
 
 
@@ -77,6 +83,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--set", action="append", default=[], help="yaml overrides for all, e.g. "
                         "'{train: {compile: off}}'")
+    parser.add_argument("--evaluate", action="store_true", help="also run the evaluate stage "
+                        "(its params from --set, e.g. '{evaluate: {fid: false, c2st: false}}')")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -102,7 +110,8 @@ def main() -> None:
                 root.mkdir(parents=True, exist_ok=True)
                 (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
                 spec_file = root / "job.json"
-                spec_file.write_text(json.dumps({"name": job, "params": params}))
+                spec_file.write_text(json.dumps({"name": job, "params": params,
+                                                 "evaluate": args.evaluate}))
                 specs.append((job, spec_file))
     running: list[tuple[str, subprocess.Popen]] = []
     failed = []
