@@ -34,7 +34,15 @@ from canopy.fsutil import atomic_dir, output_lock
 from canopy.hashing import sha256_json
 from canopy.imaging import contact_sheet
 from canopy.params import CanopyParams
-from canopy.tiles import SPLITS, ChannelStats, ShardWriter, TileLocation, split_counts, split_of, write_manifest
+from canopy.tiles import (
+    SPLITS,
+    ChannelStats,
+    ShardWriter,
+    TileLocation,
+    split_counts,
+    split_of,
+    write_manifest,
+)
 
 IN_FLIGHT_PER_WORKER = 48  # about one row of 128 px tiles of a 6000 px wide raster
 

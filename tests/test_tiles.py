@@ -281,7 +281,8 @@ def test_channel_stats_do_not_depend_on_the_order_of_the_tiles():
     assert tiles.ChannelStats().to_json() is None
 
 
-@pytest.mark.parametrize("stats", [{"mean": [0, 0], "std": [1, 1]}, {"mean": [0, 0, 0], "std": [1, 0, 1]},
+@pytest.mark.parametrize("stats", [{"mean": [0, 0], "std": [1, 1]},
+                                   {"mean": [0, 0, 0], "std": [1, 0, 1]},
                                    {"mean": [0, 0, "x"], "std": [1, 1, 1]}, [1, 2]])
 def test_malformed_train_stats_are_refused(tmp_path, stats):
     with pytest.raises(UserError, match="train_stats is not three means"):

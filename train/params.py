@@ -90,7 +90,8 @@ class DiffusionParams(StrictModel):
     def _process_fits(self) -> DiffusionParams:
         if self.process == "edm":
             if not self.sigma_min < self.sigma_max:
-                raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
+                raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max "
+                                 f"({self.sigma_max})")
             if self.timestep_sampling != "lognormal" or self.loss != "l2" or self.min_snr_gamma:
                 raise ValueError("process edm trains with timestep_sampling lognormal, loss l2 and "
                                  "no min_snr_gamma (its own loss weighting)")

@@ -207,8 +207,8 @@ def test_the_manifest_holds_the_train_tiles_channel_stats(tmp_path):
     from canopy import tiles
 
     path = write_raster(tmp_path / "h.tif", forest_rgb(64, 64))
-    run_etl(local_params(str(path), val_fraction=0.25, shard_size=3), tmp_path / "out", progress=False)
     out = tmp_path / "out"
+    run_etl(local_params(str(path), val_fraction=0.25, shard_size=3), out, progress=False)
     manifest = tiles.read_manifest(out, "x")
     train = np.stack(list(tiles.read_tiles(tiles.list_tiles(out, "train"), 16)))
     values = train.reshape(-1, 3).astype(np.float64) / 127.5 - 1

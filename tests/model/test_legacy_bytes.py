@@ -34,8 +34,10 @@ def run(scheduler, diffusion_steps_seed: int = 0) -> torch.Tensor:
     ("ddim", 0.0, "quadratic", lambda d: LegacyDDIMScheduler(d, 7, 0.0, spacing="quadratic")),
     ("ddim", 1.0, "trailing", lambda d: LegacyDDIMScheduler(d, 7, 1.0, spacing="trailing")),
     ("ddpm", 1.0, "quadratic", lambda d: LegacyDDPMScheduler(d)),
-    ("dpmpp2m", 0.0, "quadratic", lambda d: LegacyDPMSolverMultistepScheduler(d, 7, spacing="quadratic")),
-    ("dpmpp2m", 0.0, "trailing", lambda d: LegacyDPMSolverMultistepScheduler(d, 7, spacing="trailing")),
+    ("dpmpp2m", 0.0, "quadratic",
+     lambda d: LegacyDPMSolverMultistepScheduler(d, 7, spacing="quadratic")),
+    ("dpmpp2m", 0.0, "trailing",
+     lambda d: LegacyDPMSolverMultistepScheduler(d, 7, spacing="trailing")),
 ])
 def test_discrete_samplers_keep_their_bits(name, eta, spacing, legacy, schedule, objective):
     diffusion = GaussianDiffusion(make_betas(schedule, 50), objective)

@@ -138,11 +138,13 @@ def test_unknown_augment_is_refused(tiles):
         BatchStream(_index(tiles), batch_size=4, seed=0, augment="rotate")
 
 
-@pytest.mark.parametrize("augment, stored", [("all", True), ("none", False), ("transpose", "transpose")])
+@pytest.mark.parametrize("augment, stored",
+                         [("all", True), ("none", False), ("transpose", "transpose")])
 def test_augment_keeps_the_resume_key_of_earlier_checkpoints(augment, stored):
     """A checkpoint of augment: true still resumes under augment: all (the params hash holds
     the boolean it held before)."""
     from canopy.params import parse_params
     from canopy.train.loop import resume_params
 
-    assert resume_params(parse_params({"train": {"augment": augment}}))["train"]["augment"] == stored
+    params = parse_params({"train": {"augment": augment}})
+    assert resume_params(params)["train"]["augment"] == stored
