@@ -25,20 +25,24 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Each a deep-merge over params.yaml. "demo": the recipe of main before issue 20 (all 8
+# Each a deep-merge over params.yaml, spelling out every key it is about, so that a recipe
+# does not change with params.yaml's defaults. "demo": the recipe of main before issue 20 (all 8
 # symmetries, the discrete VP process on raw data); each next one adds one change.
+_VP = {"process": "vp", "standardize": False}
+_EDM = {"process": "edm", "standardize": True}
 RECIPES: dict[str, dict] = {
-    "demo": {"train": {"augment": "all"}},
-    "transpose": {"train": {"augment": "transpose"}},
-    "std": {"train": {"augment": "transpose"}, "diffusion": {"standardize": True}},
-    "edm": {"train": {"augment": "transpose"},
-            "diffusion": {"standardize": True, "process": "edm"},
-            "sample": {"spacing": "karras"}},
-    "edm_raw": {"train": {"augment": "transpose"},
-                "diffusion": {"process": "edm"},
-                "sample": {"spacing": "karras"}},
-    "edm_heun": {"train": {"augment": "transpose"},
-                 "diffusion": {"standardize": True, "process": "edm"},
+    "demo": {"train": {"augment": "all"}, "diffusion": _VP, "sample": {"spacing": "quadratic"}},
+    "transpose": {"train": {"augment": "transpose"}, "diffusion": _VP,
+                  "sample": {"spacing": "quadratic"}},
+    "std": {"train": {"augment": "transpose"}, "diffusion": {**_VP, "standardize": True},
+            "sample": {"spacing": "quadratic"}},
+    "edm": {"train": {"augment": "transpose"}, "diffusion": _EDM,
+            "sample": {"spacing": "karras", "sampler": "dpmpp2m"}},
+    "edm_all8": {"train": {"augment": "all"}, "diffusion": _EDM,
+                 "sample": {"spacing": "karras", "sampler": "dpmpp2m"}},
+    "edm_raw": {"train": {"augment": "transpose"}, "diffusion": {**_EDM, "standardize": False},
+                "sample": {"spacing": "karras", "sampler": "dpmpp2m"}},
+    "edm_heun": {"train": {"augment": "transpose"}, "diffusion": _EDM,
                  "sample": {"spacing": "karras", "sampler": "heun", "steps": 10}},
 }
 
