@@ -98,6 +98,7 @@ def part2(args: argparse.Namespace, device: str) -> None:
     import torch.distributed as td
     from torch.nn.parallel import DistributedDataParallel
 
+    from canopy.model.process import process_config
     from canopy.params import parse_params
     from canopy.train.engine import Trainer
     from canopy.train.runtime import resolve_runtime
@@ -108,8 +109,11 @@ def part2(args: argparse.Namespace, device: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     td.init_process_group("nccl" if device == "cuda" else "gloo", rank=0, world_size=1)
     try:
-        plain = Trainer(params, runtime)
-        wrapped = Trainer(params, runtime)
+        # the demo standardises its data: unit stats stand in for the tiles' (a timing only)
+        process = process_config(params.diffusion.config(), params.schedule,
+                                 {"mean": [0.0] * 3, "std": [1.0] * 3})
+        plain = Trainer(params, runtime, process_config=process)
+        wrapped = Trainer(params, runtime, process_config=process)
         ids = [0] if device == "cuda" else None
         wrapped.forward = DistributedDataParallel(wrapped.model, device_ids=ids)
         images = torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8)

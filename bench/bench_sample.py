@@ -101,7 +101,7 @@ def sample_set(checkpoint, sampler: Scheduler, n: int, batch: int, seed: int, de
         counter.prepare(len(indices))
         start = time.perf_counter()
         with counter:
-            images = generate(checkpoint.net, sampler, indices, seed, checkpoint.image_shape,
+            images = generate(checkpoint.diffusion.denoiser(checkpoint.net), sampler, indices, seed, checkpoint.image_shape,
                               device, amp, channels_last=channels_last)  # CPU tensors: device done
         seconds += time.perf_counter() - start
         flops += counter.flops

@@ -73,7 +73,7 @@ def use_checkout_packages() -> None:
 use_checkout_packages()
 
 from canopy.accelerator import pick_channels_last, pick_device, pick_precision, precision_name
-from canopy.model.diffusion import GaussianDiffusion, make_betas
+from canopy.model.process import build
 from canopy.model.registry import make_scheduler
 from canopy.model.sampling import sample_images
 from canopy.model.unet import Unet
@@ -501,8 +501,10 @@ def sampling(ctx: Context, batch: int) -> None:
     free_memory(dev)
     torch.manual_seed(0)
     fmt = torch.channels_last if dev.channels_last else torch.contiguous_format
-    net = Unet(**plan.shape.unet_kwargs()).to(dev.device, memory_format=fmt).eval()
-    diffusion = GaussianDiffusion(make_betas("linear", 1000), "eps").to(dev.device)
+    net, diffusion = build({"model": plan.shape.unet_kwargs(), "schedule": "linear",
+                            "diffusion": {"timesteps": 1000, "objective": "eps"}})
+    net = net.to(dev.device, memory_format=fmt).eval()
+    diffusion = diffusion.to(dev.device)
     shape = (3, plan.shape.size, plan.shape.size)
     seeds = list(range(batch))
     per_call = count_sampling_flops(net, batch, plan.shape.size)

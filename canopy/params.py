@@ -70,7 +70,17 @@ class CanopyParams(StrictModel):
                 f"down-sampling factor for model.dim_mults {self.model.dim_mults}: "
                 f"use a tile_size that is a multiple of {factor} or fewer dim_mults"
             )
-        if self.sample.steps > self.diffusion.timesteps:
+        continuous = self.diffusion.process != "vp"
+        if continuous != (self.sample.spacing == "karras"):
+            raise ValueError(
+                f"sample.spacing {self.sample.spacing} does not fit diffusion.process "
+                f"{self.diffusion.process}: use karras with a continuous process (edm), "
+                "quadratic or trailing with vp"
+            )
+        if self.sample.sampler == "heun" and not continuous:
+            raise ValueError("sample.sampler heun needs a continuous process: set "
+                             "diffusion.process to edm (and sample.spacing to karras)")
+        if not continuous and self.sample.steps > self.diffusion.timesteps:
             raise ValueError(
                 f"sample.steps ({self.sample.steps}) exceeds diffusion.timesteps "
                 f"({self.diffusion.timesteps}); use at most {self.diffusion.timesteps}"

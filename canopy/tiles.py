@@ -137,10 +137,38 @@ def split_counts(shards: Iterable[ShardInfo]) -> dict[str, int]:
     return {split: sum(s.tiles for s in shards if s.split == split) for split in SPLITS}
 
 
+class ChannelStats:
+    """Per-channel mean and std of uint8 RGB tiles, in the network's [-1, 1] units
+    (x = v / 127.5 - 1). Exact integer sums, so the result does not depend on the order the
+    tiles came in."""
+
+    def __init__(self) -> None:
+        self.pixels = 0
+        self.sums = np.zeros(3, dtype=np.int64)
+        self.squares = np.zeros(3, dtype=np.int64)  # 255^2 x 2^40 pixels still fits
+
+    def add(self, rgb: np.ndarray) -> None:
+        values = rgb.reshape(-1, 3).astype(np.int64)
+        self.pixels += len(values)
+        self.sums += values.sum(axis=0)
+        self.squares += (values * values).sum(axis=0)
+
+    def to_json(self) -> dict[str, Any] | None:
+        """{"mean": [r, g, b], "std": [r, g, b]} in [-1, 1] units, None without pixels."""
+        if not self.pixels:
+            return None
+        n = self.pixels
+        mean = self.sums / n  # in 0..255
+        var = np.maximum(self.squares / n - mean**2, 0.0)
+        return {"mean": [round(float(m / 127.5 - 1), 6) for m in mean],
+                "std": [round(float(np.sqrt(v) / 127.5), 6) for v in var]}
+
+
 def write_manifest(root: Path, *, tile_size: int, stride: int, shards: list[ShardInfo],
                    synthetic: bool, filters: dict[str, Any], sources: list[dict[str, Any]],
-                   params_hash: str) -> None:
-    """`<root>/manifest.json`; `filters` and `sources` are etl's counts and scene reports."""
+                   params_hash: str, train_stats: dict[str, Any] | None = None) -> None:
+    """`<root>/manifest.json`; `filters` and `sources` are etl's counts and scene reports,
+    `train_stats` the train tiles' ChannelStats (train standardises the data with them)."""
     manifest = {
         "format_version": FORMAT_VERSION,
         "canopy_version": canopy.__version__,
@@ -153,6 +181,8 @@ def write_manifest(root: Path, *, tile_size: int, stride: int, shards: list[Shar
         "sources": sources,
         "params_hash": params_hash,
     }
+    if train_stats is not None:
+        manifest["train_stats"] = train_stats
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     (root / MANIFEST_FILE).write_text(text, encoding="utf-8")
 
@@ -181,6 +211,23 @@ def read_manifest(root: Path, point_at: str) -> dict[str, Any]:
     if not _is_shard_list(manifest.get("shards")):
         raise UserError(f"{path}: no list of shards with their file and sha256; {_FIX}")
     return manifest
+
+
+def train_stats(manifest: dict[str, Any], root: Path) -> dict[str, list[float]] | None:
+    """The train tiles' per-channel {"mean", "std"} ([-1, 1] units) from a manifest; None for
+    manifests written before etl measured them."""
+    stats = manifest.get("train_stats")
+    if stats is None:
+        return None
+    ok = (isinstance(stats, dict)
+          and all(isinstance(stats.get(k), list) and len(stats[k]) == 3
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stats[k])
+                  for k in ("mean", "std"))
+          and all(v > 0 for v in stats["std"]))
+    if not ok:
+        raise UserError(f"{root / MANIFEST_FILE}: train_stats is not three means and three "
+                        f"positive stds; {_FIX}")
+    return {"mean": [float(v) for v in stats["mean"]], "std": [float(v) for v in stats["std"]]}
 
 
 def _is_shard_list(shards: Any) -> bool:

@@ -2,9 +2,10 @@
 `models/`): safetensors files, so nothing is unpickled.
 
     models/ema.safetensors                          the export: EMA weights, with safetensors
-                                                    metadata "format" = canopy.model/1 and
-                                                    "config" = JSON {model, diffusion, schedule,
-                                                    seed, tile_size, step, params_hash, data_hash}
+                                                    metadata "format" = canopy.model/2 (/1 read
+                                                    too) and "config" = JSON {model, diffusion,
+                                                    schedule, [data_stats,] seed, tile_size,
+                                                    step, params_hash, data_hash}
     models/state/step-NNNNNNNN/model.safetensors    raw weights of a training state (the rest of
                                                     the state is train's own: train/checkpoint.py)
 """
@@ -22,7 +23,10 @@ from safetensors.torch import load_file, save
 from canopy.errors import UserError
 from canopy.fsutil import atomic_write_bytes
 
-EXPORT_FORMAT = "canopy.model/1"
+# canopy.model/2 added the noise process and data statistics to the config (model/process.py
+# build fills the defaults of keys a /1 config lacks: those exports rebuild as they were).
+EXPORT_FORMAT = "canopy.model/2"
+READ_FORMATS = ("canopy.model/1", EXPORT_FORMAT)
 EXPORT_FILE = "ema.safetensors"
 STATE_DIR = "state"
 STEP_DIR_PREFIX = "step-"
@@ -69,7 +73,7 @@ def read_export_config(path: Path) -> dict[str, Any]:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError) as err:
         raise UserError(f"{path} cannot be read ({err}): it is corrupt; {_RETRAIN}") from None
-    if metadata.get("format") != EXPORT_FORMAT:
+    if metadata.get("format") not in READ_FORMATS:
         raise UserError(f"{path} is not a Canopy model (format {metadata.get('format')!r}, "
                         f"expected {EXPORT_FORMAT!r})")
     try:

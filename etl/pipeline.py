@@ -34,7 +34,15 @@ from canopy.fsutil import atomic_dir, output_lock
 from canopy.hashing import sha256_json
 from canopy.imaging import contact_sheet
 from canopy.params import CanopyParams
-from canopy.tiles import SPLITS, ShardWriter, TileLocation, split_counts, split_of, write_manifest
+from canopy.tiles import (
+    SPLITS,
+    ChannelStats,
+    ShardWriter,
+    TileLocation,
+    split_counts,
+    split_of,
+    write_manifest,
+)
 
 IN_FLIGHT_PER_WORKER = 48  # about one row of 128 px tiles of a 6000 px wide raster
 
@@ -91,10 +99,11 @@ def write_tiles(scenes: list[SceneSpec], params: CanopyParams, root: Path,
     writers = {split: ShardWriter(root, split, etl.shard_size) for split in SPLITS}
     filters = FilterCounts()
     placed: list[TileLocation] = []  # where each kept tile's PNG is, in output order
+    stats = ChannelStats()  # of the train tiles: train standardises the data with them
     scene_reports = []
     with TileEncoder(etl.workers) as encoder:
         for scene in tqdm(scenes, desc="scenes", unit="scene", disable=not progress):
-            report = _tile_scene(scene, etl, encoder, writers, filters, placed, progress)
+            report = _tile_scene(scene, etl, encoder, writers, filters, placed, progress, stats)
             scene_reports.append(report)
     shards = [shard for split in SPLITS for shard in writers[split].close()]
     if filters.kept == 0:
@@ -109,6 +118,7 @@ def write_tiles(scenes: list[SceneSpec], params: CanopyParams, root: Path,
         filters={**vars(filters), "min_valid_fraction": etl.min_valid_fraction,
                  "min_vegetation_fraction": etl.min_vegetation_fraction},
         sources=scene_reports, params_hash=output_params_hash(params),
+        train_stats=stats.to_json(),
     )
     return EtlResult(root, counts, filters, len(scenes), synthetic, shard_entries)
 
@@ -126,7 +136,8 @@ def output_params_hash(params: CanopyParams) -> str:
     return sha256_json({"etl": etl, "seed": dumped["seed"]})
 
 
-def _tile_scene(scene, etl: EtlParams, encoder, writers, filters, placed, progress) -> dict:
+def _tile_scene(scene, etl: EtlParams, encoder, writers, filters, placed, progress,
+                stats: ChannelStats) -> dict:
     scene_filters = FilterCounts()
     with SceneReader(scene, gamma=etl.gamma, percentile_range=etl.percentile_range,
                      ndvi_threshold=etl.ndvi_threshold, gli_threshold=etl.gli_threshold) as reader:
@@ -136,6 +147,8 @@ def _tile_scene(scene, etl: EtlParams, encoder, writers, filters, placed, progre
         for candidate, png in encoder.encode(kept):
             key = f"{scene.scene_id}_{candidate.row:06d}_{candidate.col:06d}"
             split = split_of(key, etl.val_fraction)
+            if split == "train":
+                stats.add(candidate.rgb)
             placed.append(writers[split].add(key, png, _tile_metadata(key, scene, reader, candidate)))
         bar.close()
         for name in vars(filters):

@@ -9,6 +9,10 @@ estimate (DDPM eq. 6-7):
     sigma^2 = beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t
     x_{t-1} = mu_t + sigma z,  z ~ N(0, I), and no noise on the last step (t = 0).
 
+Under a continuous process (model/process.py) there are no timesteps to take one at a time:
+DDPM is then ancestral sampling over `steps` noise levels of the process, DDIM's update with
+eta = 1 (model/ddim.py), the posterior q(x_prev | x_t, x0_hat) of the same process.
+
 Pure math: no files, no params import.
 """
 
@@ -17,16 +21,25 @@ from __future__ import annotations
 import torch
 
 from canopy.model.diffusion import GaussianDiffusion
-from canopy.model.scheduler import Scheduler
+from canopy.model.ddim import continuous_step
+from canopy.model.scheduler import Scheduler, continuous_times
 
 
 class DDPMScheduler(Scheduler):
     eta = 1.0  # the posterior's own noise: DDIM with eta = 1 over every timestep
     spacing = "all"
 
-    def __init__(self, diffusion: GaussianDiffusion, clip: bool = True) -> None:
+    def __init__(self, diffusion: GaussianDiffusion, clip: bool = True, steps: int | None = None,
+                 spacing: str = "karras") -> None:
         self.diffusion = diffusion
         self.clip = clip
+        if diffusion.continuous:
+            # No timesteps to take one at a time: ancestral steps (DDIM with eta = 1, the
+            # posterior's own noise) over `steps` noise levels of the process.
+            self.timesteps = continuous_times(diffusion, steps or 0, spacing, "ddpm")
+            self.init_noise_sigma = float(diffusion.sigma(self.timesteps[0]))
+            self.spacing = spacing
+            return
         self.timesteps = list(range(diffusion.timesteps - 1, -1, -1))
         betas = diffusion.betas.double()
         alpha_bar = torch.cumprod(1.0 - betas, dim=0)
@@ -41,9 +54,13 @@ class DDPMScheduler(Scheduler):
     def from_settings(
         cls, diffusion: GaussianDiffusion, *, steps: int, eta: float, spacing: str
     ) -> DDPMScheduler:
+        if diffusion.continuous:
+            return cls(diffusion, steps=steps, spacing=spacing)
         return cls(diffusion)  # every timestep, its own noise: steps, eta and spacing unused
 
     def needs_noise(self, t: int, t_prev: int) -> bool:
+        if self.diffusion.continuous:
+            return not self.is_final(t_prev)
         return t > 0
 
     def step(
@@ -56,6 +73,8 @@ class DDPMScheduler(Scheduler):
     ) -> torch.Tensor:
         """x_{t-1} from x_t and the network's output at (x_t, t); `noise` (like x_t) is drawn
         by the caller (so it controls seeding per image) and is needed for t > 0."""
+        if self.diffusion.continuous:
+            return continuous_step(self, model_output, t, t_prev, x_t.float(), 1.0, noise)
         if t_prev != t - 1:
             raise ValueError(f"DDPM steps one timestep at a time: t={t} to t_prev={t_prev}")
         x_t = x_t.float()

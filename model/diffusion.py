@@ -116,6 +116,9 @@ class GaussianDiffusion(nn.Module):
         self.lognormal_std = lognormal_std
         self.objective = objective
         self.loss_type = loss
+        # The data space (model/process.py DataSpace) when the data is standardised: x_0
+        # estimates are clipped to its image of [-1, 1] and samples decoded with it.
+        self.data_space = None
         self.min_snr_gamma = min_snr_gamma
         # Computed in float64, stored in float32 (what the network works in).
         for name, value in {
@@ -128,6 +131,20 @@ class GaussianDiffusion(nn.Module):
             "log_sigma": 0.5 * (torch.log1p(-alpha_bar) - torch.log(alpha_bar)),
         }.items():
             self.register_buffer(name, value.float(), persistent=False)
+
+    continuous = False  # integer timesteps 0 .. T-1 (model/process.py has a continuous one)
+
+    def clip_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        """x_0 estimates clipped to where images live: [-1, 1], or its standardised image."""
+        return x0.clamp(-1.0, 1.0) if self.data_space is None else self.data_space.clip(x0)
+
+    def to_image(self, x: torch.Tensor) -> torch.Tensor:
+        """A sample in the data space -> an image in [-1, 1] (the identity without stats)."""
+        return x if self.data_space is None else self.data_space.decode(x)
+
+    def denoiser(self, net: nn.Module) -> nn.Module:
+        """The network as the samplers call it: the network itself, given (x_t, t)."""
+        return net
 
     def _at(self, values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """values[t] shaped (B, 1, 1, 1) to broadcast over images."""

@@ -16,7 +16,7 @@ import math
 import torch
 
 from canopy.model.diffusion import GaussianDiffusion
-from canopy.model.scheduler import Scheduler
+from canopy.model.scheduler import Scheduler, continuous_times
 from canopy.model.spacing import sampling_timesteps
 
 
@@ -48,6 +48,10 @@ class DPMSolverMultistepScheduler(Scheduler):
     last step, it is also DDIM's error there: with few steps (10 of T = 1000 jump from t = 99)
     that one-step denoise, not the solver, limits the sharpness of the result.
 
+    Under a continuous process (model/process.py) the same formulas with alpha_t, sigma_t
+    the process's alpha(t), sigma(t) at the noise levels of its Karras spacing; the last step,
+    to sigma = 0, is the first-order one as above.
+
     The x0 estimate (and the timestep it was made at) is state carried from one step to the
     next: reset() before each new run. A run's last step clears it too, and a step that does
     not continue where the previous one landed is refused rather than extrapolated from
@@ -60,9 +64,15 @@ class DPMSolverMultistepScheduler(Scheduler):
         self, diffusion: GaussianDiffusion, steps: int, clip: bool = True, spacing: str = "trailing"
     ) -> None:
         self.diffusion = diffusion
-        self.timesteps = sampling_timesteps(diffusion.timesteps, steps, spacing)
         self.clip = clip
         self.spacing = spacing
+        if diffusion.continuous:
+            # The same solver in the process's alpha(t), sigma(t) at its noise levels.
+            self.timesteps = continuous_times(diffusion, steps, spacing, "dpmpp2m")
+            self.init_noise_sigma = float(diffusion.sigma(self.timesteps[0]))
+            self.reset()
+            return
+        self.timesteps = sampling_timesteps(diffusion.timesteps, steps, spacing)
         # lambda_t in float64 from the betas (like model/ddpm.py), coefficients computed from
         # it in float64 and used as float32 like the diffusion's buffers.
         alpha_bar = torch.cumprod(1.0 - diffusion.betas.double(), dim=0)
@@ -90,18 +100,32 @@ class DPMSolverMultistepScheduler(Scheduler):
     def coefficients(self, t: int, t_prev: int, t_last: int | None) -> tuple[float, float, float]:
         """(c_x, c_0, c_1) in float64 for x_prev = c_x x_t + c_0 x0_hat_t + c_1 x0_hat_{t_last};
         t_last is the timestep of the previous x0 estimate, None for a first-order step."""
-        if t_prev < 0:
+        if self.is_final(t_prev):
             return 0.0, 1.0, 0.0  # a_prev = 1: x_prev = x0_hat
-        a_t, a_prev = self._alpha_bar[t], self._alpha_bar[t_prev]
-        sigma_t, sigma_prev = math.sqrt(1 - a_t), math.sqrt(1 - a_prev)
-        alpha_prev = math.sqrt(a_prev)
-        h = self._lambda[t_prev] - self._lambda[t]
+        if self.diffusion.continuous:
+            sigma_t, lambda_t = self._sigma_lambda(t)
+            sigma_prev, lambda_prev = self._sigma_lambda(t_prev)
+            alpha_prev = float(self.diffusion.alpha(t_prev))
+            h = lambda_prev - lambda_t
+            lambda_last = None if t_last is None else self._sigma_lambda(t_last)[1]
+        else:
+            a_t, a_prev = self._alpha_bar[t], self._alpha_bar[t_prev]
+            sigma_t, sigma_prev = math.sqrt(1 - a_t), math.sqrt(1 - a_prev)
+            alpha_prev = math.sqrt(a_prev)
+            h = self._lambda[t_prev] - self._lambda[t]
+            lambda_t = self._lambda[t]
+            lambda_last = None if t_last is None else self._lambda[t_last]
         c_x = sigma_prev / sigma_t
         c_d = -alpha_prev * math.expm1(-h)  # -alpha_prev (e^{-h} - 1) > 0
         if t_last is None:
             return c_x, c_d, 0.0
-        r = (self._lambda[t] - self._lambda[t_last]) / h
+        r = (lambda_t - lambda_last) / h
         return c_x, c_d * (1 + 1 / (2 * r)), -c_d / (2 * r)
+
+    def _sigma_lambda(self, t: float) -> tuple[float, float]:
+        """(sigma_t, lambda_t = log(alpha_t / sigma_t)) of a continuous process, float64."""
+        alpha, sigma = float(self.diffusion.alpha(t)), float(self.diffusion.sigma(t))
+        return sigma, math.log(alpha / sigma)
 
     def step(
         self,
@@ -124,9 +148,9 @@ class DPMSolverMultistepScheduler(Scheduler):
         c_x, c_0, c_1 = (torch.tensor(c, dtype=torch.float64).float().to(x_t.device)
                          for c in self.coefficients(t, t_prev, self._last_t))
         x_prev = c_x * x_t + c_0 * x0
-        if self._last_x0 is not None and t_prev >= 0:
+        if self._last_x0 is not None and not self.is_final(t_prev):
             x_prev = x_prev + c_1 * self._last_x0
-        if t_prev < 0:
+        if self.is_final(t_prev):
             self.reset()  # the run is over
         else:
             self._last_x0, self._last_t, self._landed_at = x0, t, t_prev

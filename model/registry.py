@@ -32,6 +32,8 @@ SCHEDULERS: dict[str, SchedulerEntry] = {
     "ddpm": SchedulerEntry("canopy.model.ddpm:DDPMScheduler", fixed_eta=1.0),
     "ddim": SchedulerEntry("canopy.model.ddim:DDIMScheduler"),
     "dpmpp2m": SchedulerEntry("canopy.model.dpmsolver:DPMSolverMultistepScheduler", fixed_eta=0.0),
+    # EDM's 2nd-order Heun (continuous processes only): `steps` noise levels, 2 steps - 1 calls
+    "heun": SchedulerEntry("canopy.model.heun:HeunScheduler", fixed_eta=0.0),
 }
 
 

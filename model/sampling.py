@@ -44,6 +44,8 @@ def sample_images(
         return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
 
     x = noise()
+    if scheduler.init_noise_sigma != 1.0:
+        x = x * scheduler.init_noise_sigma
     scheduler.reset()  # the same scheduler runs batch after batch
     forward = _batch_invariant_forward(net, device, amp_dtype)
     with torch.inference_mode(), _batch_invariant_kernels(device):
@@ -56,7 +58,7 @@ def sample_images(
             x = scheduler.step(out.float(), t, t_prev, x, step_noise)
             if on_step is not None:
                 on_step()
-    return to_uint8(x).cpu()
+    return to_uint8(scheduler.diffusion.to_image(x)).cpu()
 
 
 def _batch_invariant_forward(net: torch.nn.Module, device: torch.device,

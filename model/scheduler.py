@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from canopy.model.diffusion import GaussianDiffusion
+from canopy.model.diffusion import GaussianDiffusion  # or a continuous model/process.py one
 
 
 class Scheduler(ABC):
@@ -29,6 +29,9 @@ class Scheduler(ABC):
     # DDPM) and how its timesteps were chosen ("all", or a name from model/spacing.py).
     eta: float
     spacing: str
+    # The starting noise's scale, as diffusers names it: 1 for the VP process (x_T ~ N(0, I)),
+    # sigma_max for EDM's (x_T ~ N(0, sigma_max^2 I)).
+    init_noise_sigma: float = 1.0
 
     @classmethod
     @abstractmethod
@@ -39,8 +42,17 @@ class Scheduler(ABC):
         settings it has no use for and raises ValueError for those it cannot honour."""
 
     def pairs(self) -> list[tuple[int, int]]:
-        """(t, t_prev) for each step, t_prev = -1 on the last."""
-        return list(zip(self.timesteps, [*self.timesteps[1:], -1]))
+        """(t, t_prev) for each step, t_prev = -1 on the last (0.0, sigma = 0, under a
+        continuous process)."""
+        return list(zip(self.timesteps, [*self.timesteps[1:], self.final_time]))
+
+    @property
+    def final_time(self) -> int | float:
+        """The t_prev of the last step: the clean image."""
+        return 0.0 if self.diffusion.continuous else -1
+
+    def is_final(self, t_prev: int | float) -> bool:
+        return t_prev <= 0 if self.diffusion.continuous else t_prev < 0
 
     @abstractmethod
     def needs_noise(self, t: int, t_prev: int) -> bool:
@@ -66,8 +78,19 @@ class Scheduler(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The network's estimates of (x_0, eps) at (x_t, t); x_0 clipped if self.clip (eps
         left as the network implied it). x_t in float32."""
-        t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-        x0, eps = self.diffusion.predict_x0_eps(x_t, t_batch, model_output)
+        if self.diffusion.continuous:
+            x0, eps = self.diffusion.predict_x0_eps(x_t, t, model_output)
+        else:
+            t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+            x0, eps = self.diffusion.predict_x0_eps(x_t, t_batch, model_output)
         if self.clip:
-            x0 = x0.clamp(-1.0, 1.0)
+            x0 = self.diffusion.clip_x0(x0)
         return x0, eps
+
+
+def continuous_times(diffusion, steps: int, spacing: str, sampler: str) -> list[float]:
+    """The noise levels a sampler visits under a continuous process (Karras spacing only)."""
+    if spacing != "karras":
+        raise ValueError(f"{sampler} under a continuous process steps at karras spacing, got "
+                         f"spacing {spacing!r}: set sample.spacing to karras")
+    return diffusion.sampling_times(steps)

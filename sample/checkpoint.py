@@ -10,14 +10,15 @@ from typing import Any
 from canopy import weights as weights_io
 from canopy.errors import UserError
 from canopy.hashing import sha256_file
-from canopy.model.diffusion import GaussianDiffusion, make_betas
+from canopy.model.diffusion import GaussianDiffusion
+from canopy.model.process import EDMProcess, build
 from canopy.model.unet import Unet
 
 
 @dataclass
 class Checkpoint:
     net: Unet
-    diffusion: GaussianDiffusion
+    diffusion: GaussianDiffusion | EDMProcess  # the noise process (model/process.py)
     config: dict[str, Any]
     path: Path
     sha256: str
@@ -36,9 +37,7 @@ def load_checkpoint(models: Path, weights: str = "ema") -> Checkpoint:
     path = export if weights == "ema" else weights_io.latest_raw_weights(models)
     state = weights_io.read_weights(path)
     try:
-        net = Unet(**config["model"])
-        betas = make_betas(config["schedule"], int(config["diffusion"]["timesteps"]))
-        diffusion = GaussianDiffusion(betas, config["diffusion"]["objective"])
+        net, diffusion = build(config)  # defaults filled for keys older exports lack
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{export}: its config cannot rebuild the network ({err}); "
                         "re-run `canopy train`") from None

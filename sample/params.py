@@ -25,7 +25,8 @@ class SampleParams(StrictModel):
     # Timesteps of ddim and dpmpp2m, both from T-1: quadratic = dense at low noise, down to
     # t = 0 (Song et al. 2021, D.2), sharper fine detail (measured: README "canopy sample");
     # trailing = evenly spaced (Lin et al. 2024), the last update from t = T/steps - 1.
-    spacing: Literal["quadratic", "trailing"] = "quadratic"
+    # karras: EDM's noise levels (rho = 7), the only spacing of a continuous process (edm).
+    spacing: Literal["quadratic", "trailing", "karras"] = "quadratic"
     weights: Literal["ema", "raw"] = "ema"  # raw: the latest training state's raw weights
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # as train.precision

@@ -59,6 +59,7 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     net = checkpoint.net.to(device, memory_format=layout)
     checkpoint.diffusion.to(device)
+    net = checkpoint.diffusion.denoiser(net)  # the network itself under the vp process
 
     progress = progress and dist.is_main
     with distributed.process_group(dist, device, settings.dist_timeout_s):
@@ -110,10 +111,12 @@ def check_matches_params(checkpoint: Checkpoint, params: CanopyParams) -> None:
     """Refuse a checkpoint that params.yaml no longer describes (a stale models/)."""
     config = checkpoint.config
     wanted = {"model": params.model.unet_kwargs(), "schedule": params.schedule,
-              "timesteps": params.diffusion.timesteps, "objective": params.diffusion.objective}
+              "timesteps": params.diffusion.timesteps, "objective": params.diffusion.objective,
+              "process": params.diffusion.process}
     found = {"model": config["model"], "schedule": config.get("schedule"),
              "timesteps": config["diffusion"].get("timesteps"),
-             "objective": config["diffusion"].get("objective")}
+             "objective": config["diffusion"].get("objective"),
+             "process": config["diffusion"].get("process", "vp")}
     changed = [f"{key} {found[key]!r} -> {wanted[key]!r}" for key in wanted if found[key] != wanted[key]]
     if changed:
         raise UserError(f"{checkpoint.path} was trained with other settings than params.yaml "

@@ -159,3 +159,36 @@ def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path):
 def test_a_long_bad_value_is_shown_as_a_short_excerpt():
     message = error_of({"schedule": "x" * 100_000})
     assert len(message) < 400 and "(100002 characters)" in message
+
+
+@pytest.mark.parametrize("raw, expected", [(True, "all"), (False, "none"), ("transpose", "transpose"),
+                                           ("all", "all"), ("none", "none")])
+def test_augment_names_its_symmetries_and_keeps_the_booleans(raw, expected):
+    assert parse_params({"train": {"augment": raw}}).train.augment == expected
+
+
+def test_an_unknown_augment_names_the_choices():
+    assert "train.augment: Input should be 'none', 'transpose' or 'all'" in error_of(
+        {"train": {"augment": "flip"}})
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ({"diffusion": {"process": "edm", "timestep_sampling": "lognormal"}},
+     "sample.spacing quadratic does not fit diffusion.process edm: use karras"),
+    ({"sample": {"spacing": "karras"}}, "sample.spacing karras does not fit diffusion.process vp"),
+    ({"sample": {"sampler": "heun"}}, "sample.sampler heun needs a continuous process"),
+    ({"diffusion": {"process": "edm"}, "sample": {"spacing": "karras"}},
+     "process edm trains with timestep_sampling lognormal"),
+    ({"diffusion": {"procss": "edm"}}, "diffusion.procss: unknown key; did you mean 'process'?"),
+    ({"diffusion": {"sigma_data": 0}}, "sigma_data must be 'auto' or in (0, 100]"),
+    ({"diffusion": {"process": "flow"}}, "diffusion.process: Input should be 'vp' or 'edm'"),
+])
+def test_process_settings_that_do_not_fit_are_refused(raw, expected):
+    assert expected in error_of(raw)
+
+
+def test_a_continuous_process_takes_more_sampling_steps_than_timesteps():
+    params = parse_params({"diffusion": {"process": "edm", "timestep_sampling": "lognormal",
+                                         "timesteps": 10},
+                           "sample": {"spacing": "karras", "steps": 20, "sampler": "heun"}})
+    assert params.sample.steps == 20

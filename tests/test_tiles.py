@@ -264,3 +264,27 @@ def test_a_forged_pax_header_is_refused_without_reading_what_it_claims(tmp_path)
     assert done.returncode == 0, done.stderr  # a MemoryError would be a traceback
     assert f"{shard} is not a readable tar shard" in done.stdout
     assert "re-run `canopy etl`" in done.stdout
+
+
+def test_channel_stats_do_not_depend_on_the_order_of_the_tiles():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    a, b = tiles.ChannelStats(), tiles.ChannelStats()
+    for image in images:
+        a.add(image)
+    for image in images[::-1]:
+        b.add(image)
+    assert a.to_json() == b.to_json()
+    values = images.reshape(-1, 3) / 127.5 - 1
+    assert np.allclose(a.to_json()["mean"], values.mean(axis=0), atol=1e-6)
+    assert np.allclose(a.to_json()["std"], values.std(axis=0), atol=1e-6)
+    assert tiles.ChannelStats().to_json() is None
+
+
+@pytest.mark.parametrize("stats", [{"mean": [0, 0], "std": [1, 1]},
+                                   {"mean": [0, 0, 0], "std": [1, 0, 1]},
+                                   {"mean": [0, 0, "x"], "std": [1, 1, 1]}, [1, 2]])
+def test_malformed_train_stats_are_refused(tmp_path, stats):
+    with pytest.raises(UserError, match="train_stats is not three means"):
+        tiles.train_stats({"train_stats": stats}, tmp_path)
+    assert tiles.train_stats({}, tmp_path) is None  # a manifest of before etl measured them

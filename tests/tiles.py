@@ -21,9 +21,11 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_tiles(root: Path, train: np.ndarray, val: np.ndarray, shard_size: int = 1000) -> Path:
+def write_tiles(root: Path, train: np.ndarray, val: np.ndarray, shard_size: int = 1000,
+                stats: bool = True) -> Path:
     """manifest.json and train/, val/ tar shards of `<key>.png` + `<key>.json` for (N, H, W, 3)
-    uint8 arrays; keys are `test_<split>_<index>`."""
+    uint8 arrays; keys are `test_<split>_<index>`. `stats`: the train tiles' channel stats in
+    the manifest, as etl writes them (False: a manifest of before etl measured them)."""
     root.mkdir(parents=True, exist_ok=True)
     shards = []
     for split, images in (("train", train), ("val", val)):
@@ -33,6 +35,10 @@ def write_tiles(root: Path, train: np.ndarray, val: np.ndarray, shard_size: int 
             writer.add(key, png_bytes(image), {"source": "test", "key": key})
         shards += writer.close()
     tile_size = int(train.shape[1])
+    measured = tiles.ChannelStats()
+    for image in train:
+        measured.add(image)
     tiles.write_manifest(root, tile_size=tile_size, stride=tile_size, shards=shards,
-                         synthetic=False, filters={}, sources=[], params_hash="test")
+                         synthetic=False, filters={}, sources=[], params_hash="test",
+                         train_stats=measured.to_json() if stats else None)
     return root

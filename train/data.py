@@ -26,6 +26,12 @@ from canopy.hashing import sha256_file, sha256_json
 from canopy.seeding import Stream, numpy_rng
 
 
+# train.augment: which symmetries of the square a tile is drawn under; TRANSPOSE is the k of
+# dihedral() that flips about the main diagonal (keeps a light from the upper left).
+AUGMENTS = ("none", "transpose", "all")
+TRANSPOSE = 7
+
+
 @dataclass(frozen=True)
 class TileIndex:
     """Every train tile, in shard order: the order the seeded permutations index."""
@@ -90,7 +96,9 @@ def _refuse_unlisted(on_disk: list[Path], listed: set[Path], root: Path) -> None
 
 def dihedral(tile: np.ndarray, k: int) -> np.ndarray:
     """One of the 8 symmetries of the square: k % 4 quarter turns, then a flip if k >= 4.
-    Overhead imagery has no up or north, so all 8 are equally plausible tiles."""
+    k = 7 is the transpose (the flip about the main diagonal). Overhead imagery has no up or
+    north, but a scene lit from one side has a light direction that only the identity and the
+    transpose keep (train.augment)."""
     out = np.rot90(tile, k % 4, axes=(0, 1))
     return out[:, ::-1] if k >= 4 else out
 
@@ -104,7 +112,7 @@ class BatchStream(torch.utils.data.IterableDataset):
     the slice is read and decoded."""
 
     def __init__(
-        self, index: TileIndex, batch_size: int, seed: int, augment: bool, start: int = 0,
+        self, index: TileIndex, batch_size: int, seed: int, augment: str | bool, start: int = 0,
         part: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
@@ -112,7 +120,9 @@ class BatchStream(torch.utils.data.IterableDataset):
         self.batch_size = batch_size
         self.part = part or (0, batch_size)
         self.seed = seed
-        self.augment = augment
+        self.augment = {True: "all", False: "none"}.get(augment, augment)  # type: ignore[arg-type]
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"unknown augment {augment!r}: use one of {', '.join(AUGMENTS)}")
         self.start = start
         self._perm_epoch = -1
         self._perm: np.ndarray | None = None
@@ -148,8 +158,10 @@ class BatchStream(torch.utils.data.IterableDataset):
 
     def batch(self, b: int) -> torch.Tensor:
         ids = self.tile_ids(b)
-        if self.augment:
+        if self.augment == "all":
             ks = numpy_rng(self.seed, Stream.TRAIN_AUGMENT, b).integers(0, 8, len(ids))
+        elif self.augment == "transpose":  # identity or transpose, one coin per tile
+            ks = TRANSPOSE * numpy_rng(self.seed, Stream.TRAIN_AUGMENT, b).integers(0, 2, len(ids))
         else:
             ks = np.zeros(len(ids), dtype=np.int64)
         lo, hi = self.part

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from canopy.distributed import SINGLE, Dist
-from canopy.model.diffusion import GaussianDiffusion, make_betas
-from canopy.model.unet import Unet
+from canopy.model.process import DIFFUSION_DEFAULTS, build_network, build_process
+from canopy.model.process import process_config as make_process_config
 from canopy.seeding import Stream, torch_seed
 from canopy.train.data import to_model_input
 from canopy.train.ema import EMA
@@ -39,7 +39,8 @@ class Trainer:
     one process on the whole batch. `model` is always the bare network (EMA, checkpoints and
     gradient clipping use it, with the same keys as one process); `forward` runs the step."""
 
-    def __init__(self, params: CanopyParams, runtime: Runtime, dist: Dist = SINGLE) -> None:
+    def __init__(self, params: CanopyParams, runtime: Runtime, dist: Dist = SINGLE,
+                 process_config: dict | None = None) -> None:
         self.params = params
         self.runtime = runtime
         self.dist = dist
@@ -49,14 +50,15 @@ class Trainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv once
         torch.manual_seed(params.seed)  # the initial weights
-        self.model = Unet(**params.model.unet_kwargs()).to(device, memory_format=fmt)
+        self.model = build_network(params.model.unet_kwargs()).to(device, memory_format=fmt)
         self.ema = EMA(self.model, tp.ema_decay, tp.ema_warmup_steps, tp.ema_every)
-        betas = make_betas(params.schedule, params.diffusion.timesteps)
-        d = params.diffusion
-        self.diffusion = GaussianDiffusion(
-            betas, d.objective, d.loss, d.min_snr_gamma,
-            d.timestep_sampling, d.lognormal_mean, d.lognormal_std,
-        ).to(device)
+        # The process as the export will record it (train/loop.py passes the tiles' stats in
+        # `process_config`); without it, from the params alone (no standardisation stats).
+        if process_config is None:
+            d = {key: getattr(params.diffusion, key) for key in DIFFUSION_DEFAULTS
+                 if hasattr(params.diffusion, key)}
+            process_config = make_process_config(d, params.schedule, None)
+        self.diffusion = build_process(process_config).to(device)
         self.optimizer = _adamw(self.model, tp.lr, tp.weight_decay, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.grad_scaler)
         self.forward = self._forward_module()
@@ -89,6 +91,8 @@ class Trainer:
         gradient norm before clipping, as tensors (no device sync here)."""
         rt = self.runtime
         x0 = to_model_input(images, rt.device, rt.channels_last)
+        if self.diffusion.data_space is not None:  # standardised data (diffusion.standardize)
+            x0 = self.diffusion.data_space.encode(x0)
         t, noise = self._draw_t_and_noise(x0, step)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)

@@ -31,11 +31,12 @@ from typing import Any
 
 import torch
 
-from canopy import distributed, weights
+from canopy import distributed, tiles, weights
 from canopy.distributed import Dist
 from canopy.errors import UserError
 from canopy.fsutil import output_lock, remove_stale_temp_files
 from canopy.hashing import sha256_json
+from canopy.model.process import process_config
 from canopy.params import CanopyParams
 from canopy.signals import handling_stop_signals
 from canopy.train import checkpoint
@@ -69,9 +70,17 @@ def resume_params(params: CanopyParams) -> dict[str, Any]:
         "seed": dumped["seed"],
         "schedule": dumped["schedule"],
         "model": params.model.unet_kwargs(),  # the weights' own record of the shape
-        "diffusion": dumped["diffusion"],
-        "train": {key: dumped["train"][key] for key in RESUME_TRAIN_KEYS},
+        "diffusion": params.diffusion.config(),
+        "train": {key: _as_before(key, dumped["train"][key]) for key in RESUME_TRAIN_KEYS},
     }
+
+
+def _as_before(key: str, value: Any) -> Any:
+    """train.augment as the boolean it was before it named its symmetries (all = true,
+    none = false), so that the checkpoints of earlier runs still resume."""
+    if key == "augment" and value in ("all", "none"):
+        return value == "all"
+    return value
 
 
 class StopSignals:
@@ -155,7 +164,12 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
     if params.model.channels != 3:
         raise UserError(f"model.channels is {params.model.channels} but tiles are RGB: set it to 3")
 
-    trainer = Trainer(params, runtime, dist)
+    try:
+        process = process_config(params.diffusion.config(), params.schedule,
+                                 tiles.train_stats(manifest, data_dir))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    trainer = Trainer(params, runtime, dist, process)
     expect = {"resume_params": resume_params(params), "data_hash": data_hash(data_dir, shards, manifest)}
     expect["params_hash"] = sha256_json(expect["resume_params"])
     state_root = out / "state"
@@ -169,7 +183,7 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
     info = {k: expect[k] for k in ("params_hash", "data_hash", "resume_params")}
     if dist.enabled:  # not in the params hash: another world size may resume this state
         info["world_size"] = dist.world
-    config = _export_config(params, index.tile_size, expect)
+    config = _export_config(params, index.tile_size, expect, process)
 
     live = _open_live(out / "live", start) if dist.is_main else _NoLive()
     stream = BatchStream(index, tp.batch_size, params.seed, tp.augment, start=start,
@@ -305,11 +319,13 @@ def _export_is_current(path: Path, config: dict[str, Any]) -> bool:
     return found == json.loads(json.dumps(config))  # as stored: tuples come back as lists
 
 
-def _export_config(params: CanopyParams, tile_size: int, expect: dict) -> dict[str, Any]:
+def _export_config(params: CanopyParams, tile_size: int, expect: dict,
+                   process: dict[str, Any]) -> dict[str, Any]:
+    """What rebuilds the network and its process (model/process.py build): `process` holds
+    the diffusion section (sigma_data resolved), the schedule and any data stats."""
     return {
         "model": params.model.unet_kwargs(),
-        "diffusion": params.diffusion.model_dump(mode="json"),
-        "schedule": params.schedule,
+        **process,
         "seed": params.seed,
         "tile_size": tile_size,
         "params_hash": expect["params_hash"],

@@ -65,6 +65,52 @@ class DiffusionParams(StrictModel):
     timestep_sampling: Literal["uniform", "lognormal"] = "uniform"
     lognormal_mean: float = Field(-1.2, ge=-10.0, le=10.0)
     lognormal_std: float = Field(1.2, gt=0.0, le=10.0)
+    # The noise process (model/process.py): vp, the discrete process above (timesteps,
+    # schedule, objective); edm, EDM's continuous one with its preconditioning, trained on
+    # ln sigma ~ N(lognormal_mean, lognormal_std^2) drawn continuously, sampled at karras
+    # spacing (sample.spacing: karras).
+    process: Literal["vp", "edm"] = "vp"
+    # Standardise the data per channel with the train tiles' mean and std (etl writes them in
+    # the tiles manifest): unit variance, as v-prediction and EDM with sigma_data = 1 assume.
+    standardize: bool = False
+    # edm: the data's std in the preconditioning. auto: 1 with standardize, else the rms of
+    # the manifest's per-channel stds, else 0.5 (EDM's for images in [-1, 1]).
+    sigma_data: float | Literal["auto"] = "auto"
+    sigma_min: float = Field(0.002, gt=0.0, le=10.0)  # edm: the lowest noise level sampled
+    sigma_max: float = Field(80.0, gt=0.0, le=10_000.0)  # edm: the highest, where sampling starts
+
+    @field_validator("sigma_data")
+    @classmethod
+    def _positive_sigma_data(cls, value: float | str) -> float | str:
+        if value != "auto" and not 0 < value <= 100:
+            raise ValueError(f"sigma_data must be 'auto' or in (0, 100], got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _process_fits(self) -> DiffusionParams:
+        if self.process == "edm":
+            if not self.sigma_min < self.sigma_max:
+                raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max "
+                                 f"({self.sigma_max})")
+            if self.timestep_sampling != "lognormal" or self.loss != "l2" or self.min_snr_gamma:
+                raise ValueError("process edm trains with timestep_sampling lognormal, loss l2 and "
+                                 "no min_snr_gamma (its own loss weighting)")
+        return self
+
+    def config(self) -> dict[str, Any]:
+        """The section as checkpoints and exports record it: the keys added with the
+        processes (ADDED_KEYS) are left out at their defaults, so the checkpoints of earlier
+        runs still resume and their settings give the same export."""
+        dumped = self.model_dump(mode="json")
+        for key in ADDED_KEYS:
+            if dumped[key] == type(self).model_fields[key].default:
+                del dumped[key]
+        return dumped
+
+
+# The diffusion keys newer than the first exports: absent from their configs, where the
+# defaults hold (canopy/weights.py fills them on read).
+ADDED_KEYS = ("process", "standardize", "sigma_data", "sigma_min", "sigma_max")
 
 
 class TrainParams(StrictModel):
@@ -74,7 +120,12 @@ class TrainParams(StrictModel):
     warmup_steps: int = Field(100, ge=0)  # linear lr warm-up from 0; constant afterwards
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)  # AdamW decoupled weight decay
     grad_clip: float = Field(1.0, gt=0.0)  # max global grad norm
-    augment: bool = True  # random flips and 90-degree rotations (no up or north in tiles)
+    # Which symmetries of the square training tiles are drawn under (README "Augmentation"):
+    # none; transpose (the identity or the flip about the main diagonal, which keeps a light
+    # from the upper left where it is); all (the 8 flips and quarter turns, for imagery
+    # without a light direction). The booleans of earlier params still work: true = all,
+    # false = none, with the same batches as before.
+    augment: Literal["none", "transpose", "all"] = "transpose"
     # EMA of the weights (fp32), what `canopy sample` uses. The EMA copies the weights for the
     # first ema_warmup_steps steps, then averages with decay min(ema_decay, (1+n)/(10+n)), n
     # counting updates since then; updates run every ema_every steps with the decay raised to
@@ -103,6 +154,13 @@ class TrainParams(StrictModel):
     # shard's size and tile count, instant) or sha256 (also its hash: reads every shard once,
     # catching a changed byte that keeps the size). Not a resume key: it changes no weight.
     verify_shards: Literal["size", "sha256"] = "size"
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "all" if value else "none"
+        return value
 
     @field_validator("num_workers")
     @classmethod

@@ -24,9 +24,12 @@ def sample_grid(
 ) -> np.ndarray:
     """(H, W, 3) uint8 grid of n images, drawn by the loop of `canopy sample`. The starting
     noise is the same at every preview, so successive grids show the same samples sharpening."""
-    scheduler = DDIMScheduler(diffusion, min(steps, diffusion.timesteps), eta=0.0,
-                              spacing="quadratic")  # as `canopy sample` by default
+    if diffusion.continuous:  # the process's own spacing; the network wrapped in its denoiser
+        scheduler = DDIMScheduler(diffusion, steps, eta=0.0, spacing="karras")
+    else:
+        scheduler = DDIMScheduler(diffusion, min(steps, diffusion.timesteps), eta=0.0,
+                                  spacing="quadratic")  # as `canopy sample` by default
     seeds = [torch_seed(seed, Stream.PREVIEW_NOISE, i) for i in range(n)]
-    images = sample_images(net, scheduler, seeds, (net.channels, size, size), runtime.device,
-                           runtime.amp_dtype, runtime.channels_last)
+    images = sample_images(diffusion.denoiser(net), scheduler, seeds, (net.channels, size, size),
+                           runtime.device, runtime.amp_dtype, runtime.channels_last)
     return contact_sheet(images.numpy())

@@ -199,3 +199,20 @@ def test_reads_are_windowed(tmp_path, monkeypatch):
     result = run_etl(local_params(str(path)), tmp_path / "out", progress=False)
     assert result.filters.candidates == 32
     assert max(h for h, _ in shapes) == 16 and max(w for _, w in shapes) <= 40
+
+
+def test_the_manifest_holds_the_train_tiles_channel_stats(tmp_path):
+    """train_stats: the per-channel mean and std of exactly the train tiles (val left out),
+    in the network's [-1, 1] units, as train reads them back."""
+    from canopy import tiles
+
+    path = write_raster(tmp_path / "h.tif", forest_rgb(64, 64))
+    out = tmp_path / "out"
+    run_etl(local_params(str(path), val_fraction=0.25, shard_size=3), out, progress=False)
+    manifest = tiles.read_manifest(out, "x")
+    train = np.stack(list(tiles.read_tiles(tiles.list_tiles(out, "train"), 16)))
+    values = train.reshape(-1, 3).astype(np.float64) / 127.5 - 1
+    stats = tiles.train_stats(manifest, out)
+    assert manifest["counts"]["val"] > 0
+    assert np.allclose(stats["mean"], values.mean(axis=0), atol=1e-6)
+    assert np.allclose(stats["std"], values.std(axis=0), atol=1e-6)

@@ -11,19 +11,47 @@ import pytest
 import torch
 
 from canopy.model.diffusion import GaussianDiffusion, make_betas
+from canopy.model.process import EDMProcess
 from canopy.model.registry import SCHEDULERS, make_scheduler
 from canopy.model.scheduler import Scheduler
 from canopy.model.spacing import SPACINGS
 from canopy.sample.params import SampleParams
 
 TIMESTEPS = 20
+SIGMA_MAX = 80.0
+CONTINUOUS_ONLY = ("heun",)
+# (name, eta, spacing): the discrete process's spacings, and karras for the continuous one
 SETTINGS = [(name, eta, spacing) for name in SCHEDULERS for eta in (0.0, 1.0)
-            for spacing in SPACINGS if not (SCHEDULERS[name].fixed_eta == 0 and eta != 0)]
+            for spacing in (*SPACINGS, "karras")
+            if not (SCHEDULERS[name].fixed_eta == 0 and eta != 0)
+            and not (name in CONTINUOUS_ONLY and spacing != "karras")]
 
 
 def build(name: str, eta: float = 0.0, spacing: str = "quadratic") -> Scheduler:
-    diffusion = GaussianDiffusion(make_betas("linear", TIMESTEPS))
+    if spacing == "karras":
+        diffusion = EDMProcess(sigma_data=0.5, sigma_max=SIGMA_MAX)
+    else:
+        diffusion = GaussianDiffusion(make_betas("linear", TIMESTEPS))
     return make_scheduler(name, diffusion, steps=5, eta=eta, spacing=spacing)
+
+
+def test_a_continuous_only_sampler_refuses_the_discrete_process():
+    with pytest.raises(ValueError, match="continuous process"):
+        make_scheduler("heun", GaussianDiffusion(make_betas("linear", TIMESTEPS)), steps=5,
+                       eta=0.0, spacing="quadratic")
+
+
+@pytest.mark.parametrize("name", [n for n in SCHEDULERS if n not in CONTINUOUS_ONLY])
+def test_a_continuous_process_steps_at_karras_spacing(name):
+    with pytest.raises(ValueError, match="set sample.spacing to karras"):
+        make_scheduler(name, EDMProcess(), steps=5, eta=0.0, spacing="quadratic")
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp2m"])
+def test_the_discrete_process_refuses_karras_spacing(name):
+    with pytest.raises(ValueError, match="unknown timestep spacing 'karras'"):
+        make_scheduler(name, GaussianDiffusion(make_betas("linear", TIMESTEPS)), steps=5,
+                       eta=0.0, spacing="karras")
 
 
 def test_the_sampler_param_accepts_exactly_the_registered_names():
@@ -40,7 +68,7 @@ def test_the_registry_and_the_params_do_not_import_torch():
 
 
 def test_an_unknown_name_lists_the_registered_ones():
-    with pytest.raises(ValueError, match="use one of ddpm, ddim, dpmpp2m"):
+    with pytest.raises(ValueError, match="use one of ddpm, ddim, dpmpp2m, heun"):
         build("euler")
 
 
@@ -55,10 +83,17 @@ def test_steps_descend_from_the_noisiest_timestep_to_the_clean_image(name, eta, 
     scheduler = build(name, eta, spacing)
     assert isinstance(scheduler, Scheduler)
     ts = scheduler.timesteps
-    assert ts[0] == TIMESTEPS - 1 and all(a > b >= 0 for a, b in zip(ts, ts[1:]))
+    noisiest = SIGMA_MAX if spacing == "karras" else TIMESTEPS - 1
+    assert ts[0] == noisiest
+    if name == "heun":  # each level after the first twice: the Euler step, its correction
+        levels = ts[::2]
+        assert ts[1::2] == levels[1:] and all(a > b > 0 for a, b in zip(levels, levels[1:]))
+    else:
+        assert all(a > b >= 0 for a, b in zip(ts, ts[1:]))
     pairs = scheduler.pairs()
     assert [t for t, _ in pairs] == ts
-    assert [t_prev for _, t_prev in pairs] == [*ts[1:], -1]
+    assert [t_prev for _, t_prev in pairs] == [*ts[1:], scheduler.final_time]
+    assert scheduler.final_time == (0.0 if spacing == "karras" else -1)
 
 
 @pytest.mark.parametrize("name, eta, spacing", SETTINGS)
@@ -67,6 +102,7 @@ def test_eta_and_spacing_are_what_the_registry_and_settings_say(name, eta, spaci
     fixed = SCHEDULERS[name].fixed_eta
     assert scheduler.eta == (eta if fixed is None else fixed)
     assert scheduler.spacing in (spacing, "all")
+    assert scheduler.init_noise_sigma == (SIGMA_MAX if spacing == "karras" else 1.0)
     if scheduler.spacing == "all":
         assert scheduler.timesteps == list(range(TIMESTEPS - 1, -1, -1))
 
@@ -83,6 +119,8 @@ def test_a_step_takes_noise_exactly_where_it_needs_it(name, eta, spacing):
     assert not scheduler.needs_noise(*pairs[-1])
     assert any(scheduler.needs_noise(*p) for p in pairs) == (scheduler.eta > 0)
     for t, t_prev in pairs:
+        if t == t_prev:
+            continue  # heun's correction needs the Euler step before it
         scheduler.reset()  # each step on its own: a first step
         with_noise = scheduler.step(out, t, t_prev, x, noise)
         scheduler.reset()

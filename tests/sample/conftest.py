@@ -17,18 +17,21 @@ MODEL = {"dim": 8, "init_dim": None, "dim_mults": [1, 2], "channels": 3, "convne
 DIFFUSION = {"timesteps": 20, "objective": "eps", "loss": "l2", "min_snr_gamma": None}
 
 
-def write_checkpoint(models: Path, model: dict = MODEL, tile_size: int = 16, seed: int = 0) -> Path:
+def write_checkpoint(models: Path, model: dict = MODEL, tile_size: int = 16, seed: int = 0,
+                     diffusion: dict = DIFFUSION, data_stats: dict | None = None) -> Path:
     torch.manual_seed(seed)
     net = Unet(**model)
-    config = {"model": model, "diffusion": DIFFUSION, "schedule": "linear", "seed": 0,
+    config = {"model": model, "diffusion": diffusion, "schedule": "linear", "seed": 0,
               "tile_size": tile_size, "step": 7, "params_hash": "x", "data_hash": "y"}
+    if data_stats is not None:
+        config["data_stats"] = data_stats
     path = models / weights.EXPORT_FILE
     weights.write_export(path, net.state_dict(), config)
     return path
 
 
-def write_params(folder: Path, **sample) -> Path:
-    params = {"seed": 3, "schedule": "linear", "model": MODEL, "diffusion": DIFFUSION,
+def write_params(folder: Path, diffusion: dict = DIFFUSION, **sample) -> Path:
+    params = {"seed": 3, "schedule": "linear", "model": MODEL, "diffusion": diffusion,
               "etl": {"tile_size": 16, "stride": 16},
               "paths": {"models": str(folder / "models"), "samples": str(folder / "samples")},
               "sample": {"n": 6, "batch_size": 4, "steps": 5, "device": "cpu", **sample}}

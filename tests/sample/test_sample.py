@@ -151,8 +151,8 @@ BAD = {
     "other model shape": (other_shape, [], "weights of another model shape"),
     "n <= 0": (None, ["--n", "0"], "sample.n"),
     "steps > timesteps": (None, ["--steps", "50"], "exceeds"),
-    "unknown sampler": (None, ["--sampler", "euler"], "'ddpm', 'ddim' or 'dpmpp2m' (got 'euler')"),
-    "unknown spacing": (None, ["--spacing", "leading"], "'quadratic' or 'trailing' (got 'leading')"),
+    "unknown sampler": (None, ["--sampler", "euler"], "'ddpm', 'ddim', 'dpmpp2m' or 'heun' (got 'euler')"),
+    "unknown spacing": (None, ["--spacing", "leading"], "'quadratic', 'trailing' or 'karras' (got 'leading')"),
     "eta with dpmpp2m": (None, ["--sampler", "dpmpp2m", "--eta", "0.5"],
                          "sample.eta (0.5) must be 0 with sample.sampler dpmpp2m"),
     "params changed since training": (
@@ -192,3 +192,31 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_old_samples_are_kept(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"canopy sample: error: {workspace} is full")
     assert images(workspace / "samples") == before
+
+
+def _edm_workspace(tmp_path, **sample):
+    """A tiny export of the continuous process on standardised data, and its params."""
+    from tests.sample.conftest import DIFFUSION
+
+    diffusion = {**DIFFUSION, "process": "edm", "standardize": True, "sigma_data": 1.0,
+                 "timestep_sampling": "lognormal"}
+    stats = {"mean": [-0.4, -0.3, -0.6], "std": [0.3, 0.25, 0.2]}
+    write_checkpoint(tmp_path / "models", diffusion=diffusion, data_stats=stats)
+    write_params(tmp_path, diffusion=diffusion, spacing="karras", **sample)
+    return tmp_path
+
+
+@pytest.mark.parametrize("sampler, eta", [("heun", 0.0), ("dpmpp2m", 0.0), ("ddim", 1.0),
+                                          ("ddpm", 0.0)])
+def test_the_continuous_process_samples_reproducibly_whatever_the_batch(tmp_path, sampler, eta):
+    workspace = _edm_workspace(tmp_path, sampler=sampler, eta=eta, precision="fp32")
+    runs = {}
+    for n, batch in [(4, 3), (4, 1), (4, 3)]:
+        out = workspace / f"s-{len(runs)}-{n}-{batch}"
+        result = sample(workspace, "--n", str(n), "--batch-size", str(batch), "--samples", str(out))
+        assert result.exit_code == 0, result.output
+        runs[(len(runs), batch)] = images(out)
+    first, one_by_one, again = runs.values()
+    assert first == one_by_one == again and len(set(first.values())) == 4
+    manifest = json.loads((workspace / "s-0-4-3" / "manifest.json").read_text())
+    assert manifest["timestep_spacing"] == "karras" and manifest["sampler"] == sampler

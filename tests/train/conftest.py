@@ -26,13 +26,14 @@ def tile_image(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def write_tiles(
-    root: Path, n_train: int = 12, n_val: int = 4, size: int = 16, shard_size: int = 5, seed: int = 0
+    root: Path, n_train: int = 12, n_val: int = 4, size: int = 16, shard_size: int = 5, seed: int = 0,
+    stats: bool = True,
 ) -> Path:
     """data/tiles/ with manifest.json and train/val tar shards of `<key>.png` + `<key>.json`."""
     rng = np.random.default_rng(seed)
     train = np.stack([tile_image(rng, size) for _ in range(n_train)])
     val = np.stack([tile_image(rng, size) for _ in range(n_val)]) if n_val else train[:0]
-    return shared_write_tiles(root, train, val, shard_size)
+    return shared_write_tiles(root, train, val, shard_size, stats=stats)
 
 
 @pytest.fixture
@@ -40,14 +41,16 @@ def tiles(tmp_path: Path) -> Path:
     return write_tiles(tmp_path / "tiles")
 
 
-def tiny_params(tiles: Path, out: Path, **train: Any) -> CanopyParams:
+def tiny_params(tiles: Path, out: Path, diffusion: dict | None = None, sample: dict | None = None,
+                **train: Any) -> CanopyParams:
     """A network of about 20 k parameters on 16 px tiles: CPU steps of a few ms."""
     raw = {
         "seed": 0,
         "schedule": "linear",
         "etl": {"tile_size": 16, "stride": 16},
         "model": {"dim": 8, "dim_mults": [1, 2]},
-        "diffusion": {"timesteps": 100},
+        "diffusion": {"timesteps": 100, **(diffusion or {})},
+        **({"sample": sample} if sample else {}),
         "train": {
             "steps": 8, "batch_size": 4, "lr": 1e-3, "warmup_steps": 2, "ema_warmup_steps": 2,
             "checkpoint_every": 4, "log_every": 2, "sample_every": 4, "preview_images": 4,

@@ -100,3 +100,51 @@ def test_a_bad_tile_surfaces_as_an_error_item(tmp_path):
         decode_tile(gray, 16, "x")
     with pytest.raises(UserError, match="not a readable PNG"):
         decode_tile(b"nope", 16, "x")
+
+
+def test_augment_booleans_give_the_batches_of_before(tiles):
+    """true/false still draw exactly the batches they drew when augment was a boolean: all 8
+    symmetries from integers(0, 8) of the augment stream, or none."""
+    from canopy.seeding import Stream, numpy_rng
+
+    index = _index(tiles)
+    for old, new in ((True, "all"), (False, "none")):
+        a = BatchStream(index, batch_size=5, seed=3, augment=old).batch(2)
+        b = BatchStream(index, batch_size=5, seed=3, augment=new).batch(2)
+        assert torch.equal(a, b)
+    stream = BatchStream(index, batch_size=5, seed=3, augment="all")
+    ks = numpy_rng(3, Stream.TRAIN_AUGMENT, 2).integers(0, 8, 5)
+    raw = [dihedral(data.tiles.read_tile(index.locations[i], 16), int(k))
+           for i, k in zip(stream.tile_ids(2), ks)]
+    assert torch.equal(stream.batch(2), torch.from_numpy(np.stack(raw)).permute(0, 3, 1, 2))
+
+
+def test_transpose_augment_keeps_the_light_side(tiles):
+    """transpose draws only the identity and the transpose (k = 7), both over a batch."""
+    index = _index(tiles)
+    stream = BatchStream(index, batch_size=12, seed=0, augment="transpose")
+    plain = BatchStream(index, batch_size=12, seed=0, augment="none").batch(0)
+    got = stream.batch(0)
+    same = [torch.equal(got[j], plain[j]) for j in range(12)]
+    transposed = [torch.equal(got[j], plain[j].transpose(1, 2)) for j in range(12)]
+    assert all(s or t for s, t in zip(same, transposed))
+    assert any(t and not s for s, t in zip(same, transposed)) and any(same)
+    t = np.arange(5 * 5 * 3).reshape(5, 5, 3)
+    assert np.array_equal(dihedral(t, data.TRANSPOSE), t.transpose(1, 0, 2))
+
+
+def test_unknown_augment_is_refused(tiles):
+    with pytest.raises(ValueError, match="unknown augment"):
+        BatchStream(_index(tiles), batch_size=4, seed=0, augment="rotate")
+
+
+@pytest.mark.parametrize("augment, stored",
+                         [("all", True), ("none", False), ("transpose", "transpose")])
+def test_augment_keeps_the_resume_key_of_earlier_checkpoints(augment, stored):
+    """A checkpoint of augment: true still resumes under augment: all (the params hash holds
+    the boolean it held before)."""
+    from canopy.params import parse_params
+    from canopy.train.loop import resume_params
+
+    params = parse_params({"train": {"augment": augment}})
+    assert resume_params(params)["train"]["augment"] == stored

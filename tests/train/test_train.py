@@ -270,3 +270,56 @@ def test_verify_sha256_stops_train_on_a_changed_byte_the_size_checks_miss(tiles,
     assert line.startswith(f"canopy train: error: shard {location.shard} has sha256 ")
     assert line.endswith("re-run `canopy etl`")
     assert not models.exists()
+
+
+EDM = {"process": "edm", "standardize": True, "timestep_sampling": "lognormal"}
+
+
+@pytest.mark.parametrize("diffusion", [{"standardize": True}, EDM], ids=["vp-std", "edm-std"])
+def test_resume_is_exact_for_the_new_processes(tiles, tmp_path, diffusion):
+    straight = tiny_params(tiles, tmp_path / "straight", diffusion, {"spacing": "karras"}
+                           if "process" in diffusion else None, steps=6, checkpoint_every=3)
+    train(straight, quiet=True)
+    resumed = tiny_params(tiles, tmp_path / "resumed", diffusion, {"spacing": "karras"}
+                          if "process" in diffusion else None, steps=6, checkpoint_every=3)
+    train(resumed.model_copy(update={"train": resumed.train.model_copy(update={"steps": 3})}),
+          quiet=True)
+    assert train(resumed, quiet=True).start == 3
+    _assert_same_state(_state(tmp_path / "straight"), _state(tmp_path / "resumed"))
+
+
+def test_standardised_export_carries_the_stats_and_process(tiles, tmp_path):
+    from canopy import tiles as tiles_io
+    from canopy.model.process import EDMProcess, build
+
+    out = tmp_path / "models"
+    train(tiny_params(tiles, out, EDM, {"spacing": "karras"}, steps=2), quiet=True)
+    _, config = read_export(out / EXPORT_FILE)
+    stats = tiles_io.train_stats(tiles_io.read_manifest(tiles, "x"), tiles)
+    assert config["data_stats"] == stats
+    assert config["diffusion"]["process"] == "edm" and config["diffusion"]["sigma_data"] == 1.0
+    net, process = build(config)
+    assert isinstance(process, EDMProcess) and process.data_space is not None
+    assert torch.allclose(process.data_space.mean.flatten(), torch.tensor(stats["mean"]))
+
+
+def test_the_vp_export_of_default_params_records_no_new_keys(tiles, tmp_path):
+    """Params without the new keys export the config they exported before (and resume the
+    states of before: the params hash is made of the same section)."""
+    out = tmp_path / "models"
+    train(tiny_params(tiles, out, steps=1), quiet=True)
+    _, config = read_export(out / EXPORT_FILE)
+    assert "data_stats" not in config
+    assert not {"process", "standardize", "sigma_data", "sigma_min", "sigma_max"} & set(
+        config["diffusion"])
+
+
+def test_standardize_without_stats_in_the_manifest_is_one_clear_error(tmp_path):
+    from .conftest import write_tiles
+
+    old = write_tiles(tmp_path / "tiles", stats=False)
+    with pytest.raises(UserError, match="standardize needs the train tiles' mean and std.*"
+                                        "re-run `canopy etl`"):
+        train(tiny_params(old, tmp_path / "models", {"standardize": True}, steps=1), quiet=True)
+    # without standardize an old manifest trains as before
+    assert train(tiny_params(old, tmp_path / "models2", steps=1), quiet=True).step == 1

@@ -1,0 +1,288 @@
+"""Noise processes beside the discrete one of model/diffusion.py, the data space the network
+works in, and the one builder of network + process from a config (train, sample, bench).
+
+A noise process turns clean data x_0 into
+
+    x_t = alpha(t) x_0 + sigma(t) eps,   eps ~ N(0, I)
+
+and says what the network predicts. Two are here:
+
+  vp   the discrete variance-preserving process of DDPM (model/diffusion.py GaussianDiffusion):
+       integer t in 0 .. T-1, alpha = sqrt(alpha_bar_t), sigma = sqrt(1 - alpha_bar_t), the
+       network given t and predicting eps or v. Today's exports are this process.
+  edm  the continuous process of EDM (Karras et al. 2022, "Elucidating the Design Space of
+       Diffusion-Based Generative Models"): alpha(t) = 1, sigma(t) = t, over any real
+       t = sigma > 0, with EDM's preconditioning (table 1, NVlabs/edm training/networks.py
+       EDMPrecond): the denoiser
+
+           D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x; c_noise(sigma))
+           c_skip = sigma_data^2 / (sigma^2 + sigma_data^2)
+           c_out  = sigma sigma_data / sqrt(sigma^2 + sigma_data^2)
+           c_in   = 1 / sqrt(sigma^2 + sigma_data^2)
+           c_noise = ln(sigma) / 4   (x 1000 here: the U-Net's sinusoidal time embedding was
+                                      made for timesteps 0 .. 999, see EDM_NOISE_SCALE)
+
+       trained on ln(sigma) ~ N(P_mean, P_std^2) drawn continuously, with the loss weight
+       lambda(sigma) = 1 / c_out^2 (EDMLoss), i.e. the plain squared error of F against its
+       effective target (x_0 - c_skip x) / c_out: unit-variance inputs and targets at every
+       noise level when the data has std sigma_data. v-prediction under the VP process is the
+       same preconditioning with sigma_data = 1 (Karras et al. 2022, appendix B.6).
+
+The samplers (model/ddim.py, ddpm.py, dpmsolver.py, heun.py) ask a continuous process for
+alpha(t) and sigma(t); under it the network they call is the denoiser D (x_0 estimates).
+
+Data space (issue 20, item 2): with `diffusion.standardize`, images in [-1, 1] are
+standardised per channel with the train tiles' mean and std (etl writes them in the tiles
+manifest) before noise is added, so the data has unit variance, as the VP process's
+v-prediction and EDM with sigma_data = 1 assume. The export carries the statistics; sampling
+maps x_0 back with them (DataSpace.decode) and clips x_0 estimates to the image of [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from canopy.model.diffusion import GaussianDiffusion, make_betas
+
+PROCESSES = ("vp", "edm")
+# c_noise = EDM_NOISE_SCALE * ln(sigma) / 4: EDM's c_noise in the range of timesteps that the
+# U-Net's sinusoidal embedding resolves (sigma 0.002 .. 80 -> about -1550 .. 1100).
+EDM_NOISE_SCALE = 1000.0
+
+
+class DataSpace(nn.Module):
+    """Per-channel standardisation of images in [-1, 1]: encode x -> (x - mean) / std, decode
+    back. `lo`, `hi` bound the image of [-1, 1], where x_0 estimates are clipped."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"data stats need one mean and one positive std per channel, got "
+                             f"mean {list(mean)}, std {list(std)}")
+        m = torch.tensor(mean, dtype=torch.float64).reshape(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float64).reshape(1, -1, 1, 1)
+        for name, value in {"mean": m, "std": s, "lo": (-1 - m) / s, "hi": (1 - m) / s}.items():
+            self.register_buffer(name, value.float(), persistent=False)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+    def clip(self, x0: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(torch.minimum(x0, self.hi), self.lo)
+
+
+def data_space_from(stats: Mapping[str, Any] | None) -> DataSpace | None:
+    """The DataSpace of the stats an export or manifest carries ({"mean": [...], "std": [...]}),
+    None without them (images as they are, in [-1, 1])."""
+    if stats is None:
+        return None
+    return DataSpace([float(v) for v in stats["mean"]], [float(v) for v in stats["std"]])
+
+
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> list[float]:
+    """EDM's noise levels for `steps` network calls (Karras et al. 2022, eq. 5), descending:
+
+        sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho
+
+    rho = 7 spends the steps where the error is largest, at low noise. Python floats (float64).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps == 1:
+        return [sigma_max]
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return [(hi + i / (steps - 1) * (lo - hi)) ** rho for i in range(steps)]
+
+
+class EDMProcess(nn.Module):
+    """EDM's continuous process and preconditioning (module docstring): t is sigma itself."""
+
+    continuous = True
+    timesteps = None  # no integer timesteps: samplers take noise levels from sampling_times()
+
+    def __init__(
+        self,
+        sigma_data: float = 0.5,
+        lognormal_mean: float = -1.2,
+        lognormal_std: float = 1.2,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        data_space: DataSpace | None = None,
+    ) -> None:
+        super().__init__()
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        if lognormal_std <= 0:
+            raise ValueError(f"lognormal_std must be positive, got {lognormal_std}")
+        self.sigma_data = float(sigma_data)
+        self.lognormal_mean = lognormal_mean
+        self.lognormal_std = lognormal_std
+        self.sigma_min = sigma_min
+        self.sigma_max = sigma_max
+        self.data_space = data_space
+
+    # --- the process: x_t = alpha(t) x_0 + sigma(t) eps ---------------------------------
+    def alpha(self, t: float | torch.Tensor) -> float | torch.Tensor:
+        return t * 0 + 1 if isinstance(t, torch.Tensor) else 1.0
+
+    def sigma(self, t: float | torch.Tensor) -> float | torch.Tensor:
+        return t
+
+    def sampling_times(self, steps: int) -> list[float]:
+        """The noise levels a `steps`-step sampler visits, descending (Karras spacing)."""
+        return karras_sigmas(steps, self.sigma_min, self.sigma_max)
+
+    # --- preconditioning ------------------------------------------------------------------
+    def coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(c_skip, c_out, c_in, c_noise) at `sigma` (any shape), float32 from float64."""
+        s = sigma.double()
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (s**2 + sd2)
+        c_out = s * self.sigma_data / (s**2 + sd2).sqrt()
+        c_in = 1 / (s**2 + sd2).sqrt()
+        c_noise = EDM_NOISE_SCALE * s.log() / 4
+        return tuple(c.float() for c in (c_skip, c_out, c_in, c_noise))
+
+    def denoise(self, net: nn.Module, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """D(x; sigma): the network's estimate of x_0. `sigma` is one level per image (B,) or
+        one for the whole batch ((), (1,)), which the network embeds once and broadcasts."""
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigma.reshape(-1))
+        shape = (-1, 1, 1, 1)
+        f = net((c_in.reshape(shape) * x).to(x.dtype), c_noise).float()
+        return c_skip.reshape(shape) * x.float() + c_out.reshape(shape) * f
+
+    def denoiser(self, net: nn.Module) -> nn.Module:
+        """The network as the samplers call it: (x_t, t) -> x_0 estimate."""
+        return EDMDenoiser(net, self)
+
+    # --- training ---------------------------------------------------------------------------
+    def sample_timesteps(
+        self, batch: int, generator: torch.Generator | None = None, device=None
+    ) -> torch.Tensor:
+        """One noise level per image: ln(sigma) ~ N(P_mean, P_std^2), continuous (float32)."""
+        z = torch.randn(batch, generator=generator, device=device)
+        return (self.lognormal_mean + self.lognormal_std * z).exp()
+
+    def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+             ) -> torch.Tensor:
+        """EDMLoss: lambda(sigma) ||D(x_0 + sigma n) - x_0||^2 with lambda = 1 / c_out^2,
+        computed as ||F - (x_0 - c_skip x) / c_out||^2 (the same, better conditioned); the
+        mean over pixels, then over the batch."""
+        c_skip, c_out, c_in, c_noise = (c.reshape(-1, 1, 1, 1) for c in self.coefficients(t))
+        x = x0 + t.reshape(-1, 1, 1, 1).to(x0.dtype) * noise
+        prediction = model((c_in * x).to(x0.dtype), c_noise.reshape(-1)).float()
+        target = (x0.float() - c_skip * x.float()) / c_out
+        return F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3)).mean()
+
+    # --- what the samplers share with the discrete process ---------------------------------
+    def predict_x0_eps(self, x_t: torch.Tensor, t: float, model_output: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_0, eps) from the denoiser's output at (x_t, t): x_0 = D, eps = (x_t - alpha x_0)
+        / sigma."""
+        x0 = model_output.float()
+        return x0, (x_t - self.alpha(t) * x0) / self.sigma(t)
+
+    def clip_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        return x0.clamp(-1.0, 1.0) if self.data_space is None else self.data_space.clip(x0)
+
+    def to_image(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.data_space is None else self.data_space.decode(x)
+
+
+class EDMDenoiser(nn.Module):
+    """A network wrapped in a process's preconditioning: forward(x_t, t) = D(x_t; t)."""
+
+    def __init__(self, net: nn.Module, process: EDMProcess) -> None:
+        super().__init__()
+        self.net = net
+        self.process = process
+        self.channels = getattr(net, "channels", None)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.process.denoise(self.net, x, t)
+
+
+# --- the one builder ------------------------------------------------------------------------
+
+def build_network(model_config: Mapping[str, Any]) -> nn.Module:
+    from canopy.model.unet import Unet
+
+    return Unet(**model_config)
+
+
+# Every diffusion key with the default it takes where a config lacks it: the schema's
+# (train/params.py DiffusionParams; tests/model check the two agree). Exports written before a
+# key existed were trained with its default, so filling it on read rebuilds them as they were.
+DIFFUSION_DEFAULTS: dict[str, Any] = {
+    "timesteps": 1000, "objective": "eps", "loss": "l2", "min_snr_gamma": None,
+    "timestep_sampling": "uniform", "lognormal_mean": -1.2, "lognormal_std": 1.2,
+    "process": "vp", "standardize": False, "sigma_data": "auto", "sigma_min": 0.002,
+    "sigma_max": 80.0,
+}
+
+
+def process_config(diffusion: Mapping[str, Any], schedule: str,
+                   stats: Mapping[str, Any] | None) -> dict[str, Any]:
+    """{diffusion, schedule[, data_stats]} as train builds its process and the export records
+    it: `diffusion` (the params section, or part of it) with sigma_data resolved for a
+    continuous process, and the train tiles' stats where the data is standardised."""
+    d = dict(diffusion)
+    full = {**DIFFUSION_DEFAULTS, **d}
+    if full["standardize"] and stats is None:
+        raise ValueError("diffusion.standardize needs the train tiles' mean and std, which this "
+                         "tiles manifest lacks: re-run `canopy etl`")
+    if full["process"] != "vp":
+        d["sigma_data"] = resolve_sigma_data(full["sigma_data"], full["standardize"], stats)
+    config: dict[str, Any] = {"diffusion": d, "schedule": schedule}
+    if full["standardize"]:
+        config["data_stats"] = {"mean": list(stats["mean"]), "std": list(stats["std"])}
+    return config
+
+
+def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
+    """The noise process of an export's config ({diffusion, schedule[, data_stats]}) or of
+    train's (process_config): the keys a config lacks take DIFFUSION_DEFAULTS."""
+    d = {**DIFFUSION_DEFAULTS, **config["diffusion"]}
+    data_space = data_space_from(config.get("data_stats"))
+    process = d["process"]
+    if process == "vp":
+        diffusion = GaussianDiffusion(
+            make_betas(config["schedule"], int(d["timesteps"])), d["objective"], d["loss"],
+            d["min_snr_gamma"], d["timestep_sampling"], d["lognormal_mean"], d["lognormal_std"],
+        )
+        diffusion.data_space = data_space
+        return diffusion
+    if process == "edm":
+        sigma_data = resolve_sigma_data(d["sigma_data"], d["standardize"], config.get("data_stats"))
+        return EDMProcess(sigma_data, d["lognormal_mean"], d["lognormal_std"],
+                          d["sigma_min"], d["sigma_max"], data_space)
+    raise ValueError(f"unknown process {process!r}: use one of {', '.join(PROCESSES)}")
+
+
+def build(config: Mapping[str, Any]) -> tuple[nn.Module, GaussianDiffusion | EDMProcess]:
+    """(network, process) from an export's config: what train, sample and bench all build."""
+    return build_network(config["model"]), build_process(config)
+
+
+def resolve_sigma_data(sigma_data: float | str, standardize: bool,
+                       stats: Mapping[str, Any] | None) -> float:
+    """`diffusion.sigma_data: auto`: 1 for standardised data; else the root mean square of
+    the per-channel stds the tiles manifest records; else 0.5 (EDM's value for [-1, 1])."""
+    if sigma_data != "auto":
+        return float(sigma_data)
+    if standardize:
+        return 1.0
+    if stats is not None:
+        return math.sqrt(sum(float(s) ** 2 for s in stats["std"]) / len(stats["std"]))
+    return 0.5

@@ -1,0 +1,186 @@
+"""The continuous noise process (model/process.py): EDM's preconditioning, continuous noise
+levels, the samplers under it on a denoiser known in closed form, the data space, and the one
+builder's defaults."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from canopy.model.process import (
+    DIFFUSION_DEFAULTS,
+    DataSpace,
+    EDMProcess,
+    build_process,
+    karras_sigmas,
+    process_config,
+    resolve_sigma_data,
+)
+from canopy.model.registry import make_scheduler
+from canopy.model.sampling import sample_images
+
+
+def test_the_builder_defaults_are_the_schemas():
+    from canopy.train.params import DiffusionParams
+
+    schema = DiffusionParams().model_dump(mode="json")
+    assert DIFFUSION_DEFAULTS == schema
+
+
+def test_preconditioning_follows_edm_table_1():
+    p = EDMProcess(sigma_data=0.5)
+    sigma = torch.tensor([0.002, 0.5, 80.0])
+    c_skip, c_out, c_in, c_noise = p.coefficients(sigma)
+    s, sd = sigma.double(), 0.5
+    assert torch.allclose(c_skip.double(), sd**2 / (s**2 + sd**2))
+    assert torch.allclose(c_out.double(), s * sd / (s**2 + sd**2).sqrt())
+    assert torch.allclose(c_in.double(), 1 / (s**2 + sd**2).sqrt())
+    assert torch.allclose(c_noise.double(), 1000 * s.log() / 4)
+    # unit variance of the network's input for data of std sigma_data, at every level
+    assert torch.allclose((c_in.double() ** 2) * (sd**2 + s**2), torch.ones(3, dtype=torch.float64))
+
+
+def test_a_perfect_network_has_zero_loss_and_denoises_exactly():
+    """A network that outputs its effective target makes D = x_0 exactly: the loss and the
+    denoiser are two views of one preconditioning."""
+    p = EDMProcess(sigma_data=0.7)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    sigma = p.sample_timesteps(4, generator=g)
+
+    def oracle(x_in, c_noise):
+        c_skip, c_out, c_in, _ = (c.reshape(-1, 1, 1, 1) for c in p.coefficients(sigma))
+        x = x_in / c_in
+        return (x0 - c_skip * x) / c_out
+
+    assert p.loss(oracle, x0, sigma, noise).item() < 1e-9
+    assert torch.allclose(p.denoise(oracle, x0 + sigma.reshape(-1, 1, 1, 1) * noise, sigma), x0,
+                          atol=1e-4)
+
+
+def test_noise_levels_are_drawn_continuously_from_the_lognormal():
+    p = EDMProcess(lognormal_mean=-0.4, lognormal_std=1.1)
+    sigma = p.sample_timesteps(20000, generator=torch.Generator().manual_seed(1))
+    logs = sigma.log()
+    assert sigma.dtype == torch.float32 and len(torch.unique(sigma)) > 19990  # no snapping
+    assert abs(logs.mean().item() + 0.4) < 0.03 and abs(logs.std().item() - 1.1) < 0.03
+
+
+def test_karras_sigmas_run_from_max_to_min():
+    s = karras_sigmas(18, 0.002, 80.0)
+    assert s[0] == pytest.approx(80.0) and s[-1] == pytest.approx(0.002)
+    assert all(a > b for a, b in zip(s, s[1:]))
+
+
+class GaussianOracle(torch.nn.Module):
+    """The exact denoiser for data ~ N(0, sd^2 I): D(x; sigma) = sd^2 / (sd^2 + sigma^2) x."""
+
+    channels = 3
+
+    def __init__(self, sd: float) -> None:
+        super().__init__()
+        self.sd = sd
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sigma = t.reshape(-1, 1, 1, 1).double()
+        return (self.sd**2 / (self.sd**2 + sigma**2) * x.double()).float()
+
+
+def _final_std(name: str, steps: int, sd: float = 0.4, eta: float = 0.0) -> float:
+    process = EDMProcess(sigma_data=sd, sigma_min=0.002, sigma_max=80.0)
+    scheduler = make_scheduler(name, process, steps=steps, eta=eta, spacing="karras")
+    scheduler.clip = False  # Gaussian data is unbounded
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 8, 8, generator=g) * scheduler.init_noise_sigma
+    net = GaussianOracle(sd)
+    for t, t_prev in scheduler.pairs():
+        noise = torch.randn(x.shape, generator=g) if scheduler.needs_noise(t, t_prev) else None
+        x = scheduler.step(net(x, torch.tensor([t])), t, t_prev, x, noise)
+    return x.std().item()
+
+
+@pytest.mark.parametrize("name, steps, tol", [("heun", 50, 0.02), ("dpmpp2m", 100, 0.02),
+                                              ("ddim", 400, 0.02), ("ddpm", 400, 0.05)])
+def test_samplers_recover_the_data_std_with_an_exact_denoiser(name, steps, tol):
+    """From N(0, sigma_max^2) noise, the ODE (and the ancestral chain) with the exact
+    denoiser of N(0, sd^2) data ends at std sd."""
+    assert abs(_final_std(name, steps) / 0.4 - 1) < tol
+
+
+@pytest.mark.parametrize("levels", [1, 2, 6, 18])
+def test_heun_is_edms_algorithm(levels):
+    """The scheduler, through the sampling loop's pairs, gives what EDM's edm_sampler loop
+    (S_churn = 0) gives on the scalar ODE of Gaussian data, step for step."""
+    sd = 0.4
+    scheduler = make_scheduler("heun", EDMProcess(sigma_data=sd), steps=levels, eta=0.0,
+                               spacing="karras")
+    scheduler.clip = False
+    assert len(scheduler.timesteps) == 2 * levels - 1  # network calls
+    net = GaussianOracle(sd)
+    x = torch.full((1, 3, 1, 1), 80.0, dtype=torch.float64).float()
+    for t, t_prev in scheduler.pairs():
+        x = scheduler.step(net(x, torch.tensor([t])), t, t_prev, x)
+
+    ts = [*karras_sigmas(levels, 0.002, 80.0), 0.0]
+    ref = 80.0
+    for t, t_next in zip(ts, ts[1:]):  # NVlabs/edm generate.py edm_sampler
+        d = (ref - sd**2 / (sd**2 + t**2) * ref) / t
+        nxt = ref + (t_next - t) * d
+        if t_next > 0:
+            d2 = (nxt - sd**2 / (sd**2 + t_next**2) * nxt) / t_next
+            nxt = ref + (t_next - t) * (d + d2) / 2
+        ref = nxt
+    assert x.flatten()[0].item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_data_space_round_trip_and_clip_bounds():
+    space = DataSpace([-0.5, 0.1, 0.0], [0.25, 0.5, 1.0])
+    x = torch.rand(2, 3, 4, 4) * 2 - 1
+    assert torch.allclose(space.decode(space.encode(x)), x, atol=1e-6)
+    assert torch.allclose(space.decode(space.clip(torch.full((1, 3, 1, 1), 1e3))).flatten(),
+                          torch.ones(3))
+    assert torch.allclose(space.decode(space.clip(torch.full((1, 3, 1, 1), -1e3))).flatten(),
+                          -torch.ones(3))
+    with pytest.raises(ValueError, match="positive std"):
+        DataSpace([0.0], [0.0])
+
+
+def test_sampling_decodes_standardised_samples():
+    """sample_images maps the final x_0 back through the export's stats: a net whose x_0 is
+    the data space's image of a grey value comes back as that grey value."""
+    config = process_config({"process": "edm", "standardize": True}, "linear",
+                            {"mean": [-0.5, 0.0, 0.5], "std": [0.2, 0.3, 0.4]})
+    process = build_process(config)
+    target = process.data_space.encode(torch.full((1, 3, 4, 4), 0.2))
+
+    class Constant(torch.nn.Module):
+        channels = 3
+
+        def forward(self, x, t):
+            return target.expand_as(x)
+
+    scheduler = make_scheduler("ddim", process, steps=3, eta=0.0, spacing="karras")
+    images = sample_images(Constant(), scheduler, [0, 1], (3, 4, 4), torch.device("cpu"))
+    assert (images == round((0.2 + 1) * 127.5)).all()
+
+
+def test_sigma_data_auto():
+    stats = {"mean": [0, 0, 0], "std": [0.3, 0.4, 0.5]}
+    assert resolve_sigma_data("auto", True, stats) == 1.0
+    assert resolve_sigma_data("auto", False, stats) == pytest.approx(math.sqrt(0.5 / 3))
+    assert resolve_sigma_data("auto", False, None) == 0.5
+    assert resolve_sigma_data(0.25, True, stats) == 0.25
+
+
+def test_an_old_config_builds_todays_discrete_process():
+    """An export config of before the processes (no new keys) builds the VP process with the
+    settings it recorded and no data space."""
+    old = {"diffusion": {"timesteps": 50, "objective": "v", "loss": "l2", "min_snr_gamma": None,
+                         "timestep_sampling": "lognormal", "lognormal_mean": -0.5,
+                         "lognormal_std": 1.6}, "schedule": "cosine"}
+    process = build_process(old)
+    assert not process.continuous and process.data_space is None
+    assert process.timesteps == 50 and process.objective == "v"
+    assert process.lognormal_mean == -0.5
