@@ -86,7 +86,9 @@ def test_missing_and_malformed_files(tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_example_params_are_valid(path):
     params = load_params(path)
-    assert params.model.dim == 64 and params.model.dim_mults == [1, 2, 4, 8]
+    # Real runs: a network of at least the 64 px NEON recipe's size, 4 levels deep
+    assert params.model.dim >= 32 and params.model.dim_mults == [1, 2, 4, 8]
+    assert params.etl.source != "synthetic"
 
 
 @pytest.mark.parametrize("text, expected", [
