@@ -46,7 +46,7 @@ def main() -> None:
             ids = rng.choice(len(train), size=min(args.n, len(train)), replace=False)
             ks = draw(rng, len(ids))
             subset = np.stack([dihedral(train[i], int(k)) for i, k in zip(ids, ks)])
-            (per_level,) = swd_mod.swd([subset], val, seed=r)
+            (per_level,) = swd_mod.swd([subset], val, seed=r).per_level
             scores.append(swd_mod.mean_over_levels(per_level))
         print(f"{name:<10} SWD {np.mean(scores):6.1f} +- {np.std(scores, ddof=1):4.1f}  "
               f"({', '.join(f'{s:.1f}' for s in scores)})", flush=True)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from canopy.model.diffusion import GaussianDiffusion
 from canopy.model.ddim import continuous_step
+from canopy.model.diffusion import GaussianDiffusion
 from canopy.model.scheduler import Scheduler, continuous_times
 
 

@@ -25,7 +25,6 @@ from canopy.errors import UserError
 from canopy.hashing import sha256_file, sha256_json
 from canopy.seeding import Stream, numpy_rng
 
-
 # train.augment: which symmetries of the square a tile is drawn under; TRANSPOSE is the k of
 # dihedral() that flips about the main diagonal (keeps a light from the upper left).
 AUGMENTS = ("none", "transpose", "all")
