@@ -50,6 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when run by runpy
 import gpu_mfu  # noqa: E402  (also puts this checkout's packages on the path)
+from gpu_mfu import Device  # noqa: E402  (the device, its precision and peak, as gpu_mfu has them)
 
 from canopy import samples as samples_io
 from canopy import tiles
@@ -181,21 +182,6 @@ SMOKE_RECIPES = (
 # Training
 
 
-@dataclass
-class Device:
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    channels_last: bool
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-
 def loader_workers(wanted: int, log) -> int:
     """The DataLoader's workers hand batches over through /dev/shm: where it is small (as in
     some containers) they die with a bus error, so take fewer rather than lose the run."""
@@ -272,7 +258,7 @@ def train(recipe: Recipe, tiles_dir: Path, dev: Device, log) -> tuple[Trainer, d
     with torch.device("meta"):
         shape_net = type(trainer.model)(**params.model.unet_kwargs())
     flops = count_training_flops(shape_net, recipe.batch, index.tile_size)
-    peak = gpu_mfu.peak_tflops(dev.device, gpu_mfu.precision_of(dev.amp_dtype, False), None)
+    peak = dev.peak(tf32=False)
     stats = {
         "steps": step, "images_seen": step * recipe.batch, "train_tiles": len(index),
         "epochs": step * recipe.batch / len(index), "seconds": end - start,
@@ -309,7 +295,7 @@ def draw(net: torch.nn.Module, trainer: Trainer, n: int, size: int, dev: Device,
 
 
 def swd_score(fake: np.ndarray, val: np.ndarray) -> float:
-    [per_level] = swd_mod.swd([fake], val, swd_mod.SwdConfig(), seed=0)
+    [per_level] = swd_mod.swd([fake], val, swd_mod.SwdConfig(), seed=0).per_level
     return swd_mod.mean_over_levels(per_level)
 
 
@@ -329,7 +315,7 @@ def sampling_speed(net: torch.nn.Module, trainer: Trainer, size: int, dev: Devic
         shape_net = type(net)(**trainer.params.model.unet_kwargs())
     per_call = count_sampling_flops(shape_net, batch, size)
     rate = SAMPLER["steps"] * per_call / seconds
-    peak = gpu_mfu.peak_tflops(dev.device, gpu_mfu.precision_of(dev.amp_dtype, False), None)
+    peak = dev.peak(tf32=False)
     return {"sampler": f"{SAMPLER['name']} {SAMPLER['steps']}", "batch": batch,
             "seconds": seconds, "images_per_s": batch / seconds, "mfu": mfu(rate, peak)}
 
@@ -340,7 +326,7 @@ def pack_samples(images: np.ndarray, out: Path, name: str, max_files: int) -> tu
     many images they hold (the first ones, should the files fill up)."""
     written, k, tar, size, packed = [], 0, None, 0, 0
     for index, image in enumerate(images):
-        data = _png(image)
+        data = samples_io.encode_image(image)
         if tar is None or size + len(data) + 2048 > TAR_LIMIT:
             if tar is not None:
                 tar.close()
@@ -358,15 +344,6 @@ def pack_samples(images: np.ndarray, out: Path, name: str, max_files: int) -> tu
     if tar is not None:
         tar.close()
     return written, packed
-
-
-def _png(image: np.ndarray) -> bytes:
-    """The bytes `canopy sample` writes for one image (canopy/samples.py write_image)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def run_recipe(recipe: Recipe, tiles_dir: Path, dev: Device, out: Path, report: dict,
@@ -424,12 +401,11 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     device = pick_device("auto", "--device")
     dev = Device(device, pick_precision("auto", device, "precision"),
-                 pick_channels_last("auto", device))
+                 pick_channels_last("auto", device), peak_override=None)
     if dev.cuda:
         torch.backends.cudnn.benchmark = True
     gpu_mfu._set_recompile_limit(64)
-    report: dict[str, Any] = {"runs": [], "env": gpu_mfu.environment(gpu_mfu.GPU_PLAN, gpu_mfu.Device(
-        device, dev.amp_dtype, dev.channels_last, None))}
+    report: dict[str, Any] = {"runs": [], "env": gpu_mfu.environment(gpu_mfu.GPU_PLAN, dev)}
 
     def save() -> None:
         report["elapsed_s"] = time.perf_counter() - clock
@@ -452,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
             log(f"{recipe.name} failed: {err!r}")
         finally:
             save()
-            gpu_mfu.free_memory(gpu_mfu.Device(device, dev.amp_dtype, dev.channels_last, None))
+            gpu_mfu.free_memory(dev)
 
     left = args.budget_s - (time.perf_counter() - clock)
     if args.skip_mfu or left < 30:
@@ -467,8 +443,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.smoke:  # the training figures first; sampling and loader are measured above
             plan = replace(plan, candidates=("reduce-overhead",), loader_workers=(),
                            sampler_steps=(("dpmpp2m", 20),))
-        gpu_mfu.run(plan, gpu_mfu.Device(device, dev.amp_dtype, dev.channels_last, None),
-                    args.out / "mfu")
+        gpu_mfu.run(plan, dev, args.out / "mfu")
     except Exception:  # noqa: BLE001
         report["mfu_error"] = traceback.format_exc()[-2000:]
     save()

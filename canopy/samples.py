@@ -71,11 +71,16 @@ class SamplesManifest:
     images: list[ImageRecord]
 
 
-def write_image(folder: Path, index: int, image: np.ndarray) -> ImageRecord:
-    """Sample `index`, an (H, W, 3) uint8 array, as `folder/NNNNNN.png`."""
+def encode_image(image: np.ndarray) -> bytes:
+    """The PNG bytes of one sample, an (H, W, 3) uint8 array."""
     buffer = io.BytesIO()
     Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
-    data = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def write_image(folder: Path, index: int, image: np.ndarray) -> ImageRecord:
+    """Sample `index`, an (H, W, 3) uint8 array, as `folder/NNNNNN.png`."""
+    data = encode_image(image)
     name = image_name(index)
     (folder / name).write_bytes(data)
     return ImageRecord(name, sha256_bytes(data))

@@ -12,6 +12,7 @@ import torch
 from canopy.params import parse_params
 from canopy.train.engine import Trainer
 from canopy.train.runtime import resolve_runtime
+from tests.bench.conftest import as_on_the_gpu_machine
 from tests.conftest import REPO_ROOT
 
 SHAPE = gpu_mfu.Shape(dim=8, dim_mults=(1, 2), size=16)
@@ -50,16 +51,7 @@ def test_the_script_runs_the_products_training_step():
         assert torch.equal(value, script.ema.model.state_dict()[name]), name
 
 
-# Runs the script as on the GPU machine: neither pydantic, dvc nor dvclive importable, and
-# Canopy not installed (the editable install's import hook removed).
-AS_ON_THE_GPU_MACHINE = """
-import runpy, sys
-sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
-for name in ("pydantic", "dvc", "dvclive", "rasterio", "sentinelhub"):
-    sys.modules[name] = None
-sys.argv = ["bench/gpu_mfu.py", *sys.argv[1:]]
-runpy.run_path("bench/gpu_mfu.py", run_name="__main__")
-"""
+AS_ON_THE_GPU_MACHINE = as_on_the_gpu_machine("gpu_mfu.py")
 
 
 def test_smoke_run_measures_everything(tmp_path):

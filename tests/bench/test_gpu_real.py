@@ -14,6 +14,7 @@ import pytest
 
 from canopy import tiles
 from canopy.params import load_params, parse_params
+from tests.bench.conftest import as_on_the_gpu_machine
 from tests.conftest import REPO_ROOT
 from tests.tiles import write_tiles
 
@@ -52,7 +53,7 @@ def test_quarters_are_the_parents_four_corners_in_the_parents_split(tmp_path):
 
 def test_packed_samples_respect_the_file_limits(tmp_path, monkeypatch):
     images = np.random.default_rng(1).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
-    one = len(gpu_real._png(images[0]))
+    one = len(gpu_real.samples_io.encode_image(images[0]))
     monkeypatch.setattr(gpu_real, "TAR_LIMIT", 3 * (one + 1024) + 2048)
     files, packed = gpu_real.pack_samples(images, tmp_path, "x", max_files=2)
     assert files == ["samples-x-0.tar", "samples-x-1.tar"] and packed == 6
@@ -64,16 +65,7 @@ def test_packed_samples_respect_the_file_limits(tmp_path, monkeypatch):
     assert names == [f"{i:06d}.png" for i in range(6)]
 
 
-# Runs the script as on the GPU machine: neither pydantic, dvc, dvclive nor rasterio
-# importable, and Canopy not installed (the editable install's import hook removed).
-AS_ON_THE_GPU_MACHINE = """
-import runpy, sys
-sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
-for name in ("pydantic", "dvc", "dvclive", "rasterio", "sentinelhub"):
-    sys.modules[name] = None
-sys.argv = ["bench/gpu_real.py", *sys.argv[1:]]
-runpy.run_path("bench/gpu_real.py", run_name="__main__")
-"""
+AS_ON_THE_GPU_MACHINE = as_on_the_gpu_machine("gpu_real.py")
 
 
 @pytest.mark.slow
