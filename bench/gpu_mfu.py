@@ -148,7 +148,9 @@ def bench_params(shape: Shape) -> SimpleNamespace:
                                   timestep_sampling="uniform", lognormal_mean=-1.2,
                                   lognormal_std=1.2),
         train=SimpleNamespace(lr=2e-4, warmup_steps=100, weight_decay=0.0, grad_clip=1.0,
-                              ema_decay=0.999, ema_warmup_steps=100, ema_every=1),
+                              ema_decay=0.999, ema_warmup_steps=100, ema_every=1,
+                              phema_stds=[], lr_decay="none", lr_decay_fraction=0.2,
+                              adam_beta2=0.999),
     )
 
 

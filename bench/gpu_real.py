@@ -26,7 +26,8 @@ Then bench/gpu_mfu.py's measurement of the reference network (128 px) with what 
 
 Runs from a plain checkout with torch, numpy, Pillow, einops, typer, tqdm and safetensors: no
 pydantic, dvc, dvclive or rasterio (the GPU image has none of them). The recipe mirrors
-params.yaml's (v objective, EDM's noise levels), checked by tests/bench/test_gpu_real.py.
+params.yaml's (EDM's process on standardised data, transpose-only augmentation, DPM-Solver++
+at Karras spacing), checked by tests/bench/test_gpu_real.py.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from canopy import tiles
 from canopy.accelerator import pick_channels_last, pick_device, pick_precision
 from canopy.etl.png import encode_png
 from canopy.evaluate import swd as swd_mod
+from canopy.model.process import process_config
 from canopy.model.registry import make_scheduler
 from canopy.sample.generate import generate
 from canopy.seeding import Stream, numpy_rng
@@ -85,12 +87,15 @@ def quarter_tiles(src: Path, dst: Path, shard_size: int = 1000) -> Path:
     size = manifest["tile_size"]
     half = size // 2
     shards: list[tiles.ShardInfo] = []
+    stats = tiles.ChannelStats()  # of the train quarters: the same pixels as the parents'
     with ThreadPoolExecutor(max_workers=8) as pool:  # Pillow's encoder releases the GIL
         for split in tiles.SPLITS:
             writer = tiles.ShardWriter(dst, split, shard_size)
             locations = tiles.list_tiles(src, split, size)
             parents = tiles.read_tiles(locations, size)
             for location, tile in zip(locations, parents):
+                if split == "train":
+                    stats.add(tile)
                 quarters = [tile[r * half:(r + 1) * half, c * half:(c + 1) * half]
                             for r in range(2) for c in range(2)]
                 for i, png in enumerate(pool.map(encode_png, quarters)):
@@ -100,7 +105,8 @@ def quarter_tiles(src: Path, dst: Path, shard_size: int = 1000) -> Path:
                          synthetic=bool(manifest.get("synthetic")), filters={},
                          sources=[{"quarters_of": str(src),
                                    "params_hash": manifest.get("params_hash")}],
-                         params_hash=f"quarters:{manifest.get('params_hash')}")
+                         params_hash=f"quarters:{manifest.get('params_hash')}",
+                         train_stats=stats.to_json())
     return dst
 
 
@@ -134,28 +140,36 @@ class Recipe:
     min_steps: int = 25
 
 
+# params.yaml's diffusion section (EDM's continuous process on standardised data, v target at
+# EDM's lognormal noise levels) and its sampler; tests/bench checks both against params.yaml.
+PRODUCT_DIFFUSION = {"timesteps": 1000, "objective": "v", "loss": "l2", "min_snr_gamma": None,
+                     "timestep_sampling": "lognormal", "lognormal_mean": -0.5,
+                     "lognormal_std": 1.6, "process": "edm", "standardize": True}
+PRODUCT_AUGMENT = "transpose"
+
+
 def recipe_params(recipe: Recipe) -> SimpleNamespace:
-    """What Trainer reads of the params: params.yaml's diffusion (v, EDM's noise levels), the
-    schema's other defaults, and the recipe's network, batch, lr and EMA. tests/bench checks
-    it against the schema."""
+    """What Trainer reads of the params: params.yaml's diffusion and augmentation, the schema's
+    other defaults, and the recipe's network, batch, lr and EMA. tests/bench checks it against
+    the schema and params.yaml."""
     kwargs = {"dim": recipe.dim, "init_dim": None, "dim_mults": list(recipe.dim_mults),
               "channels": 3, "convnext_mult": 2, "norm": "group", "norm_groups": 1}
     return SimpleNamespace(
         seed=0,
         schedule="linear",
         model=SimpleNamespace(unet_kwargs=lambda: dict(kwargs)),
-        diffusion=SimpleNamespace(timesteps=1000, objective="v", loss="l2", min_snr_gamma=None,
-                                  timestep_sampling="lognormal", lognormal_mean=-0.5,
-                                  lognormal_std=1.6),
+        diffusion=SimpleNamespace(**PRODUCT_DIFFUSION),
         train=SimpleNamespace(lr=recipe.lr, warmup_steps=recipe.warmup_steps, weight_decay=0.0,
                               grad_clip=1.0, ema_decay=recipe.ema_decays[0],
                               ema_warmup_steps=recipe.warmup_steps, ema_every=1,
-                              batch_size=recipe.batch),
+                              batch_size=recipe.batch, augment=PRODUCT_AUGMENT, phema_stds=[],
+                              lr_decay="none", lr_decay_fraction=0.2, adam_beta2=0.999,
+                              steps=0),
     )
 
 
-# The default sampler of params.yaml: 20 DPM-Solver++ (2M) steps, quadratic spacing.
-SAMPLER = {"name": "dpmpp2m", "steps": 20, "eta": 0.0, "spacing": "quadratic"}
+# The default sampler of params.yaml: 20 DPM-Solver++ (2M) steps at EDM's (Karras) noise levels.
+SAMPLER = {"name": "dpmpp2m", "steps": 20, "eta": 0.0, "spacing": "karras"}
 
 # On an H200 (2026-12-04) torch.compile's first step took about 90 s at either size, and a run
 # of 2,000-10,000 steps keeps the EMA's warm-up ramp, min(decay, (1 + n) / (10 + n)), below
@@ -203,10 +217,13 @@ def train(recipe: Recipe, tiles_dir: Path, dev: Device, log) -> tuple[Trainer, d
     runtime = Runtime(device=dev.device, amp_dtype=dev.amp_dtype, grad_scaler=False,
                       channels_last=dev.channels_last, compile=recipe.compile,
                       num_workers=recipe.workers, pin_memory=dev.cuda)
-    trainer = Trainer(params, runtime)
+    manifest = tiles.read_manifest(tiles_dir, point_at="--tiles")
+    process = process_config(PRODUCT_DIFFUSION, params.schedule,
+                             tiles.train_stats(manifest, tiles_dir))
+    trainer = Trainer(params, runtime, process_config=process)
     extra = {d: EMA(trainer.model, d, recipe.warmup_steps, 1) for d in recipe.ema_decays[1:]}
     index = build_index(train_shards(tiles_dir), tiles_dir)
-    stream = BatchStream(index, recipe.batch, params.seed, augment=True)
+    stream = BatchStream(index, recipe.batch, params.seed, augment=PRODUCT_AUGMENT)
     workers = loader_workers(recipe.workers, log)
     loader = iter(make_loader(stream, workers, dev.cuda))
 

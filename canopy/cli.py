@@ -7,7 +7,7 @@ import typer
 from canopy.etl.cli import etl
 from canopy.evaluate.cli import evaluate
 from canopy.judge.cli import judge_app
-from canopy.sample.cli import sample
+from canopy.sample.cli import ema_app, sample
 from canopy.train.cli import train
 
 app = typer.Typer(
@@ -34,6 +34,8 @@ for command in (etl, train, sample, evaluate):
     app.command()(command)
 # Not a stage: people judge the samples after a run (serve, then report).
 app.add_typer(judge_app, name="judge")
+# Not a stage: choose the post-hoc EMA std of `canopy sample` after training.
+app.add_typer(ema_app, name="ema")
 
 
 def main() -> None:

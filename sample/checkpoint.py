@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from canopy import phema
 from canopy import weights as weights_io
 from canopy.errors import UserError
-from canopy.hashing import sha256_file
+from canopy.hashing import sha256_bytes, sha256_file
 from canopy.model.diffusion import GaussianDiffusion
 from canopy.model.process import EDMProcess, build
 from canopy.model.unet import Unet
@@ -29,13 +30,21 @@ class Checkpoint:
         return (int(self.config["model"].get("channels", 3)), size, size)
 
 
-def load_checkpoint(models: Path, weights: str = "ema") -> Checkpoint:
+def load_checkpoint(models: Path, weights: str = "ema", ema_std: float | None = None) -> Checkpoint:
     """The network (eval mode, CPU) and diffusion described by models/ema.safetensors, with
-    the EMA weights or (`weights` "raw") those of the latest training state."""
+    the EMA weights, those of the latest training state (`weights` "raw"), or (`ema_std`) the
+    post-hoc EMA of that relative std rebuilt from models/phema/ at the export's step."""
     export = models / weights_io.EXPORT_FILE
     config = weights_io.read_export_config(export)
-    path = export if weights == "ema" else weights_io.latest_raw_weights(models)
-    state = weights_io.read_weights(path)
+    digest = None
+    if ema_std is not None:
+        step = config.get("step")
+        state, _ = phema.reconstruct(models, ema_std, int(step) if step is not None else None)
+        path = models / phema.FOLDER / f"ema_std-{ema_std:g}"  # names the weights, no file
+        digest = sha256_bytes(weights_io.save_canonical(state))
+    else:
+        path = export if weights == "ema" else weights_io.latest_raw_weights(models)
+        state = weights_io.read_weights(path)
     try:
         net, diffusion = build(config)  # defaults filled for keys older exports lack
     except (KeyError, TypeError, ValueError) as err:
@@ -47,4 +56,4 @@ def load_checkpoint(models: Path, weights: str = "ema") -> Checkpoint:
         detail = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
         raise UserError(f"{path} holds weights of another model shape than its config "
                         f"{config['model']} ({detail}); re-run `canopy train`") from None
-    return Checkpoint(net.eval(), diffusion, config, path, sha256_file(path))
+    return Checkpoint(net.eval(), diffusion, config, path, digest or sha256_file(path))

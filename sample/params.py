@@ -28,11 +28,27 @@ class SampleParams(StrictModel):
     # karras: EDM's noise levels (rho = 7), the only spacing of a continuous process (edm).
     spacing: Literal["quadratic", "trailing", "karras"] = "quadratic"
     weights: Literal["ema", "raw"] = "ema"  # raw: the latest training state's raw weights
+    # Post-hoc EMA (canopy/phema.py): the EMA of this relative std (e.g. 0.05: the average
+    # over about the last 5% of training), rebuilt from the snapshots in models/phema/ that
+    # train.phema_stds made; null = the export's own EMA (train.ema_decay). Changing it re-runs
+    # sample and evaluate only; `canopy ema sweep` scores a range of stds on the val tiles.
+    ema_std: float | None = Field(None, gt=0.0)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # as train.precision
     channels_last: Auto = "auto"  # as train.channels_last: auto = on for CUDA and CPU
     grid_images: int = Field(64, ge=0, le=1024)  # images in grid.png
     dist_timeout_s: int = Field(120, ge=1, le=86_400)  # under torchrun, as train.dist_timeout_s
+
+    @model_validator(mode="after")
+    def _ema_std_fits(self) -> SampleParams:
+        if self.ema_std is not None:
+            from canopy.phema import check_std
+
+            check_std(self.ema_std, "sample.ema_std")
+            if self.weights != "ema":
+                raise ValueError("sample.ema_std rebuilds an EMA: it needs sample.weights: ema "
+                                 "(or set sample.ema_std: null for the raw weights)")
+        return self
 
     @model_validator(mode="after")
     def _eta_fits_sampler(self) -> SampleParams:

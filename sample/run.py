@@ -45,7 +45,7 @@ class SampleResult:
 def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool) -> SampleResult:
     settings = params.sample
     dist = distributed.from_env()
-    checkpoint = load_checkpoint(models, settings.weights)
+    checkpoint = load_checkpoint(models, settings.weights, settings.ema_std)
     # The checkpoint has params' diffusion.timesteps, so params' own check that sample.steps
     # fits them holds for the checkpoint too.
     check_matches_params(checkpoint, params)

@@ -102,3 +102,28 @@ def test_repro_then_experiment(project):
 
     plots = run(["dvc", "plots", "show", "--json"], root, env)
     assert "loss" in plots and "grid.png" in plots
+
+
+@pytest.mark.slow
+def test_an_ema_std_experiment_reruns_only_sample_and_evaluate(tmp_path):
+    """Post-hoc EMA: the std is chosen after training, so `-S sample.ema_std=...` leaves the
+    trained model (and its snapshots) as they are."""
+    root, env = make_project(tmp_path)
+    params = json.loads(json.dumps(TINY))
+    params["train"].update({"phema_stds": [0.05, 0.1], "phema_every": 2})
+    params["sample"]["ema_std"] = None  # `dvc exp run -S` sets keys params.yaml has (the demo's has it)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "phema on"], root, env)
+    run(["dvc", "repro"], root, env)
+    assert sorted(p.name for p in (root / "models" / "phema").iterdir()) == [
+        "snapshot-00000002.safetensors", "snapshot-00000004.safetensors"]
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "baseline run"], root, env)
+    experiment = run(["dvc", "exp", "run", "-S", "sample.ema_std=0.08"], root, env)
+    for stage in ("etl", "train"):
+        assert f"Running stage '{stage}'" not in experiment
+    for stage in ("sample", "evaluate"):
+        assert f"Running stage '{stage}'" in experiment
+    manifest = json.loads((root / "data" / "samples" / "manifest.json").read_text())
+    assert manifest["checkpoint"]["file"] == "ema_std-0.08"

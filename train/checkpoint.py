@@ -6,6 +6,8 @@
         model.safetensors               raw weights (also read by `canopy sample`, weights: raw)
         ema.safetensors                 EMA weights
         optimizer.safetensors           AdamW moments, keys "<param index>.<name>"
+        phema.safetensors               post-hoc EMA profiles, keys "<profile>/<name>" (only
+                                        with train.phema_stds)
         state.json                      step, hashes, resume params, grad scaler, file sha256s
 
 Each state folder is written to a hidden staging folder and renamed into place (atomic), then
@@ -81,18 +83,18 @@ def move_aside(state_root: Path) -> Path | None:
 def save_state(
     state_root: Path,
     step: int,
-    model: torch.nn.Module,
-    ema_model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    parts: dict[str, Any],
     scaler: torch.amp.GradScaler,
     info: dict[str, Any],
 ) -> Path:
-    """Write the state at `step` atomically, then delete older states."""
+    """Write the state at `step` atomically, then delete older states. `parts` names each
+    piece of the training state (the network "model", its EMA "ema", the post-hoc EMA
+    profiles "phema", the optimizer "optimizer", see `parts_of`): each has a state_dict of
+    tensors, saved as <name>.safetensors."""
     target = state_root / weights.step_dir_name(step)
     blobs = {
-        weights.RAW_WEIGHTS_FILE: weights.save_canonical(weights.cpu_tensors(model.state_dict())),
-        "ema.safetensors": weights.save_canonical(weights.cpu_tensors(ema_model.state_dict())),
-        "optimizer.safetensors": weights.save_canonical(_optimizer_tensors(optimizer)),
+        f"{name}.safetensors": weights.save_canonical(weights.cpu_tensors(part.state_dict()))
+        for name, part in parts.items()
     }
     state = {
         "format": STATE_FORMAT,
@@ -111,6 +113,32 @@ def save_state(
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+class OptimizerState:
+    """The optimizer as a part of the training state: its per-parameter moments as flat
+    tensors "<param index>.<name>" (the hyper-parameters are in the params hash)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return _optimizer_tensors(self.optimizer)
+
+    def prepare_state(self, flat: dict[str, torch.Tensor]) -> dict:
+        return _optimizer_state(flat, self.optimizer)
+
+    def load_prepared(self, prepared: dict) -> None:
+        self.optimizer.load_state_dict(prepared)
+
+
+def parts_of(model: torch.nn.Module, ema: Any, optimizer: torch.optim.Optimizer,
+             phema: Any = None) -> dict[str, Any]:
+    """The named parts of a training state, in the order they are written."""
+    parts: dict[str, Any] = {"model": model, "ema": ema, "optimizer": OptimizerState(optimizer)}
+    if phema is not None:
+        parts["phema"] = phema
+    return parts
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -132,17 +160,16 @@ def read_state_json(folder: Path) -> dict[str, Any]:
 def try_resume(
     state_root: Path,
     expect: dict[str, Any],
-    model: torch.nn.Module,
-    ema_model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    parts: dict[str, Any],
     scaler: torch.amp.GradScaler,
     max_step: int,
     tidy: bool = True,
 ) -> Resume:
     """Load the newest state if it was made with the same params and data (`expect`: the
-    `params_hash`, `data_hash` and the `resume_params` they hash). Otherwise leave the
-    objects untouched and say why a fresh start is needed. `tidy`: first remove what killed
-    runs left (torchrun ranks other than 0 only read)."""
+    `params_hash`, `data_hash` and the `resume_params` they hash) into `parts` (by name, as
+    save_state wrote them). Otherwise leave the objects untouched and say why a fresh start
+    is needed. `tidy`: first remove what killed runs left (torchrun ranks other than 0 only
+    read)."""
     if tidy:
         clear_stale(state_root)
     folders = state_dirs(state_root)
@@ -157,35 +184,44 @@ def try_resume(
     if state.get("data_hash") != expect["data_hash"]:
         return Resume(0, f"{folder} was trained on other data (the train shards changed)")
     if state.get("params_hash") != expect["params_hash"]:
-        changed = _changed_keys(state.get("resume_params") or {}, expect["resume_params"])
-        return Resume(0, f"{folder} was trained with other params ({changed or 'unknown change'})")
+        found = _with_absent(state.get("resume_params") or {}, expect)
+        changed = _changed_keys(found, _with_absent(expect["resume_params"], expect))
+        return Resume(0, f"{folder} was trained with other params ({changed or 'unknown change'}"
+                         "; set them back to resume it)")
     if step > max_step:
         return Resume(0, f"{folder} is at step {step}, past train.steps {max_step}")
+    missing = [name for name in parts if f"{name}.safetensors" not in state.get("files", {})]
+    if missing:
+        return Resume(0, f"{folder} holds no {', '.join(missing)} state (written by an older "
+                         "Canopy or another recipe)")
     try:
-        blobs = {}
-        for name, digest in state["files"].items():
-            blob = (folder / name).read_bytes()
-            if sha256_bytes(blob) != digest:
-                raise ValueError(f"{name} does not match its sha256")
-            blobs[name] = blob
-        model_sd = load(blobs[weights.RAW_WEIGHTS_FILE])
-        ema_sd = load(blobs["ema.safetensors"])
-        optim_sd = _optimizer_state(load(blobs["optimizer.safetensors"]), optimizer)
-        # Check everything before loading anything: no half-loaded objects on a mismatch.
-        _check_matches(model, model_sd)
-        _check_matches(ema_model, ema_sd)
+        prepared = {}
+        for name, part in parts.items():
+            file = f"{name}.safetensors"
+            blob = (folder / file).read_bytes()
+            if sha256_bytes(blob) != state["files"][file]:
+                raise ValueError(f"{file} does not match its sha256")
+            flat = load(blob)
+            if hasattr(part, "prepare_state"):
+                prepared[name] = part.prepare_state(flat)
+            else:
+                _check_matches(part, flat)
+                prepared[name] = flat
+        # Everything was checked before anything is loaded: no half-loaded objects on a mismatch.
     except (OSError, ValueError, KeyError, TypeError, SafetensorError, RuntimeError) as err:
         return Resume(0, f"{folder} is corrupt or does not fit this model ({err})")
-    model.load_state_dict(model_sd)
-    ema_model.load_state_dict(ema_sd)
-    optimizer.load_state_dict(optim_sd)
+    for name, part in parts.items():
+        if hasattr(part, "load_prepared"):
+            part.load_prepared(prepared[name])
+        else:
+            part.load_state_dict(prepared[name])
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     return Resume(step, "", int(state.get("world_size") or 1))
 
 
-def _check_matches(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    own = module.state_dict()
+def _check_matches(part: Any, state: dict[str, torch.Tensor]) -> None:
+    own = part.state_dict()
     if set(own) != set(state):
         missing = sorted(set(own) - set(state))[:3]
         extra = sorted(set(state) - set(own))[:3]
@@ -215,6 +251,16 @@ def _optimizer_state(flat: dict[str, torch.Tensor], optimizer: torch.optim.Optim
             tensor = torch.empty_like(param, dtype=tensor.dtype).copy_(tensor)
         per_param.setdefault(int(index), {})[name] = tensor
     return {"state": per_param, "param_groups": current["param_groups"]}
+
+
+def _with_absent(resume_params: dict[str, Any], expect: dict[str, Any]) -> dict[str, Any]:
+    """`resume_params` with the keys it leaves out at the value they mean (`absent_means`: a
+    key added later is left out at the value that trains as before it existed)."""
+    out = json.loads(json.dumps(resume_params))
+    for section, later in expect.get("absent_means", {}).items():
+        if isinstance(out.get(section), dict):
+            out[section] = {**json.loads(json.dumps(later)), **out[section]}
+    return out
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:

@@ -102,6 +102,36 @@ def dihedral(tile: np.ndarray, k: int) -> np.ndarray:
     return out[:, ::-1] if k >= 4 else out
 
 
+@dataclass(frozen=True)
+class CropPlan:
+    """Crop training (train.crop_*): batches before `until` are, with probability `fraction`,
+    crops of 1/d of the tile side, d from `divisors`; d^2 crops per tile at uniform positions,
+    drawn from (seed, batch) for the whole batch (every rank draws the same)."""
+
+    fraction: float
+    divisors: tuple[int, ...]
+    until: int
+
+    @classmethod
+    def from_params(cls, fraction: float, divisors: list[int], full_final: float,
+                    steps: int) -> CropPlan | None:
+        if fraction <= 0:
+            return None
+        return cls(fraction, tuple(divisors), steps - round(full_final * steps))
+
+    def draw(self, seed: int, b: int, batch_size: int, size: int) -> tuple[int, np.ndarray | None]:
+        """(d, offsets (batch_size, d*d, 2) of the crops' top-left corners) of batch b;
+        (1, None) for a batch of whole tiles."""
+        if b >= self.until:
+            return 1, None
+        rng = numpy_rng(seed, Stream.TRAIN_CROP, b)
+        if rng.random() >= self.fraction:
+            return 1, None
+        d = self.divisors[int(rng.integers(len(self.divisors)))]
+        side = size // d
+        return d, rng.integers(0, size - side + 1, size=(batch_size, d * d, 2))
+
+
 class BatchStream(torch.utils.data.IterableDataset):
     """Endless uint8 batches (B, 3, H, W) from batch `start` on; see the module docstring.
     A worker never raises: a bad tile yields {"error": message} for the main process.
@@ -112,9 +142,10 @@ class BatchStream(torch.utils.data.IterableDataset):
 
     def __init__(
         self, index: TileIndex, batch_size: int, seed: int, augment: str | bool, start: int = 0,
-        part: tuple[int, int] | None = None,
+        part: tuple[int, int] | None = None, crop: CropPlan | None = None,
     ) -> None:
         super().__init__()
+        self.crop = crop
         self.index = index
         self.batch_size = batch_size
         self.part = part or (0, batch_size)
@@ -163,13 +194,28 @@ class BatchStream(torch.utils.data.IterableDataset):
             ks = TRANSPOSE * numpy_rng(self.seed, Stream.TRAIN_AUGMENT, b).integers(0, 2, len(ids))
         else:
             ks = np.zeros(len(ids), dtype=np.int64)
+        size = self.index.tile_size
+        d, offsets = (1, None) if self.crop is None else self.crop.draw(
+            self.seed, b, self.batch_size, size)
         lo, hi = self.part
         ids, ks = ids[lo:hi], ks[lo:hi]
-        size = self.index.tile_size
+        if offsets is not None:
+            return self._crops(ids, ks, offsets[lo:hi], size // d)
         out = np.empty((len(ids), size, size, 3), dtype=np.uint8)
         for j, (i, k) in enumerate(zip(ids, ks)):
             out[j] = dihedral(tiles.read_tile(self.index.locations[i], size), int(k))
         return torch.from_numpy(out).permute(0, 3, 1, 2)  # a channels_last view, no copy
+
+    def _crops(self, ids: np.ndarray, ks: np.ndarray, offsets: np.ndarray, side: int) -> torch.Tensor:
+        """The crops of each tile (after its flip), tile by tile: (len(ids) * d^2, 3, side, side)."""
+        size = self.index.tile_size
+        per = offsets.shape[1]
+        out = np.empty((len(ids) * per, side, side, 3), dtype=np.uint8)
+        for j, (i, k) in enumerate(zip(ids, ks)):
+            tile = dihedral(tiles.read_tile(self.index.locations[i], size), int(k))
+            for c, (y, x) in enumerate(offsets[j]):
+                out[j * per + c] = tile[y:y + side, x:x + side]
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
 def make_loader(

@@ -6,6 +6,7 @@ step on a GPU machine that has torch but not the rest of Canopy's dependencies.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -15,22 +16,24 @@ from canopy.model.process import DIFFUSION_DEFAULTS, build_network, build_proces
 from canopy.model.process import process_config as make_process_config
 from canopy.seeding import Stream, torch_seed
 from canopy.train.data import to_model_input
-from canopy.train.ema import EMA
+from canopy.train.ema import EMA, PowerFunctionEMA
 from canopy.train.runtime import Runtime
 
 if TYPE_CHECKING:
     from canopy.params import CanopyParams
 
 
-def _adamw(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):
+def _adamw(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,
+           beta2: float = 0.999):
     """Fused AdamW (one kernel for all parameters, not a loop) where this torch has it: CUDA,
     and CPU from torch 2.4; the foreach version elsewhere."""
+    kw = {"lr": lr, "weight_decay": weight_decay, "betas": (0.9, beta2)}
     if device.type in ("cuda", "cpu"):
         try:
-            return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+            return torch.optim.AdamW(model.parameters(), fused=True, **kw)
         except RuntimeError:
             pass
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(model.parameters(), **kw)
 
 
 class Trainer:
@@ -52,6 +55,8 @@ class Trainer:
         torch.manual_seed(params.seed)  # the initial weights
         self.model = build_network(params.model.unet_kwargs()).to(device, memory_format=fmt)
         self.ema = EMA(self.model, tp.ema_decay, tp.ema_warmup_steps, tp.ema_every)
+        # Post-hoc EMA profiles (None when train.phema_stds is empty)
+        self.phema = PowerFunctionEMA(self.model, tp.phema_stds) if tp.phema_stds else None
         # The process as the export will record it (train/loop.py passes the tiles' stats in
         # `process_config`); without it, from the params alone (no standardisation stats).
         if process_config is None:
@@ -59,7 +64,7 @@ class Trainer:
                  if hasattr(params.diffusion, key)}
             process_config = make_process_config(d, params.schedule, None)
         self.diffusion = build_process(process_config).to(device)
-        self.optimizer = _adamw(self.model, tp.lr, tp.weight_decay, device)
+        self.optimizer = _adamw(self.model, tp.lr, tp.weight_decay, device, tp.adam_beta2)
         self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.grad_scaler)
         self.forward = self._forward_module()
 
@@ -79,12 +84,18 @@ class Trainer:
         return torch.compile(net) if self.runtime.compile else net
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up from 0 over warmup_steps, then constant: Adam's early moment
-        estimates are noisy, and large first updates can blow up a fresh network."""
+        """Linear warm-up from 0 over warmup_steps (Adam's early moment estimates are noisy,
+        and large first updates can blow up a fresh network), then constant, or (lr_decay)
+        down towards 0 over the last lr_decay_fraction of train.steps."""
         tp = self.params.train
-        if step < tp.warmup_steps:
-            return tp.lr * (step + 1) / tp.warmup_steps
-        return tp.lr
+        scale = (step + 1) / tp.warmup_steps if step < tp.warmup_steps else 1.0
+        if tp.lr_decay != "none":
+            length = max(1, round(tp.lr_decay_fraction * tp.steps))
+            done = (step - (tp.steps - length)) / length  # 0 at the first decayed step
+            if done >= 0:
+                left = 1.0 - done if tp.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
+                scale = min(scale, max(0.0, left))
+        return tp.lr * scale
 
     def step(self, images: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on a uint8 batch; `step` counts from 0. Returns the loss and the
@@ -105,6 +116,8 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model, step + 1)
+        if self.phema is not None:
+            self.phema.update(self.model, step + 1)
         return loss.detach(), grad_norm.detach()
 
     def _draw_t_and_noise(self, x0: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +130,7 @@ class Trainer:
             t = self.diffusion.sample_timesteps(x0.shape[0], generator=gen, device=rt.device)
             noise = torch.empty_like(x0).normal_(generator=gen)  # same memory format as x0
             return t, noise
-        total = self.params.train.batch_size
+        total = x0.shape[0] * self.dist.world  # the global batch (of crops, in crop training)
         lo, hi = self.dist.shard(total)
         t = self.diffusion.sample_timesteps(total, generator=gen, device=rt.device)
         fmt = torch.channels_last if rt.channels_last else torch.contiguous_format

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-from canopy import distributed, tiles, weights
+from canopy import distributed, phema, tiles, weights
 from canopy.distributed import Dist
 from canopy.errors import UserError
 from canopy.fsutil import output_lock, remove_stale_temp_files
@@ -42,6 +43,7 @@ from canopy.signals import handling_stop_signals
 from canopy.train import checkpoint
 from canopy.train.data import (
     BatchStream,
+    CropPlan,
     build_index,
     data_hash,
     make_loader,
@@ -49,7 +51,7 @@ from canopy.train.data import (
     train_shards,
 )
 from canopy.train.engine import Trainer
-from canopy.train.params import RESUME_TRAIN_KEYS
+from canopy.train.params import LATER_RESUME_TRAIN_KEYS, RESUME_TRAIN_KEYS, steps_shape_training
 from canopy.train.preview import sample_grid
 from canopy.train.runtime import Runtime, resolve_runtime
 
@@ -71,7 +73,10 @@ def resume_params(params: CanopyParams) -> dict[str, Any]:
         "schedule": dumped["schedule"],
         "model": params.model.unet_kwargs(),  # the weights' own record of the shape
         "diffusion": params.diffusion.config(),
-        "train": {key: _as_before(key, dumped["train"][key]) for key in RESUME_TRAIN_KEYS},
+        "train": {key: _as_before(key, dumped["train"][key]) for key in RESUME_TRAIN_KEYS}
+        | {key: dumped["train"][key] for key, before in LATER_RESUME_TRAIN_KEYS.items()
+           if dumped["train"][key] != before}
+        | ({"steps": dumped["train"]["steps"]} if steps_shape_training(params.train) else {}),
     }
 
 
@@ -161,6 +166,13 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
             f"down-sampling factor for model.dim_mults {params.model.dim_mults}: "
             "re-run etl with another tile_size or use fewer dim_mults"
         )
+    for d in tp.crop_sizes if tp.crop_fraction > 0 else []:
+        if index.tile_size % (d * factor):
+            raise UserError(
+                f"train.crop_sizes {tp.crop_sizes}: a 1/{d} crop of the {index.tile_size} px tiles "
+                f"is not a whole multiple of {factor} px, the U-Net's down-sampling factor: use "
+                "smaller divisors in train.crop_sizes or set train.crop_fraction: 0"
+            )
     if params.model.channels != 3:
         raise UserError(f"model.channels is {params.model.channels} but tiles are RGB: set it to 3")
 
@@ -172,6 +184,7 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
     trainer = Trainer(params, runtime, dist, process)
     expect = {"resume_params": resume_params(params), "data_hash": data_hash(data_dir, shards, manifest)}
     expect["params_hash"] = sha256_json(expect["resume_params"])
+    expect["absent_means"] = {"train": LATER_RESUME_TRAIN_KEYS}
     state_root = out / "state"
     resume = _resume(trainer, state_root, expect, tp.steps, dist, fresh)
     start = resume.step
@@ -186,8 +199,9 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
     config = _export_config(params, index.tile_size, expect, process)
 
     live = _open_live(out / "live", start) if dist.is_main else _NoLive()
+    crop = CropPlan.from_params(tp.crop_fraction, tp.crop_sizes, tp.crop_full_final, tp.steps)
     stream = BatchStream(index, tp.batch_size, params.seed, tp.augment, start=start,
-                         part=dist.shard(tp.batch_size))
+                         part=dist.shard(tp.batch_size), crop=crop)
     loader = make_loader(stream, runtime.num_workers, runtime.pin_memory, _ignore_stop_signals)
 
     step, saved, halt = start, start, None
@@ -214,6 +228,10 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
                 )
                 live.log_image(f"samples/{step}.png", grid)
             halt = _agreed_signal(stop, dist, runtime)
+            if (dist.is_main and trainer.phema is not None
+                    and (step % tp.phema_every == 0 or step == tp.steps)):
+                # Before the checkpoint: a resume drops snapshots past its step, never lacks one.
+                _write_snapshot(trainer, out, step)
             if step % tp.checkpoint_every == 0 or step == tp.steps or halt is not None:
                 meter.check_finite(step)
                 if dist.is_main:
@@ -233,6 +251,9 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
             # Nothing left to train, but `sample` needs a readable export of this state: a
             # missing, truncated or stale one is written again from the resumed EMA weights.
             checkpoint.export_ema(out / "ema.safetensors", trainer.ema.model, final)
+        if (dist.is_main and start == step == tp.steps and trainer.phema is not None
+                and not (out / phema.FOLDER / phema.snapshot_name(step)).is_file()):
+            _write_snapshot(trainer, out, step)  # the resumed profiles are those of this step
     live.end()
     # No rank reports success before rank 0's last checkpoint is on disk.
     distributed.barrier(dist, "the last checkpoint")
@@ -256,17 +277,29 @@ def _resume(trainer: Trainer, state_root: Path, expect: dict, max_step: int, dis
     """Load the newest state if it fits (checkpoint.try_resume). Under torchrun rank 0
     decides (and alone deletes or moves aside); then the other ranks load the same folder,
     and all check that they did."""
-    args = (trainer.model, trainer.ema.model, trainer.optimizer, trainer.scaler, max_step)
+    parts = checkpoint.parts_of(trainer.model, trainer.ema, trainer.optimizer, trainer.phema)
+    args = (parts, trainer.scaler, max_step)
     resume = checkpoint.Resume(0, "")
+    snapshots = state_root.parent / phema.FOLDER
     if dist.is_main:
         if fresh:
             shutil.rmtree(state_root, ignore_errors=True)
+            shutil.rmtree(snapshots, ignore_errors=True)
         resume = checkpoint.try_resume(state_root, expect, *args)
         if resume.reason:
             kept = checkpoint.move_aside(state_root)
+            if kept is not None and snapshots.is_dir():  # they belong to that state
+                target = kept.with_name(kept.name.replace(state_root.name, phema.FOLDER, 1))
+                if target.exists():
+                    target = target.with_name(f"{target.name}-{os.getpid()}")
+                snapshots.rename(target)
             where = (f"; the old state is kept in {kept} (move it back to resume it, or delete "
                      "it; `--fresh` starts over without keeping it)" if kept else "")
             _say_always(f"starting fresh: {resume.reason}{where}")
+        snapshots.mkdir(parents=True, exist_ok=True)  # a DVC output, even when empty
+        # Snapshots past the resumed step were written after the last checkpoint of a killed
+        # run (or belong to no state at all when starting fresh).
+        phema.drop_after(snapshots, resume.step)
     if not dist.enabled:
         return resume
     wanted = distributed.broadcast(dist, resume, "resuming")
@@ -304,10 +337,14 @@ class _NoLive:
 
 
 def _save(trainer: Trainer, state_root: Path, out: Path, step: int, info: dict, config: dict) -> None:
-    checkpoint.save_state(
-        state_root, step, trainer.model, trainer.ema.model, trainer.optimizer, trainer.scaler, info
-    )
+    parts = checkpoint.parts_of(trainer.model, trainer.ema, trainer.optimizer, trainer.phema)
+    checkpoint.save_state(state_root, step, parts, trainer.scaler, info)
     checkpoint.export_ema(out / "ema.safetensors", trainer.ema.model, config | {"step": step})
+
+
+def _write_snapshot(trainer: Trainer, out: Path, step: int) -> None:
+    assert trainer.phema is not None
+    phema.write_snapshot(out / phema.FOLDER, step, trainer.phema.stds, trainer.phema.states())
 
 
 def _export_is_current(path: Path, config: dict[str, Any]) -> bool:

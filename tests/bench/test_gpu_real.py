@@ -19,19 +19,28 @@ from tests.conftest import REPO_ROOT
 from tests.tiles import write_tiles
 
 
-def test_the_recipe_is_valid_params_with_the_schemas_defaults():
-    """The script rebuilds what Trainer reads without pydantic: its diffusion must be one the
-    schema accepts (the VP recipe the H200 run used), and every train key it does not choose
-    the schema's default."""
+def test_the_recipe_is_params_yamls_with_the_schemas_defaults():
+    """The script rebuilds what Trainer reads without pydantic: its diffusion, augmentation and
+    sampler must be params.yaml's (the product's recipe), and every train key it does not
+    choose the schema's default."""
     product = load_params(REPO_ROOT / "params.yaml")
+    assert {key: getattr(product.diffusion, key) for key in gpu_real.PRODUCT_DIFFUSION} \
+        == gpu_real.PRODUCT_DIFFUSION
+    assert gpu_real.PRODUCT_AUGMENT == product.train.augment
+    assert gpu_real.SAMPLER == {"name": product.sample.sampler, "steps": product.sample.steps,
+                                "eta": product.sample.eta, "spacing": product.sample.spacing}
+    fields = type(product.train).model_fields
     for recipe in gpu_real.GPU_RECIPES:
         mirrored = gpu_real.recipe_params(recipe)
         checked = parse_params({"schedule": mirrored.schedule,
-                                "diffusion": dict(vars(mirrored.diffusion))})
+                                "diffusion": dict(vars(mirrored.diffusion)),
+                                "sample": {"spacing": gpu_real.SAMPLER["spacing"]}})
         for name, value in vars(mirrored.diffusion).items():
             assert getattr(checked.diffusion, name) == value, name
-        for name in ("weight_decay", "grad_clip", "ema_every"):
-            assert getattr(mirrored.train, name) == type(product.train).model_fields[name].default
+        for name in ("weight_decay", "grad_clip", "ema_every", "lr_decay", "lr_decay_fraction",
+                     "adam_beta2"):
+            assert getattr(mirrored.train, name) == fields[name].default, name
+        assert mirrored.train.phema_stds == []  # the script keeps its own EMAs side by side
         kwargs = mirrored.model.unet_kwargs()
         assert (kwargs["dim"], kwargs["dim_mults"]) == (recipe.dim, list(recipe.dim_mults))
 
@@ -42,7 +51,12 @@ def test_quarters_are_the_parents_four_corners_in_the_parents_split(tmp_path):
     val = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     src = write_tiles(tmp_path / "src", train, val)
     dst = gpu_real.quarter_tiles(src, tmp_path / "dst")
-    assert tiles.read_manifest(dst, point_at="x")["tile_size"] == 8
+    manifest = tiles.read_manifest(dst, point_at="x")
+    assert manifest["tile_size"] == 8
+    # the quarters hold the parents' train pixels: the same stats for standardising the data
+    want_stats = tiles.ChannelStats()
+    want_stats.add(train)
+    assert tiles.train_stats(manifest, dst) == want_stats.to_json()
     for split, parents in (("train", train), ("val", val)):
         got = gpu_real.read_split(dst, split)
         assert len(got) == 4 * len(parents)

@@ -29,11 +29,22 @@ def _assert_same_state(a, b):
             assert torch.equal(a[part][key], b[part][key]), f"{part}/{key} differs"
 
 
-def test_resume_is_exact(tiles, tmp_path, capsys):
-    straight = tiny_params(tiles, tmp_path / "straight", steps=8, checkpoint_every=3)
+# The recipes whose resume must stay bit-exact: today's, and each later training option on.
+RECIPES = {
+    "default": {},
+    "schedule": {"lr_decay": "cosine", "lr_decay_fraction": 0.5, "adam_beta2": 0.99,
+                 "phema_stds": [0.05, 0.1], "phema_every": 2},
+    "crops": {"crop_fraction": 0.7, "crop_sizes": [2, 4], "crop_full_final": 0.25},
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_resume_is_exact(tiles, tmp_path, capsys, recipe):
+    kw = RECIPES[recipe]
+    straight = tiny_params(tiles, tmp_path / "straight", steps=8, checkpoint_every=3, **kw)
     assert train(straight, quiet=True).step == 8
 
-    resumed = tiny_params(tiles, tmp_path / "resumed", steps=8, checkpoint_every=3)
+    resumed = tiny_params(tiles, tmp_path / "resumed", steps=8, checkpoint_every=3, **kw)
 
     def interrupt(step):
         if step == 4:  # between checkpoints: the signal itself must save one

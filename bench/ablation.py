@@ -1,0 +1,142 @@
+"""Quality ablation on the demo: the demo recipe against one change at a time, at the same steps.
+
+For each seed, `canopy etl` once (the demo's synthetic tiles of that seed), then for each
+variant `canopy train`, `canopy sample` (n images) and `canopy evaluate` (SWD and its floor;
+FID and C2ST off unless --full), each in its own folder under --root. A variant is a name and
+a list of dotted overrides of params.yaml:
+
+    python bench/ablation.py --root /tmp/abl --seeds 0 1 --n 256 \
+        --variant demo \
+        --variant beta2=train.adam_beta2=0.99 \
+        --variant decay=train.lr_decay=linear,train.lr_decay_fraction=0.3
+
+`--ema-std 0.05 0.1` also samples and scores each trained model with those post-hoc EMA
+reconstructions (sample.ema_std): no retraining. Results go to <root>/results.jsonl (one row
+per run, appended; a run whose metrics exist is skipped, so the script resumes) and a table is
+printed. Quality only: no timing is measured here (the runs may share a busy machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def set_key(params: dict, dotted: str, value: str) -> None:
+    *head, last = dotted.split(".")
+    node = params
+    for key in head:
+        node = node.setdefault(key, {})
+    node[last] = yaml.safe_load(value)
+
+
+def parse_variant(text: str) -> tuple[str, list[tuple[str, str]]]:
+    name, _, rest = text.partition("=")
+    overrides = []
+    if rest:
+        for item in rest.split(","):
+            key, _, value = item.partition("=")
+            overrides.append((key, value))
+    return name, overrides
+
+
+def run(cmd: list[str], log: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    with log.open("a") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+
+def write_params(base: dict, seed: int, folder: Path, tiles: Path, overrides, n: int,
+                 full: bool) -> Path:
+    params = json.loads(json.dumps(base))
+    params["seed"] = seed
+    params["paths"] = {"tiles": str(tiles), "models": str(folder / "models"),
+                       "samples": str(folder / "samples"), "metrics": str(folder / "metrics")}
+    params.setdefault("sample", {})["n"] = n
+    params["sample"]["batch_size"] = 64
+    params.setdefault("train", {})["sample_every"] = 100_000  # no preview grids
+    if not full:
+        params.setdefault("evaluate", {}).update({"fid": False, "c2st": False})
+    for key, value in overrides:
+        set_key(params, key, value)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--variant", action="append", default=[])
+    ap.add_argument("--ema-std", type=float, nargs="*", default=[])
+    ap.add_argument("--full", action="store_true", help="also FID/KID and C2ST")
+    args = ap.parse_args()
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    canopy = [sys.executable, "-m", "canopy.cli"]
+    results = args.root / "results.jsonl"
+    args.root.mkdir(parents=True, exist_ok=True)
+    variants = [parse_variant(v) for v in (args.variant or ["demo"])]
+    for seed in args.seeds:
+        tiles = args.root / f"tiles-s{seed}"
+        if not (tiles / "manifest.json").exists():
+            p = write_params(base, seed, args.root / f"etl-s{seed}", tiles, [], args.n, False)
+            run(canopy + ["etl", "-q", "-p", str(p)], args.root / f"etl-s{seed}" / "log.txt")
+        for name, overrides in variants:
+            folder = args.root / f"{name}-s{seed}"
+            p = write_params(base, seed, folder, tiles, overrides, args.n, args.full)
+            log = folder / "log.txt"
+            stds = [None] + list(args.ema_std)
+            for std in stds:
+                tag = "" if std is None else f"-ema{std:g}"
+                metrics = folder / f"metrics{tag}" / "evaluate.json"
+                if metrics.exists():
+                    continue
+                if not (folder / "models" / "ema.safetensors").exists() or std is None:
+                    run(canopy + ["train", "-q", "-p", str(p)], log)
+                extra = [] if std is None else ["--ema-std", str(std)]
+                run(canopy + ["sample", "-q", "-p", str(p), "--samples",
+                              str(folder / f"samples{tag}")] + extra, log)
+                run(canopy + ["evaluate", "-q", "-p", str(p), "--samples",
+                              str(folder / f"samples{tag}"), "--metrics",
+                              str(folder / f"metrics{tag}")], log)
+                m = json.loads(metrics.read_text())
+                row = {"variant": name + tag, "seed": seed, "overrides": overrides,
+                       "ema_std": std, **{k: m.get(k) for k in
+                                          ("swd", "swd_floor", "fid", "fid_floor",
+                                           "c2st_accuracy", "n_samples")}}
+                with results.open("a") as out:
+                    out.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+    table(results)
+
+
+def table(results: Path) -> None:
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    by: dict[str, list[dict]] = {}
+    for row in rows:
+        by.setdefault(row["variant"], []).append(row)
+    print(f"{'variant':<28} {'seeds':<8} {'SWD per seed':<24} {'mean':>7} {'/floor':>7}")
+    for name, group in by.items():
+        swds = [r["swd"] for r in group]
+        ratios = [r["swd"] / r["swd_floor"] for r in group]
+        print(f"{name:<28} {','.join(str(r['seed']) for r in group):<8} "
+              f"{' '.join(f'{s:.1f}' for s in swds):<24} {statistics.mean(swds):7.1f} "
+              f"{statistics.mean(ratios):7.2f}")
+
+
+if __name__ == "__main__":
+    main()
