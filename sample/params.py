@@ -33,7 +33,7 @@ class SampleParams(StrictModel):
     # train.phema_stds made; null = the export's own EMA (train.ema_decay). Changing it re-runs
     # sample and evaluate only; `canopy ema sweep` scores a range of stds on the val tiles.
     ema_std: float | None = Field(None, gt=0.0)
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: CUDA, then MPS, then CPU
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # as train.precision
     channels_last: Auto = "auto"  # as train.channels_last: auto = on for CUDA and CPU
     grid_images: int = Field(64, ge=0, le=1024)  # images in grid.png
