@@ -30,7 +30,13 @@ from rasterio.errors import RasterioIOError
 
 from canopy.errors import UserError
 from canopy.etl.scene import GDAL_ENV
-from canopy.etl.sources.http import RETRY_BASE_SECONDS, Retrier, Retry
+from canopy.etl.sources.http import (
+    RETRY_BASE_SECONDS,
+    Retrier,
+    Retry,
+    retry_after_seconds,
+    status_retry,
+)
 
 HTTP_TIMEOUT_SECONDS = 60
 CURL_CACHE_BYTES = 64 * 1024 * 1024
@@ -75,13 +81,15 @@ class RemoteReader:
                  sign: Any = None):
         self.retrier, self.env, self.what, self.key = retrier, env, what, key
         self.sign = sign or (lambda href: href)
-        self._local = threading.local()
+        self._ranged: set[str] = set()  # hosts seen to answer a Range request with 206
+        self._lock = threading.Lock()
 
     def run(self, href: str, label: str, action: Any) -> Any:
         """`action(dataset)` on the raster at `href`, retried on temporary failures."""
         def attempt():
             self.retrier.gate.wait()
             url = self.sign(href)
+            self._check_range(url, href, label)
             try:
                 with rasterio.Env(**self.env), rasterio.open(url) as dataset:
                     return action(dataset)
@@ -89,17 +97,41 @@ class RemoteReader:
                 raise read_failure(err, href, label, self.what) from None
         return self.retrier.run(attempt, _host(href), self.key, label)
 
+    def _check_range(self, url: str, href: str, label: str) -> None:
+        """Once per host: does it answer a Range request with 206? GDAL accepts a whole-file
+        200 answer for a small file, which for a real scene would be a full download."""
+        host = _host(href)
+        if "://" not in href or host in self._ranged:
+            return
+        import requests
+
+        try:
+            response = requests.get(url, headers={"Range": "bytes=0-15"}, stream=True,
+                                    timeout=HTTP_TIMEOUT_SECONDS)
+            response.close()  # a 200 answer's body is never read
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise Retry(f"connection failed ({type(exc).__name__})", None) from None
+        status = response.status_code
+        if status == 206:
+            with self._lock:
+                self._ranged.add(host)
+            return
+        where = f"{self.what} {label} ({host}{urlsplit(href).path})"
+        if status == 200:
+            raise UserError(_no_range(where))
+        retry = status_retry(status, retry_after_seconds(response.headers.get("Retry-After")))
+        if retry is not None:
+            raise retry
+        raise read_failure(RuntimeError(f"HTTP response code: {status}"), href, label, self.what)
+
 
 def read_failure(err: Exception, href: str, label: str, what: str) -> Exception:
     """A Retry for a temporary failure, else a one-line UserError naming the file and why."""
-    detail = " ".join(str(err).split())
+    detail = _chain_message(err)
     lowered = detail.lower()
     where = f"{what} {label} ({_host(href)}{urlsplit(href).path})"
     if "range downloading not supported" in lowered:
-        return UserError(
-            f"{where}: the server does not honour HTTP Range requests, which reading only the "
-            "needed parts of a cloud-optimised GeoTIFF requires; use a server or mirror that does"
-        )
+        return UserError(_no_range(where))
     match = _HTTP_CODE.search(detail)
     if match:
         status = int(match.group(1))
@@ -111,9 +143,31 @@ def read_failure(err: Exception, href: str, label: str, what: str) -> Exception:
             return UserError(f"{where}: access refused (HTTP {status}); the asset may need signing "
                              "or the link has expired: run again to search afresh")
         return UserError(f"{where}: HTTP {status} ({detail[:200]})")
-    if any(word in lowered for word in _TRANSIENT):
+    # A block that cannot be read from a remote file whose header was read: the transfer broke
+    # (GDAL logs curl's reason as a warning and raises this); a corrupt file fails every retry.
+    remote_block = "://" in href and ("ireadblock failed" in lowered or "read error" in lowered)
+    if remote_block or any(word in lowered for word in _TRANSIENT):
         return Retry(f"broken transfer ({detail[:120]})", None)
     return UserError(f"{where}: cannot read it ({detail[:200]}); is it a GeoTIFF?")
+
+
+def _no_range(where: str) -> str:
+    return (f"{where}: the server does not honour HTTP Range requests, which reading only the "
+            "needed parts of a cloud-optimised GeoTIFF requires; use a server or mirror that does")
+
+
+def _chain_message(err: BaseException) -> str:
+    """The messages of `err` and of the errors it came from ("Read failed. See previous
+    exception" says nothing by itself), most specific first, on one line."""
+    messages, seen = [], set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = " ".join(str(current).split())
+        if text and "see previous exception" not in text.lower():
+            messages.append(text)
+        current = current.__cause__ or current.__context__
+    return "; ".join(reversed(messages)) or type(err).__name__
 
 
 def _host(href: str) -> str:

@@ -124,6 +124,7 @@ def scene_spec(fetched: FetchedScene, reflectance_range: tuple[float, float]) ->
         scale_mode="reflectance",
         reflectance_range=(low * REFLECTANCE_SCALE, high * REFLECTANCE_SCALE),
         acquired=fetched.time_interval,
+        region=fetched.aoi,
         extra={"aoi": fetched.aoi},
     )
 

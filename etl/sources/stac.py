@@ -78,6 +78,7 @@ BAND_NAMES = ("B04", "B03", "B02", "SCL")
 REFLECTANCE_SCALE = 10000  # DN per unit reflectance
 BOA_OFFSET = 1000  # DN added by ESA from processing baseline 04.00 on
 OFFSET_BASELINE = (4, 0)
+BYTES_PER_PIXEL = 3 * 2 + 0.25  # red, green, blue uint16 at 10 m; SCL uint8 at 20 m
 CHUNK = 1024  # pixels a side of one window read (Sentinel-2 COGs have 1024 px blocks)
 CACHE_FORMAT = 1  # bump when the cached file layout changes: old entries are then ignored
 POLL_SECONDS = 0.25  # how often the main thread wakes while reads run (signals)
@@ -433,9 +434,10 @@ def check_request_budget(todo: list[tuple[ScenePlan, tuple[Grid, Window]]], cach
     """Say how many window reads the run takes; refuse above max_requests."""
     reads = sum(len(chunks(window)) * len(BAND_NAMES) for _, (_, window) in todo)
     pixels = sum(int(window.width * window.height) for _, (_, window) in todo)
+    megabytes = pixels * BYTES_PER_PIXEL / 1e6
     summary = (f"{reads} window read(s) of {len(todo)} scene(s) over "
-               f"{len({plan.aoi for plan, _ in todo})} AOI(s) (about {pixels * 2.25 * 2 / 1e6:,.0f} "
-               f"MB of pixels before compression; {cached} more scene(s) cached)")
+               f"{len({plan.aoi for plan, _ in todo})} AOI(s) (about {megabytes:,.1f} MB of "
+               f"pixels before compression; {cached} more scene(s) cached)")
     if reads > params.max_requests:
         raise UserError(
             f"{summary}: more than etl.stac.max_requests ({params.max_requests}); check the AOI "
