@@ -361,3 +361,26 @@ def test_stac_source_without_aois_is_refused():
     with pytest.raises(UserError, match="etl.stac.aois is empty"):
         make_params(source="stac")
 
+
+
+# --- WorldCover --------------------------------------------------------------------------------
+
+def test_worldcover_tree_cover_keeps_forest_tiles_and_is_recorded(api, catalog, tmp_path):
+    from rasterio.warp import transform_bounds
+
+    template = f"{api.base}/files/worldcover/ESA_WorldCover_10m_2021_v200_{{tile}}_Map.tif"
+    params = etl_params(api, tmp_path, catalog, min_tree_cover=0.8, min_valid_fraction=0.0,
+                        worldcover={"url": template, "cache_dir": str(tmp_path / "wc")})
+    result = run_etl(params, tmp_path / "a", progress=False)
+    assert result.filters.kept > 0 and result.filters.dropped_tree_cover > 0
+    for meta in tile_metadata(tmp_path / "a"):
+        west, _, east, _ = transform_bounds(meta["crs"], "EPSG:4326", *meta["bounds"])
+        assert meta["tree_cover"] >= 0.8 and west < catalog.middle_lon
+        if east < catalog.middle_lon:
+            assert meta["tree_cover"] == 1.0  # wholly on WorldCover's tree-cover side
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["filters"]["min_tree_cover"] == 0.8
+    api.reset_calls()
+    run_etl(params, tmp_path / "b", progress=False)
+    assert api.calls() == []  # the mask is cached too
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
