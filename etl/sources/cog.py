@@ -81,27 +81,39 @@ class RemoteReader:
                  sign: Any = None):
         self.retrier, self.env, self.what, self.key = retrier, env, what, key
         self.sign = sign or (lambda href: href)
-        self._ranged: set[str] = set()  # hosts seen to answer a Range request with 206
+        self._ranged: set[str] = set()  # URLs seen to answer a Range request with 206
         self._lock = threading.Lock()
 
     def run(self, href: str, label: str, action: Any) -> Any:
         """`action(dataset)` on the raster at `href`, retried on temporary failures."""
+        broken = []  # set once a transfer of this call broke
+
         def attempt():
             self.retrier.gate.wait()
             url = self.sign(href)
             self._check_range(url, href, label)
+            env = self.env
+            if broken:
+                # GDAL may have kept the cut-short bytes in its range cache: read this file
+                # afresh, past the cache.
+                env = {**env, "CPL_VSIL_CURL_NON_CACHED": f"/vsicurl/{url}"}
             try:
-                with rasterio.Env(**self.env), rasterio.open(url) as dataset:
+                with rasterio.Env(**env), rasterio.open(url) as dataset:
                     return action(dataset)
             except RasterioIOError as err:
-                raise read_failure(err, href, label, self.what) from None
+                failure = read_failure(err, href, label, self.what)
+                if isinstance(failure, Retry):
+                    broken.append(True)
+                raise failure from None
         return self.retrier.run(attempt, _host(href), self.key, label)
 
     def _check_range(self, url: str, href: str, label: str) -> None:
-        """Once per host: does it answer a Range request with 206? GDAL accepts a whole-file
-        200 answer for a small file, which for a real scene would be a full download."""
+        """Once per file, before GDAL opens it: is it there, and does its server answer a
+        Range request with 206? GDAL accepts a whole-file 200 answer for a small file (for a
+        real scene, a full download), and takes a 5xx on its first request for a missing
+        file, which it then remembers; here a 5xx is retried like any other."""
         host = _host(href)
-        if "://" not in href or host in self._ranged:
+        if "://" not in href or href in self._ranged:
             return
         import requests
 
@@ -114,7 +126,7 @@ class RemoteReader:
         status = response.status_code
         if status == 206:
             with self._lock:
-                self._ranged.add(host)
+                self._ranged.add(href)
             return
         where = f"{self.what} {label} ({host}{urlsplit(href).path})"
         if status == 200:

@@ -384,3 +384,44 @@ def test_worldcover_tree_cover_keeps_forest_tiles_and_is_recorded(api, catalog, 
     run_etl(params, tmp_path / "b", progress=False)
     assert api.calls() == []  # the mask is cached too
     assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+
+
+def test_5xx_answers_from_the_file_server_are_retried(api, catalog, tmp_path):
+    api.script("/files/c1/green.tif", 503, times=2)
+    [(_, path)] = stac.fetch_scenes(StacParams(**stac_params(api, tmp_path, catalog)), progress=False)
+    assert path.is_file()
+    assert len(api.calls("/files/c1/green.tif")) >= 3  # two 503s, then the reads
+
+
+def test_a_lasting_5xx_from_the_file_server_fails_in_one_line(api, catalog, tmp_path):
+    api.script("/files/c1/red.tif", 503, times=1000)
+    with pytest.raises(UserError) as caught:
+        stac.fetch_scenes(StacParams(**stac_params(api, tmp_path, catalog, max_retries=1)),
+                          progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and "HTTP 503" in message and "etl.stac" in message
+    assert not [name for name in cache_files(tmp_path) if name.endswith(".tif")]
+
+
+def test_an_interrupted_read_leaves_nothing_half_written(api, catalog, tmp_path, monkeypatch):
+    """Ctrl-C while chunks are written: no cached window, no partial file; the re-run reads
+    the scene whole."""
+    monkeypatch.setattr(stac, "CHUNK", 64)
+    calls = []
+    original = stac._write_next
+
+    def interrupt_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(stac, "_write_next", interrupt_on_third)
+    params = StacParams(**stac_params(api, tmp_path, catalog))
+    with pytest.raises(KeyboardInterrupt):
+        stac.fetch_scenes(params, progress=False)
+    assert [name for name in cache_files(tmp_path) if not name.startswith("search-")] == []
+    monkeypatch.setattr(stac, "_write_next", original)
+    [(_, path)] = stac.fetch_scenes(params, progress=False)
+    with rasterio.open(path) as cached:
+        assert cached.read(1).any()
