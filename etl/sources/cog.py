@@ -60,6 +60,7 @@ def remote_env(max_retries: int, retry_delay: float = RETRY_BASE_SECONDS) -> dic
 
 
 _HTTP_CODE = re.compile(r"HTTP (?:response )?code:?\s*(\d{3})", re.IGNORECASE)
+_QUERY = re.compile(r"\?[^\s'\"]*")
 _TRANSIENT = ("transfer closed", "timed out", "timeout", "connection reset", "couldn't connect",
               "could not connect", "connection refused", "recv failure", "partial file",
               "empty reply", "curl error")
@@ -139,7 +140,7 @@ class RemoteReader:
 
 def read_failure(err: Exception, href: str, label: str, what: str) -> Exception:
     """A Retry for a temporary failure, else a one-line UserError naming the file and why."""
-    detail = _chain_message(err)
+    detail = _QUERY.sub("", _chain_message(err))  # signed URLs carry their token in the query
     lowered = detail.lower()
     where = f"{what} {label} ({_host(href)}{urlsplit(href).path})"
     if "range downloading not supported" in lowered:

@@ -364,7 +364,22 @@ def _signer() -> Any:
     except ImportError:
         raise UserError("etl.stac.catalog planetary-computer needs the planetary-computer "
                         "package: pip install planetary-computer") from None
-    return planetary_computer.sign
+    import requests
+
+    def sign(href: str) -> str:
+        try:
+            return planetary_computer.sign_url(href)
+        except requests.HTTPError as err:
+            status = err.response.status_code if err.response is not None else None
+            retry = http.status_retry(status or 500, None)
+            if retry is not None:
+                raise retry from None
+            raise UserError(f"Planetary Computer refused a token for {href.split('?')[0]} "
+                            f"(HTTP {status}); try again later") from None
+        except requests.RequestException as err:
+            raise http.Retry(f"token request failed ({type(err).__name__})", None) from None
+
+    return sign
 
 
 def fetch_scenes(params: StacParams, *, progress: bool = True) -> list[tuple[ScenePlan, Path]]:

@@ -221,6 +221,9 @@ def _handler_for(api: StacStandIn) -> type[BaseHTTPRequestHandler]:
                 if answer is None:
                     return self._send(status, b"", {})  # a bare 502, as Earth Search does
                 return self._json(status, answer, "application/geo+json")
+            if parts.path.startswith("/sas/token/"):  # Planetary Computer's token endpoint
+                return self._json(200, {"msft:expiry": "2099-01-01T00:00:00Z",
+                                        "token": "st=2024-01-01&se=2099-01-01&sp=rl&sig=s3cr3t"})
             if parts.path.startswith("/files/"):
                 return self._file(method, api.files_dir / parts.path[len("/files/"):])
             return self._send(404, b"not found", {})

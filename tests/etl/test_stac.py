@@ -425,3 +425,21 @@ def test_an_interrupted_read_leaves_nothing_half_written(api, catalog, tmp_path,
     [(_, path)] = stac.fetch_scenes(params, progress=False)
     with rasterio.open(path) as cached:
         assert cached.read(1).any()
+
+
+def test_planetary_computer_assets_are_signed_with_cached_anonymous_tokens(api, monkeypatch):
+    import planetary_computer
+    from planetary_computer.settings import Settings
+
+    monkeypatch.setenv("PC_SDK_SAS_URL", f"{api.base}/sas/token")
+    Settings.get.cache_clear()
+    monkeypatch.setattr(planetary_computer.sas, "TOKEN_CACHE", {})
+    try:
+        sign = stac._signer()
+        href = "https://sentinel2l2a01.blob.core.windows.net/sentinel2-l2/21/M/XT/B04.tif"
+        signed = [sign(href), sign(href.replace("B04", "B03"))]
+    finally:
+        Settings.get.cache_clear()
+    assert all(url.endswith("sig=s3cr3t") and url.startswith(href.split("B04")[0]) for url in signed)
+    assert len(api.calls("/sas/token/sentinel2l2a01/sentinel2-l2")) == 1  # one token, reused
+    assert sign("http://127.0.0.1/elsewhere.tif") == "http://127.0.0.1/elsewhere.tif"
