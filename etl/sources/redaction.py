@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from urllib.parse import quote, quote_plus
 
 SECRET_PATTERNS = [
-    re.compile(r"(client_secret|access_token|refresh_token|id_token)(['\"]?\s*[:=]\s*['\"]?)[^'\"&,\s}]+"),
+    # OAuth fields, and the signature of an Azure SAS token (Planetary Computer's signed URLs)
+    re.compile(r"(client_secret|access_token|refresh_token|id_token|\bsig)(['\"]?\s*[:=]\s*['\"]?)[^'\"&,\s}]+"),
     re.compile(r"(Bearer|Basic)(\s+)[^'\"\s,}]+"),
 ]
 HTTP_LOGGERS = ("requests_oauthlib", "oauthlib", "urllib3", "requests")

@@ -443,3 +443,15 @@ def test_planetary_computer_assets_are_signed_with_cached_anonymous_tokens(api, 
     assert all(url.endswith("sig=s3cr3t") and url.startswith(href.split("B04")[0]) for url in signed)
     assert len(api.calls("/sas/token/sentinel2l2a01/sentinel2-l2")) == 1  # one token, reused
     assert sign("http://127.0.0.1/elsewhere.tif") == "http://127.0.0.1/elsewhere.tif"
+
+
+def test_signed_url_signatures_are_redacted_from_logs():
+    import logging as logs
+
+    from canopy.etl.sources.redaction import RedactSecrets
+
+    record = logs.LogRecord("urllib3", logs.DEBUG, __file__, 1,
+                            "GET /sentinel2-l2/B04.tif?st=2024&se=2099&sp=rl&sig=s3cr3t%2Bx HTTP/1.1",
+                            None, None)
+    RedactSecrets(()).filter(record)
+    assert "s3cr3t" not in record.getMessage() and "sig=***" in record.getMessage()
