@@ -455,3 +455,29 @@ def test_signed_url_signatures_are_redacted_from_logs():
                             None, None)
     RedactSecrets(()).filter(record)
     assert "s3cr3t" not in record.getMessage() and "sig=***" in record.getMessage()
+
+
+def test_canopy_etl_command_with_stac_and_worldcover(api, catalog, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from canopy.cli import app
+
+    template = f"{api.base}/files/worldcover/ESA_WorldCover_10m_2021_v200_{{tile}}_Map.tif"
+    etl = {"source": "stac", "tile_size": 64, "stride": 64, "min_vegetation_fraction": 0.0,
+           "min_valid_fraction": 0.0, "min_tree_cover": 0.8, "workers": 1,
+           "worldcover": {"url": template, "cache_dir": str(tmp_path / "wc")},
+           "stac": stac_params(api, tmp_path, catalog)}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": {"dim_mults": [1, 2]}, "etl": etl}))
+    args = ["etl", "-q", "-p", str(tmp_path / "params.yaml"), "--tiles", str(tmp_path / "tiles")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "for tree cover" in result.stdout and "from 1 scene(s)" in result.stdout
+
+    etl["stac"]["aois"] = [aoi(catalog, time=["2019-06-01", "2019-06-30"], name="empty")]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": {"dim_mults": [1, 2]}, "etl": etl}))
+    failed = CliRunner().invoke(app, args)
+    lines = failed.stderr.strip().splitlines()
+    assert failed.exit_code == 2 and len(lines) == 1
+    assert lines[0].startswith("canopy etl: error: etl.stac: no sentinel-2-c1-l2a item over AOI 'empty'")
+    assert (tmp_path / "tiles" / "manifest.json").is_file()  # the previous output is untouched
