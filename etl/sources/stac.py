@@ -29,7 +29,6 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +43,13 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 from rasterio.windows import from_bounds as window_from_bounds
-from tqdm.auto import tqdm
 
 from canopy.errors import UserError
 from canopy.etl.params import AoiParams, StacParams
 from canopy.etl.scene import BandSource, SceneSpec, slug
 from canopy.etl.sources import http
 from canopy.etl.sources.cog import RemoteReader, remote_env
+from canopy.etl.sources.download import cached_raster_ok, progress_bar, request_guard, result_of
 from canopy.etl.sources.redaction import redacted_logs
 from canopy.fsutil import atomic_write_text
 from canopy.hashing import sha256_json
@@ -81,7 +80,6 @@ OFFSET_BASELINE = (4, 0)
 BYTES_PER_PIXEL = 3 * 2 + 0.25  # red, green, blue uint16 at 10 m; SCL uint8 at 20 m
 CHUNK = 1024  # pixels a side of one window read (Sentinel-2 COGs have 1024 px blocks)
 CACHE_FORMAT = 1  # bump when the cached file layout changes: old entries are then ignored
-POLL_SECONDS = 0.25  # how often the main thread wakes while reads run (signals)
 SEARCH_TIMEOUT_SECONDS = 60
 LEGACY_EARTH_SEARCH = "sentinel-2-l2a"
 
@@ -453,18 +451,15 @@ def check_request_budget(todo: list[tuple[ScenePlan, tuple[Grid, Window]]], cach
     summary = (f"{reads} window read(s) of {len(todo)} scene(s) over "
                f"{len({plan.aoi for plan, _ in todo})} AOI(s) (about {megabytes:,.1f} MB of "
                f"pixels before compression; {cached} more scene(s) cached)")
-    if reads > params.max_requests:
-        raise UserError(
-            f"{summary}: more than etl.stac.max_requests ({params.max_requests}); check the AOI "
-            "bboxes and etl.stac.items_per_aoi, or raise etl.stac.max_requests if you mean it "
-            "(cached scenes do not count)")
-    http.notify("stac", summary)
+    request_guard(source="stac", section="etl.stac", summary=summary, count=reads,
+                  limit=params.max_requests, check="the AOI bboxes and etl.stac.items_per_aoi",
+                  cached_noun="scenes")
 
 
 def _read_all(todo, cache_dir: Path, session: Session, *, progress: bool) -> None:
     total = sum(len(chunks(window)) for _, (_, window) in todo)
     threads = session.params.threads
-    with tqdm(total=total, desc="stac", unit="chunk", disable=None if progress else True) as bar, \
+    with progress_bar("stac", total=total, unit="chunk", progress=progress) as bar, \
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stac") as pool:
         try:
             for plan, (grid, window) in todo:
@@ -515,12 +510,7 @@ def _read_scene(plan: ScenePlan, grid: Grid, window: Window, path: Path, session
 
 def _write_next(in_flight: deque, dst: Any, window: Window, bar: Any) -> None:
     chunk, future = in_flight.popleft()
-    while True:
-        try:
-            data = future.result(timeout=POLL_SECONDS)  # wakes up for signals
-            break
-        except FutureTimeout:
-            continue
+    data = result_of(future)
     target = Window(chunk.col_off - window.col_off, chunk.row_off - window.row_off,
                     chunk.width, chunk.height)
     dst.write(data, window=target)
@@ -554,19 +544,11 @@ def _cache_path(cache_dir: Path, plan: ScenePlan) -> Path:
 
 def _cached_ok(path: Path, plan: ScenePlan) -> bool:
     """True if `path` is a complete cached window for `plan`; anything else is read again."""
-    if not path.is_file():
-        return False
-    try:
-        with rasterio.Env(), rasterio.open(path) as src:
-            ok = (tuple(src.descriptions) == BAND_NAMES and src.tags().get("request_key") == plan.key
-                  and all(dtype == "uint16" for dtype in src.dtypes))
-            if ok:
-                src.read(len(BAND_NAMES), window=Window(0, src.height - 1, src.width, 1))
-    except Exception:  # noqa: BLE001  (unreadable = not cached)
-        ok = False
-    if not ok:
-        LOGGER.warning("stac: cached file %s is incomplete or invalid; reading again", path)
-    return ok
+    def accept(src: Any) -> bool:
+        return (tuple(src.descriptions) == BAND_NAMES and src.tags().get("request_key") == plan.key
+                and all(dtype == "uint16" for dtype in src.dtypes))
+
+    return cached_raster_ok(path, accept, logger=LOGGER, source="stac", redo="reading again")
 
 
 def scene_spec(plan: ScenePlan, path: Path, reflectance_range: tuple[float, float]) -> SceneSpec:
