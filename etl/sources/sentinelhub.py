@@ -12,9 +12,11 @@ Cached file format (the etl core relies on it): GeoTIFF, 5 uint16 bands with des
 "B04", "B03", "B02" (surface reflectance x REFLECTANCE_SCALE), "dataMask" (0/1), "SCL" (scene
 classification 0..11), in the UTM CRS of the request at `resolution` metres.
 
-This module plans the requests and keeps the cache; sentinelhub_client.py sends them (HTTP,
-credentials, retries, secret-free logs). `sentinelhub` and the client are imported inside the
-functions (about 0.4 s) so that runs with another etl source do not pay for them.
+This module plans the requests and keeps the cache; sentinelhub_client.py sends them (the OAuth
+session and Process API, on http.py's retries, redaction.py's secret-free logs and
+sentinelhub_credentials.py); download.py holds the request guard, progress bar and cache check
+it shares with the STAC source. `sentinelhub` and the client are imported inside the functions
+(about 0.4 s) so that runs with another etl source do not pay for them.
 """
 
 from __future__ import annotations
