@@ -271,8 +271,9 @@ def search_aoi(params: StacParams, catalog: Catalog, aoi: AoiParams, retrier: ht
                         f"({' '.join(str(err).split())[:200]}); check etl.stac.api_url") from None
     # The query extension filters server-side; this checks it (an API may ignore `query`).
     items = [item_from_stac(answer) for answer in answers
-             if answer.get("properties", {}).get("eo:cloud_cover", 0.0) <= limit]
-    atomic_write_text(path, json.dumps({"items": [item.to_json() for item in items]}, indent=1))
+             if (answer.get("properties", {}).get("eo:cloud_cover") or 0.0) <= limit]
+    if items:  # an empty answer is not cached: the catalog may fill in later
+        atomic_write_text(path, json.dumps({"items": [item.to_json() for item in items]}, indent=1))
     return items
 
 

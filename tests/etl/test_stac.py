@@ -481,3 +481,12 @@ def test_canopy_etl_command_with_stac_and_worldcover(api, catalog, tmp_path):
     assert failed.exit_code == 2 and len(lines) == 1
     assert lines[0].startswith("canopy etl: error: etl.stac: no sentinel-2-c1-l2a item over AOI 'empty'")
     assert (tmp_path / "tiles" / "manifest.json").is_file()  # the previous output is untouched
+
+
+def test_an_empty_search_is_not_cached(api, catalog, tmp_path):
+    params = StacParams(**stac_params(api, tmp_path, catalog,
+                                      aois=[aoi(catalog, time=["2019-06-01", "2019-08-31"])]))
+    for _ in range(2):
+        with pytest.raises(UserError, match="no sentinel-2-c1-l2a item"):
+            stac.fetch_scenes(params, progress=False)
+    assert len(api.calls("/stac/search")) == 2 and cache_files(tmp_path) == []
