@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -490,3 +491,15 @@ def test_an_empty_search_is_not_cached(api, catalog, tmp_path):
         with pytest.raises(UserError, match="no sentinel-2-c1-l2a item"):
             stac.fetch_scenes(params, progress=False)
     assert len(api.calls("/stac/search")) == 2 and cache_files(tmp_path) == []
+
+
+def test_the_thread_count_changes_nothing_in_the_output(api, catalog, tmp_path, monkeypatch):
+    monkeypatch.setattr(stac, "CHUNK", 64)  # several chunks in flight at once
+    outputs = []
+    for threads in (1, 6):
+        shutil.rmtree(tmp_path / "cache", ignore_errors=True)  # read afresh each time
+        params = etl_params(api, tmp_path, catalog, {"threads": threads})
+        run_etl(params, tmp_path / f"out-{threads}", progress=False)
+        manifest = json.loads((tmp_path / f"out-{threads}" / "manifest.json").read_text())
+        outputs.append((shard_bytes(tmp_path / f"out-{threads}"), manifest["params_hash"]))
+    assert outputs[0] == outputs[1]
