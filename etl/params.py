@@ -1,4 +1,4 @@
-"""The `etl` section of params.yaml (documented key by key in README.md)."""
+"""The `etl` section of params.yaml (every key: `canopy params show etl`, docs/params.md)."""
 
 from __future__ import annotations
 
@@ -71,10 +71,10 @@ class LocalParams(StrictModel):
 
 
 class AoiParams(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")  # names the scene and its tiles
     bbox: tuple[float, float, float, float]  # min_lon, min_lat, max_lon, max_lat (WGS84)
     time: tuple[dt.date, dt.date]  # first and last day, inclusive
-    max_cloud: float = Field(0.2, ge=0.0, le=1.0)
+    max_cloud: float = Field(0.2, ge=0.0, le=1.0)  # the highest cloud cover of a scene used
 
     @field_validator("bbox")
     @classmethod
@@ -114,13 +114,15 @@ class SentinelHubParams(StrictModel):
     # works by changing both URLs. Credentials never go here: SH_CLIENT_ID/SH_CLIENT_SECRET
     # or the sentinelhub config profile.
     base_url: str = "https://sh.dataspace.copernicus.eu"
+    # The OAuth2 token endpoint (CDSE's by default).
     token_url: str = (
         "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token"
     )
     profile: str | None = None  # sentinelhub config profile name (credentials only)
     resolution: float = Field(10.0, gt=0.0)  # metres per pixel
+    # Areas of interest, each {name, bbox, time, max_cloud}; the names (unique) name the tiles.
     aois: list[AoiParams] = Field(default_factory=list)
-    cache_dir: str = "data/cache/sentinelhub"
+    cache_dir: str = "data/cache/sentinelhub"  # downloads, kept so a re-run fetches nothing
     max_retries: int = Field(4, ge=0, le=20)  # on 429 and 5xx answers
     # Process API requests in flight at once. A 429 pauses them all until its Retry-After.
     threads: int = Field(4, ge=1, le=64)
@@ -142,17 +144,17 @@ class SentinelHubParams(StrictModel):
 
 
 class StacParams(StrictModel):
-    # A STAC API of Sentinel-2 L2A cloud-optimised GeoTIFFs: no account, no credentials.
-    # earth-search: Element84 Earth Search v1, collection sentinel-2-c1-l2a (public HTTPS).
-    # planetary-computer: Microsoft's catalog, sentinel-2-l2a; assets signed with anonymous
-    # tokens through the planetary-computer package.
+    # The STAC API of Sentinel-2 L2A cloud-optimised GeoTIFFs (no account, no credentials):
+    # earth-search (Element84 Earth Search v1, collection sentinel-2-c1-l2a, public HTTPS) or
+    # planetary-computer (Microsoft's, sentinel-2-l2a, assets signed with anonymous tokens).
     catalog: Literal["earth-search", "planetary-computer"] = "earth-search"
     api_url: str | None = None  # null: the catalog's; set for a mirror or another STAC API
     collection: str | None = None  # null: the catalog's
+    # Areas of interest, each {name, bbox, time, max_cloud}; the names (unique) name the tiles.
     aois: list[AoiParams] = Field(default_factory=list)
     # Scenes kept per AOI and Sentinel-2 grid tile (MGRS): the least cloudy, then the earliest.
     items_per_aoi: int = Field(1, ge=1, le=100)
-    cache_dir: str = "data/cache/stac"
+    cache_dir: str = "data/cache/stac"  # search answers and windows: a re-run sends nothing
     method: Literal["POST", "GET"] = "POST"  # search requests (a few APIs take only GET)
     page_size: int = Field(100, ge=1, le=100)  # items per search page; APIs answer more with 502
     max_retries: int = Field(4, ge=0, le=20)  # on 429, 5xx and broken transfers
@@ -175,12 +177,12 @@ class StacParams(StrictModel):
 
 
 class WorldCoverParams(StrictModel):
-    # ESA WorldCover 10 m 2021 v200: 3x3-degree COGs named by their south-west corner
-    # ({tile} = N45E006); a mirror or a local copy works by changing the template.
+    # ESA WorldCover 10 m 2021 v200: the URL template of its 3x3-degree COGs, named by their
+    # south-west corner ({tile} = N45E006); a mirror or a local copy works by changing it.
     url: str = ("https://esa-worldcover.s3.eu-central-1.amazonaws.com/v200/2021/map/"
                 "ESA_WorldCover_10m_2021_v200_{tile}_Map.tif")
-    cache_dir: str = "data/cache/worldcover"
-    max_retries: int = Field(4, ge=0, le=20)
+    cache_dir: str = "data/cache/worldcover"  # tree-cover masks, one per scene grid
+    max_retries: int = Field(4, ge=0, le=20)  # on 429, 5xx and broken transfers
 
     @field_validator("url")
     @classmethod
@@ -192,15 +194,19 @@ class WorldCoverParams(StrictModel):
 
 class SyntheticParams(StrictModel):
     # Procedural forest-like scenes for the offline demo. Output is labelled synthetic.
-    scenes: int = Field(2, ge=1, le=1000)
-    width: int = Field(1024, ge=16, le=20000)
-    height: int = Field(1024, ge=16, le=20000)
+    scenes: int = Field(2, ge=1, le=1000)  # number of scenes (the demo: 4)
+    width: int = Field(1024, ge=16, le=20000)  # scene width in pixels
+    height: int = Field(1024, ge=16, le=20000)  # scene height in pixels
 
 
 class EtlParams(StrictModel):
+    # Where the imagery comes from: stac (Sentinel-2 L2A from a public STAC catalog, no
+    # account: etl.stac), sentinelhub (Sentinel-2 L2A, an account), local (rasters on disk:
+    # etl.local) or synthetic (drawn scenes for the offline demo, labelled as such).
     source: Literal["sentinelhub", "stac", "local", "synthetic"] = "synthetic"
-    tile_size: int = Field(128, ge=8, le=4096)
-    stride: int = Field(128, ge=1)
+    tile_size: int = Field(128, ge=8, le=4096)  # tile side in pixels (the demo: 64)
+    stride: int = Field(128, ge=1)  # step between tiles: < tile_size overlaps them
+    # Share of tiles held out for evaluation, chosen by hashing each tile's key.
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     shard_size: int = Field(1000, ge=1)  # tiles per tar shard
     min_valid_fraction: float = Field(0.9, ge=0.0, le=1.0)  # 0 disables the filter
@@ -208,22 +214,24 @@ class EtlParams(StrictModel):
     # Share of a tile's pixels ESA WorldCover calls tree cover (class 10); 0 disables the
     # filter (and the WorldCover reads). Needs georeferenced scenes.
     min_tree_cover: float = Field(0.0, ge=0.0, le=1.0)
-    # Vegetation tests (see README "Vegetation"): NDVI > ndvi_threshold when a NIR band is
+    # Vegetation tests (docs/commands.md "canopy etl"): NDVI > ndvi_threshold when a NIR band is
     # given, else the RGB Green Leaf Index GLI = (2G - R - B) / (2G + R + B) > gli_threshold.
     ndvi_threshold: float = Field(0.3, ge=-1.0, le=1.0)
-    gli_threshold: float = Field(0.02, ge=-1.0, le=1.0)
-    # Scaling to 8-bit (see README "Scaling"). reflectance_range is in the data's own units
+    gli_threshold: float = Field(0.02, ge=-1.0, le=1.0)  # GLI above which a pixel is vegetation
+    # Scaling to 8-bit (docs/data.md "Scaling to 8-bit"). reflectance_range is in the data's own units
     # (e.g. [0, 3000] for Sentinel-2 L2A stored as uint16 x 10000).
     reflectance_range: tuple[float, float] = (0.0, 0.3)
     gamma: float = Field(1.0, gt=0.0, le=5.0)  # applied after the linear map: out = x ** (1/gamma)
-    percentile_range: tuple[float, float] = (2.0, 98.0)
+    percentile_range: tuple[float, float] = (2.0, 98.0)  # mapped to 0..255 by percentile scaling
     workers: int = Field(0, ge=0, le=256)  # PNG encoding processes; 0 = all cores
-    preview_tiles: int = Field(64, ge=0, le=1024)
-    local: LocalParams = Field(default_factory=LocalParams)
+    preview_tiles: int = Field(64, ge=0, le=1024)  # tiles in preview.png (0: none)
+    local: LocalParams = Field(default_factory=LocalParams)  # source local: the rasters
+    # source sentinelhub: the service, the areas and the downloads
     sentinelhub: SentinelHubParams = Field(default_factory=SentinelHubParams)
-    stac: StacParams = Field(default_factory=StacParams)
+    stac: StacParams = Field(default_factory=StacParams)  # source stac: the catalog and areas
+    # etl.min_tree_cover: where ESA WorldCover is read from, and its cache
     worldcover: WorldCoverParams = Field(default_factory=WorldCoverParams)
-    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)  # source synthetic
 
     @model_validator(mode="after")
     def _consistent(self) -> EtlParams:
