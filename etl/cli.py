@@ -20,7 +20,7 @@ def etl(
                                help="Override paths.tiles: the output folder (replaced "
                                     "atomically at the end)."),
     source: str = typer.Option(None, "--source",
-                               help="Override etl.source: sentinelhub | local | synthetic."),
+                               help="Override etl.source: stac | sentinelhub | local | synthetic."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Fetch or read forest imagery and cut it into tile_size PNG tiles in tar shards.
@@ -43,7 +43,8 @@ def etl(
         print(
             f"etl: {f.kept} tiles (train {result.counts['train']}, val {result.counts['val']}) "
             f"from {result.scenes} scene(s) -> {out}{label}; dropped {f.dropped_invalid} for "
-            f"valid fraction, {f.dropped_vegetation} for vegetation fraction",
+            f"valid fraction, {f.dropped_vegetation} for vegetation fraction"
+            + (f", {f.dropped_tree_cover} for tree cover" if loaded.etl.min_tree_cover else ""),
         )
         if result.counts["val"] == 0 and loaded.etl.val_fraction > 0:
             print("etl: warning: no tile fell into val; evaluate needs val tiles "

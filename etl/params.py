@@ -13,7 +13,11 @@ BandRef = int | str  # 1-based band index, or a band name (GDAL description)
 
 # Keys that say how a run goes, not what it makes: left out of the manifest's params_hash, so
 # that the output is byte-identical whatever their values (dotted paths under `etl`).
-RUN_ONLY_KEYS = ("workers", "sentinelhub.threads", "sentinelhub.max_retries", "sentinelhub.max_requests")
+RUN_ONLY_KEYS = (
+    "workers", "sentinelhub.threads", "sentinelhub.max_retries", "sentinelhub.max_requests",
+    "stac.threads", "stac.max_retries", "stac.max_requests", "stac.page_size", "stac.method",
+    "worldcover.max_retries",
+)
 
 
 class LocalEntry(StrictModel):
@@ -23,6 +27,10 @@ class LocalEntry(StrictModel):
     bands: list[BandRef] | None = None  # default: etl.local.bands
     nir_band: BandRef | None = None  # default: etl.local.nir_band
     scale: Literal["auto", "none", "reflectance", "percentile"] | None = None  # default: etl.local.scale
+    # Metres per pixel of these files: needed for a raster without a georeference (a plain
+    # PNG) when etl.local.target_gsd is set; a georeferenced raster's own GSD is used otherwise.
+    gsd: float | None = Field(None, gt=0.0)
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")  # the tiles' `region`
 
     @field_validator("bands")
     @classmethod
@@ -52,6 +60,9 @@ class LocalParams(StrictModel):
     # `etl.reflectance_range`), percentile (per-scene stretch), auto (by dtype: uint8 -> none,
     # float -> reflectance, other integers -> percentile).
     scale: Literal["auto", "none", "reflectance", "percentile"] = "auto"
+    # Ground sample distance (metres per pixel) every raster is resampled to (average) before
+    # tiling, e.g. 0.3 to mix 0.1 m orthophotos with other imagery; null keeps each raster's own.
+    target_gsd: float | None = Field(None, gt=0.0)
 
     @field_validator("bands")
     @classmethod
@@ -90,6 +101,14 @@ class AoiParams(StrictModel):
         return time
 
 
+def _unique_aoi_names(aois: list[AoiParams]) -> list[AoiParams]:
+    names = [aoi.name for aoi in aois]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"AOI names must be unique (they name the tiles); repeated: {repeated}")
+    return aois
+
+
 class SentinelHubParams(StrictModel):
     # Copernicus Data Space Ecosystem by default (free accounts); any Sentinel Hub deployment
     # works by changing both URLs. Credentials never go here: SH_CLIENT_ID/SH_CLIENT_SECRET
@@ -114,11 +133,7 @@ class SentinelHubParams(StrictModel):
     @field_validator("aois")
     @classmethod
     def _unique_names(cls, aois: list[AoiParams]) -> list[AoiParams]:
-        names = [aoi.name for aoi in aois]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"AOI names must be unique (they name the tiles); repeated: {repeated}")
-        return aois
+        return _unique_aoi_names(aois)
 
     @field_validator("base_url", "token_url")
     @classmethod
@@ -126,6 +141,55 @@ class SentinelHubParams(StrictModel):
         if not url.startswith(("https://", "http://")):
             raise ValueError(f"{url!r} is not an http(s) URL")
         return url.rstrip("/")
+
+
+class StacParams(StrictModel):
+    # The STAC API of Sentinel-2 L2A cloud-optimised GeoTIFFs (no account, no credentials):
+    # earth-search (Element84 Earth Search v1, collection sentinel-2-c1-l2a, public HTTPS) or
+    # planetary-computer (Microsoft's, sentinel-2-l2a, assets signed with anonymous tokens).
+    catalog: Literal["earth-search", "planetary-computer"] = "earth-search"
+    api_url: str | None = None  # null: the catalog's; set for a mirror or another STAC API
+    collection: str | None = None  # null: the catalog's
+    # Areas of interest, each {name, bbox, time, max_cloud}; the names (unique) name the tiles.
+    aois: list[AoiParams] = Field(default_factory=list)
+    # Scenes kept per AOI and Sentinel-2 grid tile (MGRS): the least cloudy, then the earliest.
+    items_per_aoi: int = Field(1, ge=1, le=100)
+    cache_dir: str = "data/cache/stac"  # search answers and windows: a re-run sends nothing
+    method: Literal["POST", "GET"] = "POST"  # search requests (a few APIs take only GET)
+    page_size: int = Field(100, ge=1, le=100)  # items per search page; APIs answer more with 502
+    max_retries: int = Field(4, ge=0, le=20)  # on 429, 5xx and broken transfers
+    threads: int = Field(8, ge=1, le=64)  # window reads in flight at once
+    # Refuse to start more window reads than this (cached scenes do not count): a mistyped
+    # bbox can plan a whole continent. Raise it on purpose for large areas.
+    max_requests: int = Field(2000, ge=1)
+
+    @field_validator("aois")
+    @classmethod
+    def _unique_names(cls, aois: list[AoiParams]) -> list[AoiParams]:
+        return _unique_aoi_names(aois)
+
+    @field_validator("api_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("https://", "http://")):
+            raise ValueError(f"{url!r} is not an http(s) URL")
+        return None if url is None else url.rstrip("/")
+
+
+class WorldCoverParams(StrictModel):
+    # ESA WorldCover 10 m 2021 v200: the URL template of its 3x3-degree COGs, named by their
+    # south-west corner ({tile} = N45E006); a mirror or a local copy works by changing it.
+    url: str = ("https://esa-worldcover.s3.eu-central-1.amazonaws.com/v200/2021/map/"
+                "ESA_WorldCover_10m_2021_v200_{tile}_Map.tif")
+    cache_dir: str = "data/cache/worldcover"  # tree-cover masks, one per scene grid
+    max_retries: int = Field(4, ge=0, le=20)  # on 429, 5xx and broken transfers
+
+    @field_validator("url")
+    @classmethod
+    def _has_tile(cls, url: str) -> str:
+        if "{tile}" not in url:
+            raise ValueError(f"{url!r} has no {{tile}} placeholder (e.g. ..._{{tile}}_Map.tif)")
+        return url
 
 
 class SyntheticParams(StrictModel):
@@ -136,9 +200,10 @@ class SyntheticParams(StrictModel):
 
 
 class EtlParams(StrictModel):
-    # Where the imagery comes from: sentinelhub (Sentinel-2 L2A, an account), local (rasters
-    # on disk: etl.local) or synthetic (drawn scenes for the offline demo, labelled as such).
-    source: Literal["sentinelhub", "local", "synthetic"] = "synthetic"
+    # Where the imagery comes from: stac (Sentinel-2 L2A from a public STAC catalog, no
+    # account: etl.stac), sentinelhub (Sentinel-2 L2A, an account), local (rasters on disk:
+    # etl.local) or synthetic (drawn scenes for the offline demo, labelled as such).
+    source: Literal["sentinelhub", "stac", "local", "synthetic"] = "synthetic"
     tile_size: int = Field(128, ge=8, le=4096)  # tile side in pixels (the demo: 64)
     stride: int = Field(128, ge=1)  # step between tiles: < tile_size overlaps them
     # Share of tiles held out for evaluation, chosen by hashing each tile's key.
@@ -146,6 +211,9 @@ class EtlParams(StrictModel):
     shard_size: int = Field(1000, ge=1)  # tiles per tar shard
     min_valid_fraction: float = Field(0.9, ge=0.0, le=1.0)  # 0 disables the filter
     min_vegetation_fraction: float = Field(0.5, ge=0.0, le=1.0)  # 0 disables the filter
+    # Share of a tile's pixels ESA WorldCover calls tree cover (class 10); 0 disables the
+    # filter (and the WorldCover reads). Needs georeferenced scenes.
+    min_tree_cover: float = Field(0.0, ge=0.0, le=1.0)
     # Vegetation tests (docs/commands.md "canopy etl"): NDVI > ndvi_threshold when a NIR band is
     # given, else the RGB Green Leaf Index GLI = (2G - R - B) / (2G + R + B) > gli_threshold.
     ndvi_threshold: float = Field(0.3, ge=-1.0, le=1.0)
@@ -160,6 +228,9 @@ class EtlParams(StrictModel):
     local: LocalParams = Field(default_factory=LocalParams)  # source local: the rasters
     # source sentinelhub: the service, the areas and the downloads
     sentinelhub: SentinelHubParams = Field(default_factory=SentinelHubParams)
+    stac: StacParams = Field(default_factory=StacParams)  # source stac: the catalog and areas
+    # etl.min_tree_cover: where ESA WorldCover is read from, and its cache
+    worldcover: WorldCoverParams = Field(default_factory=WorldCoverParams)
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams)  # source synthetic
 
     @model_validator(mode="after")
@@ -183,5 +254,15 @@ class EtlParams(StrictModel):
             raise ValueError(
                 "etl.source is 'sentinelhub' but etl.sentinelhub.aois is empty: "
                 "add {name, bbox, time, max_cloud} entries"
+            )
+        if self.source == "stac" and not self.stac.aois:
+            raise ValueError(
+                "etl.source is 'stac' but etl.stac.aois is empty: "
+                "add {name, bbox, time, max_cloud} entries"
+            )
+        if self.source == "synthetic" and self.min_tree_cover > 0:
+            raise ValueError(
+                "etl.min_tree_cover needs georeferenced scenes, and synthetic scenes have none: "
+                "set etl.min_tree_cover: 0 or choose the stac, sentinelhub or local source"
             )
         return self

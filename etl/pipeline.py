@@ -52,6 +52,7 @@ class FilterCounts:
     candidates: int = 0
     dropped_invalid: int = 0
     dropped_vegetation: int = 0
+    dropped_tree_cover: int = 0
     kept: int = 0
 
 
@@ -75,6 +76,10 @@ def run_etl(params: CanopyParams, out: Path, *, progress: bool = True) -> EtlRes
         work = staging / ".work"
         work.mkdir()
         scenes = SOURCES[params.etl.source](params, work, progress=progress)
+        if params.etl.min_tree_cover > 0:
+            from canopy.etl.worldcover import with_tree_cover
+
+            scenes = with_tree_cover(scenes, params.etl, progress=progress)
         check_scene_sizes(scenes, params.etl.tile_size)
         result = write_tiles(scenes, params, staging, progress)
         result.out = out
@@ -116,7 +121,8 @@ def write_tiles(scenes: list[SceneSpec], params: CanopyParams, root: Path,
     write_manifest(
         root, tile_size=etl.tile_size, stride=etl.stride, shards=shards, synthetic=synthetic,
         filters={**vars(filters), "min_valid_fraction": etl.min_valid_fraction,
-                 "min_vegetation_fraction": etl.min_vegetation_fraction},
+                 "min_vegetation_fraction": etl.min_vegetation_fraction,
+                 "min_tree_cover": etl.min_tree_cover},
         sources=scene_reports, params_hash=output_params_hash(params),
         train_stats=stats.to_json(),
     )
@@ -165,6 +171,8 @@ def _filtered(candidates: Iterable[Candidate], etl: EtlParams, counts: FilterCou
             counts.dropped_invalid += 1
         elif candidate.vegetation_fraction < etl.min_vegetation_fraction:
             counts.dropped_vegetation += 1
+        elif candidate.tree_cover is not None and candidate.tree_cover < etl.min_tree_cover:
+            counts.dropped_tree_cover += 1
         else:
             counts.kept += 1
             yield candidate
@@ -231,10 +239,16 @@ def _tile_metadata(key: str, scene: SceneSpec, reader: SceneReader, candidate: C
         "valid_fraction": round(candidate.valid_fraction, 6),
         "vegetation_fraction": round(candidate.vegetation_fraction, 6),
         "vegetation_method": scene.vegetation_method,
+        "region": scene.region,
+        "gsd": reader.gsd,
+        "tree_cover": None if candidate.tree_cover is None else round(candidate.tree_cover, 6),
     }
     if reader.crs is not None:
         window = Window(candidate.col, candidate.row, size, size)
         metadata["bounds"] = list(window_bounds(window, reader.transform))  # left, bottom, right, top
+    if scene.item is not None:
+        metadata["item"] = scene.item
+        metadata["processing_baseline"] = scene.processing_baseline
     if scene.source == "synthetic":
         metadata["synthetic"] = True
     return metadata
@@ -254,6 +268,8 @@ def _scene_report(scene: SceneSpec, reader: SceneReader, counts: FilterCounts) -
         "scaling": {"mode": scene.scale_mode, "low": list(scaling.low),
                     "high": list(scaling.high), "gamma": scaling.gamma},
         "vegetation_method": scene.vegetation_method,
+        "region": scene.region,
+        "gsd": reader.gsd,
         **vars(counts),
         **scene.extra,
     }
@@ -265,8 +281,10 @@ def _nothing_kept_message(filters: FilterCounts, etl: EtlParams) -> str:
     return (
         f"no tile passed the filters: of {filters.candidates} tiles, {filters.dropped_invalid} "
         f"had a valid fraction under etl.min_valid_fraction={etl.min_valid_fraction} (nodata, "
-        f"mask, cloud/shadow/snow) and {filters.dropped_vegetation} a vegetation fraction under "
-        f"etl.min_vegetation_fraction={etl.min_vegetation_fraction}; lower the threshold that "
+        f"mask, cloud/shadow/snow), {filters.dropped_vegetation} a vegetation fraction under "
+        f"etl.min_vegetation_fraction={etl.min_vegetation_fraction} and "
+        f"{filters.dropped_tree_cover} a WorldCover tree cover under "
+        f"etl.min_tree_cover={etl.min_tree_cover}; lower the threshold that "
         "dropped them (0 disables it) or choose other imagery"
     )
 

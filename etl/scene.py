@@ -8,6 +8,7 @@ GDAL's block cache is capped (it defaults to 5% of RAM).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ class Scaling:
 @dataclass(frozen=True)
 class SceneSpec:
     scene_id: str  # stable, used in tile keys: [a-z0-9-] only
-    source: str  # "local" | "sentinelhub" | "synthetic"
+    source: str  # "local" | "sentinelhub" | "stac" | "synthetic"
     rgb: tuple[BandSource, BandSource, BandSource]
     scale_mode: str  # "none" | "reflectance" | "percentile"
     reflectance_range: tuple[float, float] = (0.0, 0.3)  # in the data's units
@@ -69,15 +70,28 @@ class SceneSpec:
     # temporary folder, so they name themselves instead).
     origin: tuple[str, ...] | None = None
     extra: dict = field(default_factory=dict, hash=False, compare=False)
+    # Tile metadata (docs/contract.md): the AOI, local entry or synthetic kind the scene is of;
+    # a STAC scene's item id and processing baseline; the GSD of a raster that has no
+    # georeference to tell it (metres per pixel).
+    region: str | None = None
+    item: str | None = None
+    processing_baseline: str | None = None
+    gsd: float | None = None
+    # ESA WorldCover tree cover on the scene's grid (1 = tree cover), added by etl.worldcover.
+    tree: BandSource | None = None
 
     @property
     def files(self) -> list[str]:
-        bands = [*self.rgb, self.nir, self.mask, self.scl]
+        bands = [*self.rgb, self.nir, self.mask, self.scl, self.tree]
         return sorted({b.path for b in bands if b is not None})
 
     @property
     def provenance(self) -> list[str]:
-        return list(self.origin) if self.origin is not None else self.files
+        """The imagery's own files (the WorldCover mask is not imagery)."""
+        if self.origin is not None:
+            return list(self.origin)
+        bands = [*self.rgb, self.nir, self.mask, self.scl]
+        return sorted({b.path for b in bands if b is not None})
 
     @property
     def vegetation_method(self) -> str:
@@ -104,6 +118,7 @@ class SceneReader:
         self.width, self.height = first.width, first.height
         self.crs = first.crs.to_string() if first.crs else None
         self.transform = first.transform
+        self.gsd = spec.gsd if first.crs is None else ground_sample_distance(first)
         self._check_aligned()
         self.dtype = np.dtype(first.dtypes[spec.rgb[0].band - 1])
         self.scaling = self._scaling(gamma, percentile_range)
@@ -202,6 +217,12 @@ class SceneReader:
         vegetation = self._vegetation(raw, rgb, extra) & valid
         return rgb, valid, vegetation
 
+    def read_tree(self, window: Window) -> np.ndarray | None:
+        """The WorldCover tree-cover mask (bool HxW) of `window`; None without one."""
+        if self.spec.tree is None:
+            return None
+        return self._read_bands([self.spec.tree], window)[0] > 0
+
     # --- scaling -------------------------------------------------------------------------
 
     def _scaling(self, gamma: float, percentile_range: tuple[float, float]) -> Scaling:
@@ -263,6 +284,22 @@ class SceneReader:
         r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))  # |2G - R - B| <= 1020
         g2 = g + g
         return (g2 - r - b) > np.float32(self.gli_threshold) * (g2 + r + b)
+
+def ground_sample_distance(dataset) -> float | None:
+    """Metres per pixel of a georeferenced raster (the geometric mean of its pixel's sides; at
+    the centre for a geographic CRS); None where the CRS has no known unit."""
+    a, e = abs(dataset.transform.a), abs(dataset.transform.e)
+    crs = dataset.crs
+    if crs.is_geographic:
+        centre_lat = dataset.transform.f + dataset.transform.e * dataset.height / 2
+        metres = a * 111_319.49 * math.cos(math.radians(centre_lat)) * e * 110_574.0
+        return round(math.sqrt(metres), 4)
+    try:
+        factor = crs.linear_units_factor[1]
+    except Exception:  # noqa: BLE001  (a CRS without a linear unit)
+        return None
+    return round(math.sqrt(a * e) * factor, 4)
+
 
 def open_raster(path: str):
     """Open a raster or raise a one-line UserError that says what is wrong with it."""

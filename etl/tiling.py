@@ -22,6 +22,7 @@ class Candidate:
     rgb: np.ndarray  # tile_size x tile_size x 3, uint8
     valid_fraction: float  # share of pixels that are not nodata/masked/cloud
     vegetation_fraction: float  # share of the valid pixels that are vegetation
+    tree_cover: float | None = None  # share of all pixels WorldCover calls tree cover
 
 
 def tile_origins(length: int, tile_size: int, stride: int) -> range:
@@ -41,13 +42,16 @@ def scene_candidates(reader: SceneReader, tile_size: int, stride: int) -> Iterat
         for first in range(0, len(cols), per_read):
             chunk = cols[first:first + per_read]
             left, right = chunk[0], chunk[-1] + tile_size
-            rgb, valid, vegetation = reader.read(Window(left, row, right - left, tile_size))
+            window = Window(left, row, right - left, tile_size)
+            rgb, valid, vegetation = reader.read(window)
+            tree = reader.read_tree(window)
             for col in chunk:
                 cut = slice(col - left, col - left + tile_size)
-                yield _candidate(row, col, rgb[:, cut], valid[:, cut], vegetation[:, cut])
+                yield _candidate(row, col, rgb[:, cut], valid[:, cut], vegetation[:, cut],
+                                 None if tree is None else tree[:, cut])
 
 
-def _candidate(row, col, rgb, valid, vegetation) -> Candidate:
+def _candidate(row, col, rgb, valid, vegetation, tree=None) -> Candidate:
     valid_pixels = int(valid.sum())
     return Candidate(
         row=row,
@@ -55,4 +59,5 @@ def _candidate(row, col, rgb, valid, vegetation) -> Candidate:
         rgb=np.ascontiguousarray(rgb),
         valid_fraction=valid_pixels / valid.size,
         vegetation_fraction=int(vegetation.sum()) / valid_pixels if valid_pixels else 0.0,
+        tree_cover=None if tree is None else int(tree.sum()) / tree.size,
     )

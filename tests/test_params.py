@@ -32,7 +32,7 @@ def test_defaults_follow_the_spec():
     ({"schedule": "cosin"}, "schedule: Input should be 'linear', 'cosine' or 'sigmoid' (got 'cosin')"),
     ({"etl": {"tile_sise": 64}}, "etl.tile_sise: unknown key; did you mean 'tile_size'?"),
     ({"sed": 1}, "sed: unknown key; did you mean 'seed'?"),
-    ({"etl": {"source": "modis"}}, "etl.source: Input should be 'sentinelhub', 'local' or 'synthetic'"),
+    ({"etl": {"source": "modis"}}, "etl.source: Input should be 'sentinelhub', 'stac', 'local' or 'synthetic'"),
     ({"etl": {"min_valid_fraction": 1.5}}, "etl.min_valid_fraction: Input should be less than or equal to 1"),
     ({"etl": {"stride": 256}}, "etl.stride (256) is larger than etl.tile_size (128)"),
     ({"etl": {"local": {"bands": [1, 2]}}}, "etl.local.bands: give exactly 3 bands"),

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from canopy.etl.scene import SceneSpec
-from canopy.etl.sources import local, sentinelhub, synthetic
+from canopy.etl.sources import local, sentinelhub, stac, synthetic
 from canopy.params import CanopyParams
 
 
@@ -24,5 +24,6 @@ class SceneSource(Protocol):
 SOURCES: dict[str, SceneSource] = {
     "local": local.scenes,
     "sentinelhub": sentinelhub.scenes,
+    "stac": stac.scenes,
     "synthetic": synthetic.scenes,
 }

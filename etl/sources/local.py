@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import glob
+import math
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from affine import Affine
+from rasterio.dtypes import _gdal_typename
 
 from canopy.errors import UserError
 from canopy.etl.params import BandRef, EtlParams, LocalEntry
-from canopy.etl.scene import BandSource, SceneSpec, open_raster, slug
+from canopy.etl.scene import BandSource, SceneSpec, ground_sample_distance, open_raster, slug
 from canopy.params import CanopyParams
 
 GLOB_CHARS = set("*?[")
@@ -21,15 +25,19 @@ class EntrySettings:
     bands: list[BandRef]
     nir_band: BandRef | None
     scale: str
+    gsd: float | None = None  # metres per pixel, for rasters without a georeference
+    name: str | None = None  # the tiles' region; default: the scene's file stem
 
 
 def scenes(params: CanopyParams, workdir: Path, *, progress: bool) -> list[SceneSpec]:
-    """The source's scenes; files are read where they are, so `workdir` and `progress` go unused."""
-    return local_scenes(params.etl)
+    """The source's scenes; files are read where they are (resampled ones through a VRT in
+    `workdir`), so `progress` goes unused."""
+    return local_scenes(params.etl, workdir)
 
 
-def local_scenes(params: EtlParams) -> list[SceneSpec]:
-    """One SceneSpec per file, or per stacked list of single-band files, in params order."""
+def local_scenes(params: EtlParams, workdir: Path | None = None) -> list[SceneSpec]:
+    """One SceneSpec per file, or per stacked list of single-band files, in params order;
+    resampled to etl.local.target_gsd when it is set (VRTs written to `workdir`)."""
     scenes: list[SceneSpec] = []
     for entry in params.local.paths:
         files, settings = _entry_settings(entry, params)
@@ -37,7 +45,13 @@ def local_scenes(params: EtlParams) -> list[SceneSpec]:
             scenes.append(_stacked_scene(files, settings, params))
         else:
             scenes.extend(_file_scene(path, settings, params) for path in expand(files))
-    return _unique_ids(scenes)
+    scenes = _unique_ids(scenes)
+    target = params.local.target_gsd
+    if target is None:
+        return scenes
+    if workdir is None:
+        raise ValueError("resampling to etl.local.target_gsd needs a work folder")
+    return [resample_to_gsd(scene, target, workdir) for scene in scenes]
 
 
 def _entry_settings(entry, params: EtlParams) -> tuple[str | list[str], EntrySettings]:
@@ -49,6 +63,8 @@ def _entry_settings(entry, params: EtlParams) -> tuple[str | list[str], EntrySet
         bands=entry.bands if entry.bands is not None else defaults.bands,
         nir_band=entry.nir_band if entry.nir_band is not None else defaults.nir_band,
         scale=entry.scale if entry.scale is not None else defaults.scale,
+        gsd=entry.gsd,
+        name=entry.name,
     )
 
 
@@ -113,6 +129,8 @@ def _spec(stem, rgb, nir, dtype, settings: EntrySettings, params: EtlParams, acq
         scale_mode=_scale_mode(settings.scale, dtype),
         reflectance_range=params.reflectance_range,
         acquired=acquired,
+        region=settings.name or slug(stem),
+        gsd=settings.gsd,
     )
 
 
@@ -165,3 +183,72 @@ def _unique_ids(scenes: list[SceneSpec]) -> list[SceneSpec]:
         seen[scene.scene_id] = count
         unique.append(scene if count == 1 else replace(scene, scene_id=f"{scene.scene_id}-{count}"))
     return unique
+
+
+# --- one ground sample distance ------------------------------------------------------------
+
+def resample_to_gsd(scene: SceneSpec, target: float, workdir: Path) -> SceneSpec:
+    """`scene` averaged down to `target` metres per pixel, through a GDAL VRT per file.
+
+    A VRT reads the original windows and averages them as the tiler asks, so nothing is
+    copied. The resampled width is a whole number of target pixels: the source rectangle is
+    cut to exactly width x target / gsd source pixels (dropping less than one target pixel at
+    the right and bottom edges), so the GSD is exactly the target.
+    """
+    first = scene.rgb[0].path
+    with open_raster(first) as dataset:
+        gsd = ground_sample_distance(dataset) if dataset.crs is not None else scene.gsd
+    if gsd is None:
+        raise UserError(
+            f"{first} has no georeference, so its ground sample distance is unknown: give it in "
+            f"its etl.local.paths entry ({{files: {first}, gsd: 0.1}}) or unset etl.local.target_gsd")
+    if math.isclose(gsd, target, rel_tol=1e-6):
+        return replace(scene, gsd=target)
+    if gsd > target * 1.01:
+        raise UserError(
+            f"{first} is at {gsd:g} m per pixel, coarser than etl.local.target_gsd ({target:g} m): "
+            "upsampling invents no detail; raise etl.local.target_gsd or leave this file out")
+    factor = gsd / target
+    vrts: dict[str, str] = {}
+    for path in scene.files:
+        vrt = workdir / f"{scene.scene_id}-{len(vrts)}-{target:g}m.vrt"
+        vrt.write_text(_average_vrt(path, factor), encoding="utf-8")
+        vrts[path] = str(vrt)
+
+    def moved(band: BandSource | None) -> BandSource | None:
+        return None if band is None else BandSource(vrts[band.path], band.band)
+
+    return replace(scene, rgb=tuple(moved(b) for b in scene.rgb), nir=moved(scene.nir),
+                   origin=tuple(scene.provenance), gsd=target,
+                   extra={**scene.extra, "source_gsd": gsd, "target_gsd": target})
+
+
+def _average_vrt(path: str, factor: float) -> str:
+    """A VRT of every band of `path`, `factor` times as many pixels a side, averaged."""
+    with open_raster(path) as src:
+        width = max(1, math.floor(src.width * factor + 1e-9))
+        height = max(1, math.floor(src.height * factor + 1e-9))
+        src_width, src_height = width / factor, height / factor
+        root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+        if src.crs is not None:
+            ET.SubElement(root, "SRS").text = src.crs.to_wkt()
+            transform = src.transform * Affine.scale(1 / factor)
+            ET.SubElement(root, "GeoTransform").text = ", ".join(repr(v) for v in transform.to_gdal())
+        for index in range(1, src.count + 1):
+            band = ET.SubElement(root, "VRTRasterBand", band=str(index),
+                                 dataType=_gdal_typename(src.dtypes[index - 1]))
+            nodata = src.nodatavals[index - 1]
+            if nodata is not None:
+                ET.SubElement(band, "NoDataValue").text = repr(float(nodata))
+            if src.descriptions[index - 1]:
+                ET.SubElement(band, "Description").text = src.descriptions[index - 1]
+            ET.SubElement(band, "ColorInterp").text = src.colorinterp[index - 1].name.capitalize()
+            source = ET.SubElement(band, "ComplexSource", resampling="average")
+            ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = str(Path(path).resolve())
+            ET.SubElement(source, "SourceBand").text = str(index)
+            ET.SubElement(source, "SrcRect", xOff="0", yOff="0", xSize=repr(src_width),
+                          ySize=repr(src_height))
+            ET.SubElement(source, "DstRect", xOff="0", yOff="0", xSize=str(width), ySize=str(height))
+            if nodata is not None:
+                ET.SubElement(source, "NODATA").text = repr(float(nodata))
+    return ET.tostring(root, encoding="unicode")

@@ -12,9 +12,11 @@ Cached file format (the etl core relies on it): GeoTIFF, 5 uint16 bands with des
 "B04", "B03", "B02" (surface reflectance x REFLECTANCE_SCALE), "dataMask" (0/1), "SCL" (scene
 classification 0..11), in the UTM CRS of the request at `resolution` metres.
 
-This module plans the requests and keeps the cache; sentinelhub_client.py sends them (HTTP,
-credentials, retries, secret-free logs). `sentinelhub` and the client are imported inside the
-functions (about 0.4 s) so that runs with another etl source do not pay for them.
+This module plans the requests and keeps the cache; sentinelhub_client.py sends them (the OAuth
+session and Process API, on http.py's retries, redaction.py's secret-free logs and
+sentinelhub_credentials.py); download.py holds the request guard, progress bar and cache check
+it shares with the STAC source. `sentinelhub` and the client are imported inside the functions
+(about 0.4 s) so that runs with another etl source do not pay for them.
 """
 
 from __future__ import annotations
@@ -35,11 +37,16 @@ import rasterio
 from rasterio.io import MemoryFile
 from rasterio.transform import from_bounds
 from rasterio.warp import transform_bounds
-from tqdm.auto import tqdm
 
 from canopy.errors import UserError
 from canopy.etl.params import AoiParams, SentinelHubParams
 from canopy.etl.scene import BandSource, SceneSpec, slug
+from canopy.etl.sources.download import (
+    POLL_SECONDS,
+    cached_raster_ok,
+    progress_bar,
+    request_guard,
+)
 from canopy.fsutil import atomic_write_bytes
 from canopy.hashing import sha256_json
 from canopy.params import CanopyParams
@@ -54,7 +61,6 @@ REFLECTANCE_SCALE = 10000  # the evalscript returns surface reflectance x this, 
 MAX_PX = 2500  # Process API limit on width and height
 CACHE_FORMAT = 1  # bump when the cached file layout changes: old entries are then ignored
 COLLECTION_NAME = "CANOPY_SENTINEL2_L2A"
-POLL_SECONDS = 0.25  # how often the main thread wakes while downloads run (signals)
 
 EVALSCRIPT = Template("""//VERSION=3
 function setup() {
@@ -124,6 +130,7 @@ def scene_spec(fetched: FetchedScene, reflectance_range: tuple[float, float]) ->
         scale_mode="reflectance",
         reflectance_range=(low * REFLECTANCE_SCALE, high * REFLECTANCE_SCALE),
         acquired=fetched.time_interval,
+        region=fetched.aoi,
         extra={"aoi": fetched.aoi},
     )
 
@@ -166,9 +173,8 @@ def _download_all(missing: list[SubRequest], cache_dir: Path, params: SentinelHu
 
     stop = threading.Event()
     # Credentials are only needed (and read) when something is downloaded.
-    with client.Fetcher(params, stop=stop) as fetcher, tqdm(
-        total=cached + len(missing), initial=cached, desc="sentinelhub", unit="req",
-        postfix=f"{cached} cached", disable=None if progress else True,
+    with client.Fetcher(params, stop=stop) as fetcher, progress_bar(
+        "sentinelhub", total=cached + len(missing), cached=cached, unit="req", progress=progress,
     ) as bar:
         pool = ThreadPoolExecutor(max_workers=params.threads, thread_name_prefix="sentinelhub")
         try:
@@ -229,21 +235,15 @@ def check_request_budget(missing: list[SubRequest], cached: int, params: Sentine
     Only requests still to download count: cached answers cost nothing, so a big run that was
     interrupted can be resumed under the same limit it was started with.
     """
-    from canopy.etl.sources.sentinelhub_client import notify
-
     units = sum(processing_units(plan) for plan in missing)
     aois = len({plan.aoi for plan in missing})
     summary = (
         f"{len(missing)} Process API request(s) to download over {aois} AOI(s) "
         f"(about {units:,.1f} processing units; {cached} more cached)"
     )
-    if len(missing) > params.max_requests:
-        raise UserError(
-            f"{summary}: more than etl.sentinelhub.max_requests ({params.max_requests}); check "
-            "the AOI bboxes and etl.sentinelhub.resolution, or raise etl.sentinelhub.max_requests "
-            "if you mean it (cached requests do not count)"
-        )
-    notify(summary)
+    request_guard(source="sentinelhub", section="etl.sentinelhub", summary=summary,
+                  count=len(missing), limit=params.max_requests,
+                  check="the AOI bboxes and etl.sentinelhub.resolution", cached_noun="requests")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,25 +394,18 @@ def _cache_path(cache_dir: Path, plan: SubRequest) -> Path:
 
 def _cached_ok(path: Path, plan: SubRequest) -> bool:
     """True if `path` is a complete cached answer for `plan`; anything else is re-downloaded."""
-    if not path.is_file():
-        return False
-    try:
-        with rasterio.Env(), rasterio.open(path) as src:
-            ok = (
-                src.count == len(BAND_NAMES)
-                and all(dtype == "uint16" for dtype in src.dtypes)
-                and tuple(src.descriptions) == BAND_NAMES
-                and (src.width, src.height) == (plan.width, plan.height)
-                and src.crs is not None
-                and src.crs.to_epsg() == plan.epsg
-            )
-            if ok:
-                src.read(len(BAND_NAMES), window=((src.height - 1, src.height), (0, src.width)))
-    except Exception:  # noqa: BLE001  (unreadable = not cached)
-        ok = False
-    if not ok:
-        LOGGER.warning("sentinelhub: cached file %s is incomplete or invalid; downloading again", path)
-    return ok
+    def accept(src: Any) -> bool:
+        return (
+            src.count == len(BAND_NAMES)
+            and all(dtype == "uint16" for dtype in src.dtypes)
+            and tuple(src.descriptions) == BAND_NAMES
+            and (src.width, src.height) == (plan.width, plan.height)
+            and src.crs is not None
+            and src.crs.to_epsg() == plan.epsg
+        )
+
+    return cached_raster_ok(path, accept, logger=LOGGER, source="sentinelhub",
+                            redo="downloading again")
 
 
 def _normalise(content: bytes, plan: SubRequest, params: SentinelHubParams) -> bytes:

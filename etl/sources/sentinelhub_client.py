@@ -1,52 +1,52 @@
-"""Sentinel Hub over HTTP: credentials, the OAuth session, bounded retries, secret-free logs.
+"""Sentinel Hub over HTTP: the OAuth session and the Process API, with the shared retry policy.
 
-Credentials come only from env SH_CLIENT_ID/SH_CLIENT_SECRET or a sentinelhub config profile
-(read, never written); they never appear in params, logs or error messages.
-
-Request planning and the cache are in sentinelhub.py; this module sends what it planned.
-`sentinelhub` is imported inside the functions (about 0.4 s) so that runs with another etl
-source do not pay for it.
+Request planning and the cache are in sentinelhub.py; this module sends what it planned, on
+the pieces every online source shares: http.py (bounded retries honouring Retry-After, one
+rate gate for all threads), redaction.py (secret-free logs) and, for this source alone,
+sentinelhub_credentials.py. `sentinelhub` is imported inside the functions (about 0.4 s) so
+that runs with another etl source do not pay for it.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import logging
-import math
-import os
-import re
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import urlsplit
 
 import requests
-from tqdm.auto import tqdm
 
 from canopy.errors import UserError
 from canopy.etl.params import SentinelHubParams
+from canopy.etl.sources import http
+from canopy.etl.sources.http import RateGate, Retry, Stopped, retry_after_seconds, status_retry
+from canopy.etl.sources.redaction import HTTP_LOGGERS, RedactSecrets, redacted_logs
+from canopy.etl.sources.sentinelhub_credentials import (  # noqa: F401  (this module's API)
+    ENV_ID,
+    ENV_SECRET,
+    Credentials,
+    credentials_error,
+    read_credentials,
+)
 
-# The source's one logger, whichever of its two modules logs: users filter on this name.
+# The source's one logger, whichever of its modules logs: users filter on this name.
 LOGGER = logging.getLogger("canopy.etl.sources.sentinelhub")
 
-RETRY_BASE_SECONDS = 1.0  # first wait after a 5xx/connection error without Retry-After; doubles
-MAX_WAIT_SECONDS = 600.0  # cap on any single wait, Retry-After included
+RETRY_BASE_SECONDS = http.RETRY_BASE_SECONDS  # read when a Fetcher is made (tests shorten it)
+MAX_WAIT_SECONDS = http.MAX_WAIT_SECONDS
 DOWNLOAD_TIMEOUT_SECONDS = 300.0
-ENV_ID = "SH_CLIENT_ID"
-ENV_SECRET = "SH_CLIENT_SECRET"
+LOGGER_PREFIXES = (*HTTP_LOGGERS, "sentinelhub", LOGGER.name)
 
 Answer = TypeVar("Answer")
+_Retry = Retry  # the name the Fetcher's methods use
+__all__ = ["Fetcher", "RateGate", "Stopped", "notify", "read_credentials", "sh_config"]
 
 
 def notify(message: str) -> None:
     """One line on stderr at normal verbosity (-q only hides progress bars), above any bar."""
-    tqdm.write(f"etl: sentinelhub: {message}", file=sys.stderr)
+    http.notify("sentinelhub", message)
 
 
 def sh_config(params: SentinelHubParams, client_id: str = "", client_secret: str = "") -> Any:
@@ -64,120 +64,6 @@ def sh_config(params: SentinelHubParams, client_id: str = "", client_secret: str
         download_timeout_seconds=DOWNLOAD_TIMEOUT_SECONDS,
     )
 
-
-# ---------------------------------------------------------------------------------------------
-# Credentials
-
-
-@dataclass(frozen=True)
-class Credentials:
-    client_id: str
-    client_secret: str
-    origin: str  # where they came from, for error messages (never the values)
-
-    def __repr__(self) -> str:  # never show the values
-        return f"Credentials(origin={self.origin!r})"
-
-
-def read_credentials(params: SentinelHubParams) -> Credentials:
-    """From env SH_CLIENT_ID/SH_CLIENT_SECRET, else a sentinelhub config profile (read only)."""
-    env_id, env_secret = os.environ.get(ENV_ID, ""), os.environ.get(ENV_SECRET, "")
-    if env_id and env_secret:
-        return Credentials(env_id, env_secret, f"env {ENV_ID}/{ENV_SECRET}")
-    if env_id or env_secret:
-        present, absent = (ENV_ID, ENV_SECRET) if env_id else (ENV_SECRET, ENV_ID)
-        raise UserError(f"{present} is set but {absent} is not: set both (or neither, to use a profile)")
-    return _profile_credentials(params)
-
-
-def _profile_credentials(params: SentinelHubParams) -> Credentials:
-    from sentinelhub import SHConfig
-    from sentinelhub.config import DEFAULT_PROFILE, SH_PROFILE_ENV_VAR
-
-    profile = params.profile or os.environ.get(SH_PROFILE_ENV_VAR) or DEFAULT_PROFILE
-    location = Path(SHConfig.get_config_location())
-    entry = _read_profiles(location).get(profile)
-    if isinstance(entry, dict) and entry.get("sh_client_id") and entry.get("sh_client_secret"):
-        return Credentials(
-            str(entry["sh_client_id"]), str(entry["sh_client_secret"]),
-            f"sentinelhub config profile {profile!r} in {location}",
-        )
-    if params.profile is not None:
-        raise UserError(
-            f"sentinelhub config profile {profile!r} (etl.sentinelhub.profile) has no sh_client_id and "
-            f"sh_client_secret in {location}: add them with `sentinelhub.config --profile {profile} "
-            f"--sh_client_id ... --sh_client_secret ...`, or set {ENV_ID} and {ENV_SECRET}"
-        )
-    raise UserError(
-        f"no Sentinel Hub credentials: set {ENV_ID} and {ENV_SECRET} to an OAuth client of your "
-        "account (Copernicus Data Space: Sentinel Hub dashboard > User settings > OAuth clients), "
-        "or name a sentinelhub config profile holding them in etl.sentinelhub.profile"
-    )
-
-
-def _read_profiles(location: Path) -> dict[str, Any]:
-    """The sentinelhub config file's profiles, read directly: SHConfig would rewrite the file."""
-    if not location.is_file():
-        return {}
-    import tomli  # a sentinelhub dependency
-
-    try:
-        return tomli.loads(location.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        raise UserError(
-            f"cannot read the sentinelhub config file {location}: fix it, or set {ENV_ID} and "
-            f"{ENV_SECRET}"
-        ) from None
-
-
-def credentials_error(answer: int | str, path: str, creds: Credentials) -> UserError:
-    """`answer` is an HTTP status or an OAuth error code such as 'unauthorized_client'."""
-    what = f"HTTP {answer}" if isinstance(answer, int) else answer
-    extra = " (or the account lacks access or quota for this request)" if answer == 403 else ""
-    return UserError(
-        f"Sentinel Hub refused the credentials ({what} from {path}){extra}: set {ENV_ID} "
-        f"and {ENV_SECRET} to a valid OAuth client for this deployment, or a sentinelhub config "
-        f"profile in etl.sentinelhub.profile; the ones used came from {creds.origin}"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Download with bounded retries
-
-
-class RateGate:
-    """The earliest time any thread may send its next request, shared by all of them.
-
-    A 429 means the account's rate limit is spent, not that one request failed: every thread
-    waits until its Retry-After has passed, not just the one that got it (as sentinelhub-py's
-    SentinelHubRateLimit does with its lock-guarded next_download_time).
-    """
-
-    def __init__(self, stop: threading.Event):
-        self._lock = threading.Lock()
-        self._not_before = time.monotonic()
-        self._stop = stop
-
-    def hold(self, seconds: float) -> None:
-        """Let no request start for `seconds` from now (a later deadline already set stays)."""
-        with self._lock:
-            self._not_before = max(self._not_before, time.monotonic() + seconds)
-
-    def wait(self) -> None:
-        """Return once requests may be sent; raise Stopped if the run is being stopped."""
-        while True:
-            with self._lock:
-                remaining = self._not_before - time.monotonic()
-            if remaining <= 0:
-                if self._stop.is_set():
-                    raise Stopped
-                return
-            if self._stop.wait(remaining):
-                raise Stopped
-
-
-class Stopped(Exception):
-    """The run is being stopped (an error elsewhere, Ctrl-C, SIGTERM): send nothing more."""
 
 
 class Fetcher:
@@ -205,14 +91,19 @@ class Fetcher:
         self.token_path = urlsplit(params.token_url).path or "/"
         self.stop = stop if stop is not None else threading.Event()
         self.gate = RateGate(self.stop)
+        self.retrier = http.Retrier(
+            service="Sentinel Hub", source="sentinelhub", section="etl.sentinelhub",
+            max_retries=params.max_retries, stop=self.stop, gate=self.gate,
+            base_seconds=RETRY_BASE_SECONDS, max_wait=MAX_WAIT_SECONDS,
+        )
         self._session_lock = threading.Lock()
         self._redaction = contextlib.ExitStack()
-        self._redactor: _RedactSecrets | None = None
+        self._redactor: RedactSecrets | None = None
 
     def __enter__(self) -> Fetcher:
         secrets = (self.creds.client_secret,)
         self._redactor = self._redaction.enter_context(
-            redacted_logs(secrets, client_id=self.creds.client_id)
+            redacted_logs(secrets, client_id=self.creds.client_id, logger_prefixes=LOGGER_PREFIXES)
         )
         return self
 
@@ -274,11 +165,9 @@ class Fetcher:
         status = response.status_code
         if status in (401, 403):
             return credentials_error(status, path, self.creds)
-        if status == 429:
-            return _Retry(f"HTTP {status}", _retry_after(response), rate_limited=True)
-        if status >= 500:
-            return _Retry(f"HTTP {status}", _retry_after(response))
-        return None
+        # Sentinel Hub's Retry-After is in milliseconds
+        return status_retry(status, retry_after_seconds(response.headers.get("Retry-After"),
+                                                        unit_seconds=0.001))
 
     def _token_failure(self, exc: Exception) -> Exception:
         from oauthlib.oauth2 import OAuth2Error
@@ -332,35 +221,9 @@ class Fetcher:
         )
 
     def _with_retries(self, attempt: Callable[[], Answer], url: str, key: str, label: str) -> Answer:
-        """Run `attempt`, retrying on _Retry at most max_retries times; `key` names the URL param,
-        `label` the request in the line each retry prints."""
-        max_retries = self.params.max_retries
-        for number in range(max_retries + 1):
-            try:
-                return attempt()
-            except _Retry as retry:
-                if number == max_retries:
-                    if retry.final is not None:
-                        raise retry.final from None
-                    raise UserError(
-                        f"Sentinel Hub {url} failed {max_retries + 1} times in a row (last: "
-                        f"{retry.problem}): the service is busy or down, or etl.sentinelhub.{key} "
-                        f"is wrong; try again later or raise etl.sentinelhub.max_retries "
-                        f"(now {max_retries})"
-                    ) from None
-                wait = retry.wait if retry.wait is not None else RETRY_BASE_SECONDS * 2**number
-                wait = min(wait, MAX_WAIT_SECONDS)
-                if self.stop.is_set():
-                    raise Stopped from None
-                notify(
-                    f"{retry.problem} for {label}; retrying in {wait:.3g} s "
-                    f"(attempt {number + 2} of {max_retries + 1})"
-                )
-                if retry.rate_limited:
-                    self.gate.hold(wait)  # every thread waits, at its next gate.wait()
-                elif self.stop.wait(wait):
-                    raise Stopped from None
-        raise AssertionError("unreachable")
+        """Run `attempt` under the shared retry policy (http.Retrier); `key` names the URL
+        param, `label` the request in the line each retry prints."""
+        return self.retrier.run(attempt, url, key, label)
 
 
 def _session_class() -> type:
@@ -389,31 +252,6 @@ class _NotJsonAnswer(Exception):
         self.kind, self.status, self.content_type = kind, status, content_type
 
 
-class _Retry(Exception):
-    """A temporary failure: 429, 5xx or a connection error. `final` is the error to raise
-    instead of the generic one when the retries run out."""
-
-    def __init__(self, problem: str, wait: float | None, *, rate_limited: bool = False,
-                 final: UserError | None = None):
-        super().__init__(problem)
-        self.problem = problem
-        self.wait = wait
-        self.rate_limited = rate_limited
-        self.final = final
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    """Seconds to wait from Sentinel Hub's Retry-After header, which is in milliseconds."""
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        millis = float(value)
-    except ValueError:
-        return None
-    return max(millis, 0.0) / 1000.0 if math.isfinite(millis) else None
-
-
 def _server_message(response: requests.Response) -> str:
     from sentinelhub.decoding import decode_sentinelhub_err_msg
 
@@ -423,91 +261,3 @@ def _server_message(response: requests.Response) -> str:
         message = response.reason or ""
     message = " ".join(str(message).split())
     return (message[:300] + "...") if len(message) > 300 else (message or "no details")
-
-
-# ---------------------------------------------------------------------------------------------
-# Keeping secrets out of logs
-
-# requests_oauthlib logs the token request body (client_secret) and the token at DEBUG level.
-# Known secrets are redacted by value, in every form they can take in a log line (below); the
-# patterns catch the rest (a token before it is known to the filter).
-_SECRET_PATTERNS = [
-    re.compile(r"(client_secret|access_token|refresh_token|id_token)(['\"]?\s*[:=]\s*['\"]?)[^'\"&,\s}]+"),
-    re.compile(r"(Bearer|Basic)(\s+)[^'\"\s,}]+"),
-]
-_LOGGER_PREFIXES = ("requests_oauthlib", "oauthlib", "sentinelhub", "urllib3", "requests", LOGGER.name)
-
-
-def secret_forms(secret: str) -> list[str]:
-    """`secret` as it may appear in a log line, longest first: as is, escaped inside a
-    repr() or JSON string (either quote), URL-encoded (a form body, a query) and as bytes."""
-    if not secret:
-        return []
-    forms = {
-        secret,
-        repr(secret)[1:-1],
-        secret.replace("\\", "\\\\").replace("'", "\\'"),
-        secret.replace("\\", "\\\\").replace('"', '\\"'),
-        json.dumps(secret)[1:-1],
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-        quote_plus(secret),
-        quote(secret, safe=""),
-        quote(secret),
-        repr(secret.encode())[2:-1],
-    }
-    return sorted(forms, key=len, reverse=True)
-
-
-class _RedactSecrets(logging.Filter):
-    def __init__(self, secrets: tuple[str, ...], client_id: str = ""):
-        super().__init__()
-        self._lock = threading.Lock()
-        self._forms: list[str] = []
-        for secret in secrets:
-            self.add(secret)
-            if client_id and secret:  # HTTP Basic auth carries base64("id:secret")
-                for pair in (f"{client_id}:{secret}", f"{quote_plus(client_id)}:{quote_plus(secret)}"):
-                    self.add(base64.b64encode(pair.encode()).decode())
-
-    def add(self, secret: str) -> None:
-        """Redact `secret` too from now on (the access token, once it is known)."""
-        with self._lock:
-            known = set(self._forms)
-            self._forms = sorted(known | set(secret_forms(secret)), key=len, reverse=True)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001
-            return True
-        redacted = message
-        for form in self._forms:
-            redacted = redacted.replace(form, "***")
-        for pattern in _SECRET_PATTERNS:
-            redacted = pattern.sub(r"\1\2***", redacted)
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        return True
-
-
-@contextlib.contextmanager
-def redacted_logs(secrets: tuple[str, ...], *, client_id: str = "") -> Iterator[_RedactSecrets]:
-    """Redact secrets from records of the HTTP/OAuth loggers while downloads run.
-
-    A logger's filters only see records logged on that very logger, so the filter goes on each
-    existing logger under the prefixes (all of them are imported by now). It yields the filter,
-    so that secrets learnt later (the access token) can be added.
-    """
-    filt = _RedactSecrets(secrets, client_id)
-    names = set(_LOGGER_PREFIXES) | {
-        name for name in logging.root.manager.loggerDict
-        if name.startswith(tuple(prefix + "." for prefix in _LOGGER_PREFIXES))
-    }
-    loggers = [logging.getLogger(name) for name in sorted(names)]
-    for logger in loggers:
-        logger.addFilter(filt)
-    try:
-        yield filt
-    finally:
-        for logger in loggers:
-            logger.removeFilter(filt)

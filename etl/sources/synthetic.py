@@ -42,6 +42,7 @@ def synthetic_scenes(params: EtlParams, seed: int, workdir: Path) -> list[SceneS
             rgb=(BandSource(str(path), 1), BandSource(str(path), 2), BandSource(str(path), 3)),
             scale_mode="none",
             origin=(f"synthetic:seed={seed}:scene={index:03d}",),
+            region="synthetic-forest",  # the one kind of scene it draws
             extra={"note": "procedurally generated demo scene, not real imagery"},
         ))
     return scenes

@@ -75,7 +75,7 @@ CASES = {
         "aois": [{**AOI, "bbox": [10.0, 50.0, 10.1, 95.0]}]}}, "outside [-90, 90]"),
     "reversed time": (lambda t: {"source": "sentinelhub", "sentinelhub": {
         "aois": [{**AOI, "time": ["2024-06-30", "2024-06-01"]}]}}, "reversed"),
-    "unknown source": (lambda t: {"source": "landsat"}, "'sentinelhub', 'local' or 'synthetic'"),
+    "unknown source": (lambda t: {"source": "landsat"}, "'sentinelhub', 'stac', 'local' or 'synthetic'"),
     "typo in a key": (lambda t: {"min_valid_fractoin": 0.5}, "did you mean 'min_valid_fraction'"),
     "local without paths": (lambda t: {"source": "local"}, "etl.local.paths is empty"),
 }
