@@ -36,6 +36,7 @@ from canopy.imaging import contact_sheet
 from canopy.params import CanopyParams
 from canopy.tiles import (
     SPLITS,
+    TILES_OUTPUT,
     ChannelStats,
     ShardWriter,
     TileLocation,
@@ -67,7 +68,7 @@ class EtlResult:
 
 def run_etl(params: CanopyParams, out: Path, *, progress: bool = True) -> EtlResult:
     with output_lock(out, "canopy etl"), warnings.catch_warnings(), rasterio.Env(**GDAL_ENV), \
-            atomic_dir(out) as staging:
+            atomic_dir(out, TILES_OUTPUT) as staging:
         # Plain PNG/JPEG and synthetic scenes have no georeference on purpose (crs: null).
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         # Scratch files live in the staging folder, so a killed run's go with it (the next

@@ -7,12 +7,21 @@ import os
 import pytest
 
 from canopy.fsutil import (
-    atomic_dir,
+    OutputKind,
     atomic_write_bytes,
     recover_interrupted_swap,
     remove_stale_temp_files,
 )
+from canopy.fsutil import atomic_dir as _atomic_dir
 from tests.conftest import output_locked_by_another_process
+
+# The outputs these tests swap: a folder holding a file `x` is one (as a manifest says so
+# for the stages' outputs).
+TEST_OUTPUT = OutputKind("test output", "--out", lambda folder: (folder / "x").is_file())
+
+
+def atomic_dir(target):
+    return _atomic_dir(target, TEST_OUTPUT)
 
 
 def test_atomic_write_replaces_and_respects_umask(tmp_path):
@@ -90,7 +99,8 @@ def replace(src, dst):
 
 
 os.replace = replace
-with fsutil.atomic_dir(Path(sys.argv[1])) as staging:
+kind = fsutil.OutputKind("test output", "--out", lambda folder: True)  # the swap is tested
+with fsutil.atomic_dir(Path(sys.argv[1]), kind) as staging:
     (staging / "x").write_text("new")
 """
 
