@@ -8,18 +8,22 @@ GDAL's block cache is capped (it defaults to 5% of RAM).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from collections.abc import Sequence
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
-from canopy.errors import UserError
+from canopy.errors import DISK_FULL_ERRNOS, UserError
 
 GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}  # MiB
 
@@ -275,3 +279,88 @@ def open_raster(path: str):
         raise UserError(
             f"{path}: not a readable raster ({detail}); give GeoTIFF/COG, PNG or JPEG files"
         ) from None
+
+
+# --- writing -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def raster_write_errors(path: Path) -> Iterator[None]:
+    """Turn a GDAL write that failed for a full disk or quota into the OSError a plain write
+    raises (ENOSPC or EDQUOT, naming `path`): canopy/errors.py then says it in one line.
+
+    GDAL reports such a failure as a generic "Write error"; the errno's text only reaches
+    libtiff's own handler, which prints it to file descriptor 2 directly. So descriptor 2 is
+    captured for the block: read for that text on failure, and passed on otherwise.
+    """
+    with _captured_stderr() as captured:
+        try:
+            yield
+        except (RasterioError, OSError) as err:
+            if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+                raise
+            code = _disk_full_errno(captured.text() + _chain_text(err))
+            if code is None:
+                raise
+            captured.discard()  # said in the one line instead
+            raise OSError(code, os.strerror(code), str(path)) from None
+
+
+def _disk_full_errno(text: str) -> int | None:
+    for code in sorted(DISK_FULL_ERRNOS):
+        if os.strerror(code) in text:
+            return code
+    return None
+
+
+def _chain_text(err: BaseException | None) -> str:
+    parts = []
+    while err is not None and len(parts) < 10:
+        parts.append(str(err))
+        err = err.__cause__ or err.__context__
+    return "\n".join(parts)
+
+
+class _Captured:
+    def __init__(self, handle) -> None:
+        self._handle = handle
+        self._discarded = False
+
+    def text(self) -> str:
+        self._handle.flush()
+        self._handle.seek(0)
+        return self._handle.read().decode("utf-8", "replace")
+
+    def discard(self) -> None:
+        self._discarded = True
+
+    def replay(self) -> None:
+        if not self._discarded:
+            text = self.text()
+            if text:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[_Captured]:
+    # In memory where the system allows (memfd): the disk that filled up may hold /tmp too.
+    if hasattr(os, "memfd_create"):
+        handle = os.fdopen(os.memfd_create("canopy-gdal-stderr"), "w+b")
+    else:
+        handle = tempfile.TemporaryFile()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    captured = _Captured(handle)
+    try:
+        os.dup2(handle.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+        try:
+            captured.replay()
+        finally:
+            handle.close()
