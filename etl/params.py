@@ -13,7 +13,8 @@ BandRef = int | str  # 1-based band index, or a band name (GDAL description)
 
 # Keys that say how a run goes, not what it makes: left out of the manifest's params_hash, so
 # that the output is byte-identical whatever their values (dotted paths under `etl`).
-RUN_ONLY_KEYS = ("workers", "sentinelhub.threads", "sentinelhub.max_retries", "sentinelhub.max_requests")
+RUN_ONLY_KEYS = ("workers", "sentinelhub.threads", "sentinelhub.max_retries", "sentinelhub.max_requests",
+                 "max_scene_megapixels", "max_read_mb")
 
 
 class LocalEntry(StrictModel):
@@ -151,6 +152,11 @@ class EtlParams(StrictModel):
     gamma: float = Field(1.0, gt=0.0, le=5.0)  # applied after the linear map: out = x ** (1/gamma)
     percentile_range: tuple[float, float] = (2.0, 98.0)
     workers: int = Field(0, ge=0, le=256)  # PNG encoding processes; 0 = all cores
+    # Limits on what one input raster may claim: a 7 MB sparse file can claim 200000 x 200000
+    # pixels (minutes of reading), and a raster that can only be decoded from its top (PNG,
+    # JPEG, full-width TIFF strips) is read a full-width row of tiles at a time.
+    max_scene_megapixels: float = Field(2500.0, gt=0.0)  # width x height / 1e6 of one raster
+    max_read_mb: int = Field(1024, ge=16)  # memory of one such full-width read
     preview_tiles: int = Field(64, ge=0, le=1024)
     local: LocalParams = Field(default_factory=LocalParams)
     sentinelhub: SentinelHubParams = Field(default_factory=SentinelHubParams)

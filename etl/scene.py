@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
@@ -33,6 +33,10 @@ SCL_VEGETATION = 4
 
 # Largest side of the decimated read used for per-scene percentile statistics.
 STATS_MAX_SIDE = 1024
+
+# Drivers whose decoder can only go forward: reading a row above the last one read starts
+# the file over from its top (PNG and JPEG are single compressed streams).
+SEQUENTIAL_DRIVERS = frozenset({"PNG", "JPEG", "GIF"})
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,11 @@ class SceneReader:
         self.transform = first.transform
         self._check_aligned()
         self.dtype = np.dtype(first.dtypes[spec.rgb[0].band - 1])
+        # Read a full-width band of rows at a time, each row once, in order: windows of a
+        # raster decoded from its top would each restart the decoder (quadratic time).
+        self.row_bands = any(reads_from_the_top(d) for d in self._datasets.values())
+        self._band_top = self._band_bottom = 0
+        self._band: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.scaling = self._scaling(gamma, percentile_range)
 
     def close(self) -> None:
@@ -155,9 +164,11 @@ class SceneReader:
         return [arrays[(band.path, band.band)] for band in bands]
 
     def _band_valid(self, band: BandSource, values: np.ndarray, window: Window | None,
-                    out_shape: tuple[int, int] | None) -> np.ndarray | None:
+                    out_shape: tuple[int, int] | None,
+                    alpha: np.ndarray | None = None) -> np.ndarray | None:
         """Valid pixels of one band (None = all valid), from the data where GDAL would
-        otherwise read the band a second time to build a nodata mask."""
+        otherwise read the band a second time to build a nodata mask; `alpha`: the file's
+        8-bit alpha band, read with the data (GDAL's mask of it is its values)."""
         dataset = self._datasets[band.path]
         flags = dataset.mask_flag_enums[band.band - 1]
         if flags == [MaskFlags.all_valid]:
@@ -165,6 +176,8 @@ class SceneReader:
         if MaskFlags.nodata in flags:
             nodata = dataset.nodatavals[band.band - 1]
             return ~np.isnan(values) if np.isnan(nodata) else values != nodata
+        if alpha is not None and MaskFlags.alpha in flags:
+            return alpha > 0
         kwargs = {"window": window}  # an internal mask or alpha band: ask GDAL
         if out_shape is not None:
             kwargs.update(out_shape=out_shape, resampling=Resampling.nearest)
@@ -178,13 +191,20 @@ class SceneReader:
         """Raw RGB arrays, the valid mask and the raw extra bands {'nir','mask','scl'}."""
         extras = {name: band for name in ("nir", "mask", "scl")
                   if (band := getattr(self.spec, name)) is not None}
-        arrays = self._read_bands([*self.spec.rgb, *extras.values()], window, out_shape)
-        raw, extra = arrays[:3], dict(zip(extras, arrays[3:]))
+        # An 8-bit alpha band is read with the data, in the same pass: a mask read after it
+        # would go back over rows a PNG decoder has passed.
+        alphas = {path: BandSource(path, index) for path in {b.path for b in self.spec.rgb}
+                  if (index := self._alpha_index(path)) is not None}
+        arrays = self._read_bands([*self.spec.rgb, *extras.values(), *alphas.values()],
+                                  window, out_shape)
+        raw = arrays[:3]
+        extra = dict(zip(extras, arrays[3:3 + len(extras)]))
+        alpha = dict(zip(alphas, arrays[3 + len(extras):]))
         # A pixel is nodata only where every RGB band says so: 8-bit RGB files often use 255
         # as nodata while real bright canopy pixels also reach 255 in one band.
         valid = np.zeros(raw[0].shape, dtype=bool)
         for band, values in zip(self.spec.rgb, raw):
-            band_valid = self._band_valid(band, values, window, out_shape)
+            band_valid = self._band_valid(band, values, window, out_shape, alpha.get(band.path))
             if band_valid is None:
                 valid[:] = True
                 break
@@ -198,8 +218,35 @@ class SceneReader:
             valid &= ~np.isin(extra["scl"], SCL_INVALID)
         return raw, valid, extra
 
+    def _alpha_index(self, path: str) -> int | None:
+        """The 1-based index of the 8-bit alpha band of file `path`, if it has one."""
+        dataset = self._datasets[path]
+        interps = list(dataset.colorinterp)
+        if ColorInterp.alpha not in interps:
+            return None
+        index = interps.index(ColorInterp.alpha) + 1
+        return index if dataset.dtypes[index - 1] == "uint8" else None
+
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rgb uint8 HxWx3, valid bool HxW, vegetation bool HxW) for `window`."""
+        if not self.row_bands:
+            return self._read_converted(window)
+        top, bottom = int(window.row_off), int(window.row_off + window.height)
+        if not self._band_top <= top <= self._band_bottom:
+            self._band, self._band_top, self._band_bottom = None, top, top  # start anew there
+        if bottom > self._band_bottom:
+            # Only the rows not read yet, below those kept: the decoder never goes back.
+            new = self._read_converted(Window(0, self._band_bottom, self.width,
+                                              bottom - self._band_bottom))
+            kept = top - self._band_top
+            self._band = new if self._band is None else tuple(
+                np.concatenate([old[kept:], part]) for old, part in zip(self._band, new))
+            self._band_top, self._band_bottom = top, bottom
+        rows = slice(top - self._band_top, bottom - self._band_top)
+        cols = slice(int(window.col_off), int(window.col_off + window.width))
+        return tuple(array[rows, cols] for array in self._band)
+
+    def _read_converted(self, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raw, valid, extra = self._read(window)
         rgb = self._to_uint8(raw)
         rgb[~valid] = 0
@@ -267,6 +314,41 @@ class SceneReader:
         r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))  # |2G - R - B| <= 1020
         g2 = g + g
         return (g2 - r - b) > np.float32(self.gli_threshold) * (g2 + r + b)
+
+def reads_from_the_top(dataset) -> bool:
+    """Whether `dataset` is decoded from its top (any earlier row restarts the decoder): a
+    sequential format, or a TIFF of full-width strips (GDAL decodes a single compressed
+    strip progressively, as one-row blocks). Reading such a raster a full-width band of
+    rows at a time, in order, decodes each row once; a tiled raster is read window by
+    window."""
+    if dataset.driver in SEQUENTIAL_DRIVERS:
+        return True
+    _, block_width = dataset.block_shapes[0]
+    return block_width >= dataset.width
+
+
+def check_raster_cost(dataset, path: str, tile_size: int, max_megapixels: float,
+                      max_read_mb: int) -> None:
+    """Refuse in one line a raster whose claimed size would take unreasonable time (more
+    than `max_megapixels`) or memory (a full-width read of a raster decoded from its top
+    above `max_read_mb`), before anything is read: the header alone claims the size."""
+    megapixels = dataset.width * dataset.height / 1e6
+    if megapixels > max_megapixels:
+        raise UserError(f"{path} claims {dataset.width}x{dataset.height} pixels ("
+                        f"{megapixels:,.0f} megapixels), more than etl.max_scene_megapixels "
+                        f"({max_megapixels:g}): raise etl.max_scene_megapixels if it is real, "
+                        "or cut it into smaller files")
+    if reads_from_the_top(dataset):
+        itemsize = max(np.dtype(dtype).itemsize for dtype in dataset.dtypes)
+        # The rows as read, then as float32 while scaling, plus the uint8 RGB and masks.
+        needed = dataset.width * tile_size * dataset.count * (itemsize + 4) + dataset.width * tile_size * 5
+        if needed > max_read_mb * 2**20:
+            raise UserError(f"{path} ({dataset.driver}, {dataset.width} px wide) can only be "
+                            f"decoded from its top, a full-width row of {tile_size} px tiles "
+                            f"at a time: that takes {needed / 2**20:,.0f} MB, more than "
+                            f"etl.max_read_mb ({max_read_mb}); raise etl.max_read_mb, or "
+                            "convert it to a tiled GeoTIFF (gdal_translate -co TILED=YES)")
+
 
 def open_raster(path: str):
     """Open a raster or raise a one-line UserError that says what is wrong with it."""
