@@ -9,8 +9,10 @@ GDAL's block cache is capped (it defaults to 5% of RAM).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -33,6 +35,9 @@ SCL_VEGETATION = 4
 
 # Largest side of the decimated read used for per-scene percentile statistics.
 STATS_MAX_SIDE = 1024
+
+# Scaling parameters beyond this (a tenth of float32's largest value) are mapped in float64.
+_FLOAT32_SAFE = float(np.finfo(np.float32).max) / 10
 
 # Drivers whose decoder can only go forward: reading a row above the last one read starts
 # the file over from its top (PNG and JPEG are single compressed streams).
@@ -290,7 +295,16 @@ class SceneReader:
             return np.clip(np.nan_to_num(stacked), 0, 255).astype(np.uint8)
         out = np.empty((*raw[0].shape, 3), dtype=np.uint8)
         for i, values in enumerate(raw):
-            unit = (values.astype(np.float32) - scaling.low[i]) / (scaling.high[i] - scaling.low[i])
+            low, high = scaling.low[i], scaling.high[i]
+            if max(abs(low), abs(high), high - low) > _FLOAT32_SAFE:
+                # Values near float32's limit (3.4e38): its arithmetic would overflow to inf
+                # and NaN, so such a scene is mapped in float64 (never the case otherwise:
+                # the float32 path below keeps every other output as it was).
+                unit64 = np.clip((values.astype(np.float64) - low) / (high - low), 0.0, 1.0)
+                unit = np.nan_to_num(unit64).astype(np.float32)
+            else:
+                with np.errstate(over="ignore"):  # inf for huge values: clipped to 1 below
+                    unit = (values.astype(np.float32) - low) / (high - low)
             unit = np.clip(np.nan_to_num(unit), 0.0, 1.0)
             if scaling.gamma != 1.0:
                 unit **= 1.0 / scaling.gamma
@@ -306,7 +320,7 @@ class SceneReader:
             # NDVI = (NIR - red) / (NIR + red) (Rouse et al. 1974), on raw values.
             nir = extra["nir"].astype(np.float32)
             red = raw[0].astype(np.float32)
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 ndvi = (nir - red) / (nir + red)
             return np.nan_to_num(ndvi, nan=-1.0) > self.ndvi_threshold
         # Green Leaf Index GLI = (2G - R - B) / (2G + R + B) (Louhaichi et al. 2001), on the
@@ -350,10 +364,35 @@ def check_raster_cost(dataset, path: str, tile_size: int, max_megapixels: float,
                             "convert it to a tiled GeoTIFF (gdal_translate -co TILED=YES)")
 
 
+def not_a_raster_file(path: str) -> str | None:
+    """Why `path` cannot be a raster file (missing, a folder, a FIFO, a device, a symbolic
+    link loop, unreadable), or None for a regular file. Checked before GDAL opens it: opening
+    a FIFO blocks until something writes to it."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "no such file" if not os.path.islink(path) else "a broken symbolic link"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return f"cannot be read ({err.strerror})"
+    mode = info.st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file (list the files in it, or a glob such as folder/*.tif)"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a file"
+    return "not a regular file"
+
+
 def open_raster(path: str):
     """Open a raster or raise a one-line UserError that says what is wrong with it."""
-    if not Path(path).exists():
-        raise UserError(f"{path}: no such file; check etl.local.paths")
+    problem = not_a_raster_file(path)
+    if problem is not None:
+        raise UserError(f"{path}: {problem}; check etl.local.paths")
     try:
         return rasterio.open(path)
     except RasterioIOError as err:

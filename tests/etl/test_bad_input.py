@@ -54,6 +54,19 @@ def no_vegetation(tmp_path):
     return local([str(write_raster(tmp_path / "grey.tif", grey))])
 
 
+def _link_loop(tmp_path):
+    (tmp_path / "loop.tif").symlink_to(tmp_path / "loop.tif")
+    return tmp_path / "loop.tif"
+
+
+def _fifo(tmp_path):
+    """A FIFO: opening it for reading blocks until a writer comes (etl used to hang there)."""
+    import os
+
+    os.mkfifo(tmp_path / "band.tif")
+    return tmp_path / "band.tif"
+
+
 def all_nodata(tmp_path):
     blank = np.zeros((3, 32, 32), dtype=np.uint8)
     return local([str(write_raster(tmp_path / "blank.tif", blank, nodata=0))], scale="none")
@@ -61,6 +74,8 @@ def all_nodata(tmp_path):
 
 CASES = {
     "missing path": (lambda t: local([str(t / "nope.tif")]), "nope.tif: no such file"),
+    "a folder as a path": (lambda t: local([str(t)]), ": a folder, not a file"),
+    "a symbolic link loop": (lambda t: local([str(_link_loop(t))]), "loop.tif: a symbolic link loop"),
     "empty glob": (lambda t: local([str(t / "*.tif")]), "matches no file"),
     "not a raster": (not_a_raster, "not a readable raster"),
     "truncated tiff": (truncated_tiff, "truncated or corrupt"),
@@ -194,3 +209,25 @@ def test_gdal_write_errors_from_a_full_disk_or_quota_become_that_oserror(tmp_pat
     assert raised.value.errno == number and raised.value.filename == str(tmp_path / "scene.tif")
     with pytest.raises(RasterioIOError), raster_write_errors(tmp_path / "scene.tif"):
         raise RasterioIOError("Write failed: not a disk problem")
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["a file entry", "a stack of band files"])
+def test_a_fifo_among_the_inputs_is_refused_not_waited_on(tmp_path, stacked):
+    """Opening a FIFO blocks until something writes to it: etl hung there (in a subprocess
+    with a timeout here, so that the hang fails the test instead of stalling the suite)."""
+    import subprocess
+    import sys
+
+    fifo = _fifo(tmp_path)
+    entry = [str(write_raster(tmp_path / "b1.tif", forest_rgb(32, 32)[:1])), str(fifo)] \
+        if stacked else str(fifo)
+    params = {"etl": {"tile_size": 16, "stride": 16, **local([entry])}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([sys.executable, "-m", "canopy.cli", "etl", "-q", "--params",
+                           str(tmp_path / "params.yaml"), "--tiles", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"canopy etl: error: {fifo}: a FIFO (named pipe), not a "
+                                   "file; check etl.local.paths") if stacked else \
+        done.stderr.strip() == (f"canopy etl: error: etl.local.paths: {fifo}: a FIFO (named "
+                                "pipe), not a file")

@@ -251,3 +251,20 @@ def test_a_raster_too_wide_to_read_from_the_top_is_refused_naming_the_param(tmp_
     assert line.startswith(f"canopy etl: error: {path} (PNG, 30000 px wide) can only be "
                            "decoded from its top")
     assert "more than etl.max_read_mb (16); raise etl.max_read_mb" in line
+
+
+@pytest.mark.parametrize("mode", ["reflectance", "percentile"])
+def test_values_near_the_float32_limit_map_without_overflow_warnings(tmp_path, mode):
+    import warnings
+
+    data = np.full((3, 20, 20), 0.1, np.float32)
+    data[:, :5] = 3.0e38
+    data[:, 5:10] = -3.0e38
+    path = write_raster(tmp_path / "huge.tif", data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's overflow warnings
+        rgb, valid, _ = read_all(spec_for(path, mode, reflectance_range=(0.0, 0.3)))
+    assert valid.all()
+    assert (rgb[:5] == 255).all() and (rgb[5:10] == 0).all()
+    # Percentiles of +-3e38: 0.1 is mid-range; reflectance 0..0.3: a third of the way.
+    assert (rgb[10:] == (128 if mode == "percentile" else 85)).all()
