@@ -85,13 +85,13 @@ def check_replaceable(target: Path, kind: OutputKind) -> None:
             _refuse(target, kind, f"it is a broken symbolic link to {os.readlink(target)}")
     if not stat.S_ISDIR(info.st_mode):
         _refuse(target, kind, f"it is {describe_non_folder(info)}")
-    reason = _protected_folder(target)
-    if reason:
-        _refuse(target, kind, reason)
     try:
         names = sorted(os.listdir(target))
     except OSError as err:
         _refuse(target, kind, f"it cannot be listed: {err.strerror}")
+    reason = _protected_folder(target)
+    if reason:
+        _refuse(target, kind, f"{reason}, holding {_listing(target, names)}" if names else reason)
     if names and not kind.recognise(target):
         _refuse(target, kind, f"it holds {_listing(target, names)}")
 
@@ -116,12 +116,11 @@ def _protected_folder(target: Path) -> str | None:
         return "it is a top-level system folder"
     if os.path.ismount(resolved):
         return "it is a mount point"
-    for name, where in (("the folder canopy runs in", Path.cwd()), ("your home folder",
-                                                                     Path.home())):
-        with contextlib.suppress(OSError, RuntimeError):
-            held = where.resolve()
+    for name, where in (("the folder canopy runs in", Path.cwd), ("your home folder", Path.home)):
+        with contextlib.suppress(OSError, RuntimeError):  # no working folder, no home
+            held = where().resolve()
             if held == resolved or resolved in held.parents:
-                return f"it is {name}" if held == resolved else f"it holds {name}"
+                return f"it is {name}" if held == resolved else f"it contains {name}"
     return None
 
 

@@ -236,8 +236,9 @@ def test_an_output_path_over_the_users_files_is_refused_and_nothing_touched(tmp_
     (project / "data").mkdir()
     monkeypatch.chdir(project)
     before = _tree(tmp_path)
-    cases = {photos: "(it holds holiday.jpg)", project: "(it is the folder canopy runs in)",
-             tmp_path: "(it holds the folder canopy runs in)",
+    cases = {photos: "(it holds holiday.jpg)",
+             project: "(it is the folder canopy runs in, holding data/, params.yaml)",
+             tmp_path: "(it contains the folder canopy runs in, holding k.tif, outside/, project/)",
              raster: "(it is a file of", Path("/dev/null"): "(it is a device)"}
     for target, what in cases.items():
         with pytest.raises(UserError) as refused:
