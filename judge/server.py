@@ -16,7 +16,6 @@ judge's cookie, and bodies that validate; a judge has at most `max_open_rounds` 
 from __future__ import annotations
 
 import ipaddress
-import logging
 import socket
 import threading
 from collections import OrderedDict
@@ -68,8 +67,6 @@ _IMAGES_KEPT = 4096  # encoded images kept in memory (about 200 MB at 128 px)
 MAX_OPEN_ROUNDS = 4
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}
-
-log = logging.getLogger("canopy.judge")
 
 
 @dataclass(frozen=True)

@@ -377,3 +377,26 @@ def test_connections_beyond_the_cap_are_refused_and_logged_once(workspace, caplo
             except (AssertionError, ConnectionError, http.client.HTTPException):
                 time.sleep(0.05)
         assert len(server.judge().deal()["images"]) == 10
+
+
+def test_accept_running_out_of_files_is_logged_once_not_per_attempt(caplog):
+    """asyncio logs a traceback for every failed accept(): 8 MB/s of stderr when the
+    server's files ran out. The server's loop handler says it in one line, once a minute."""
+    import asyncio
+    import errno
+    import logging
+
+    from canopy.judge.guard import quiet_resource_errors
+
+    loop = asyncio.new_event_loop()
+    try:
+        error = OSError(errno.EMFILE, "Too many open files")
+        with caplog.at_level(logging.WARNING):
+            for _ in range(1000):
+                quiet_resource_errors(loop, {"message": "socket.accept() out of system resource",
+                                             "exception": error})
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines == ["judge: cannot accept connections (Too many open files); retrying "
+                         "(logged once a minute)"]
+    finally:
+        loop.close()
