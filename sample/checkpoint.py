@@ -1,5 +1,5 @@
 """The network and diffusion that `canopy train` exported, rebuilt for sampling (the files:
-canopy/weights.py and README "Files", models/)."""
+canopy/weights.py and docs/contract.md, models/)."""
 
 from __future__ import annotations
 
@@ -93,8 +93,8 @@ def _recorded_state_sha256(path: Path) -> str | None:
 def check_export_config(config: dict[str, Any], path: Path) -> None:
     """Refuse, in one line, an export config that the params schema would refuse: the same
     ranges and choices as params.yaml's model, diffusion, schedule and etl.tile_size."""
+    from canopy.model.params import DiffusionParams, ModelParams
     from canopy.params import CanopyParams
-    from canopy.train.params import DiffusionParams, ModelParams
 
     def invalid(where: str, problem: str) -> UserError:
         return UserError(f"{path}: its config is invalid ({where}: {problem}); it was edited or "
@@ -122,7 +122,7 @@ def check_export_config(config: dict[str, Any], path: Path) -> None:
 
 def _check_tile_size(config: dict[str, Any], invalid: Callable[[str, str], UserError]) -> None:
     from canopy.etl.params import EtlParams
-    from canopy.train.params import ModelParams
+    from canopy.model.params import ModelParams
 
     tile_size = config.get("tile_size")
     field = EtlParams.model_fields["tile_size"]

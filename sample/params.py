@@ -23,7 +23,7 @@ class SampleParams(StrictModel):
     steps: int = Field(50, ge=1)  # ddim and dpmpp2m; ddpm always takes every timestep
     eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim only: 0 deterministic, 1 DDPM-like noise
     # Timesteps of ddim and dpmpp2m, both from T-1: quadratic = dense at low noise, down to
-    # t = 0 (Song et al. 2021, D.2), sharper fine detail (measured: README "canopy sample");
+    # t = 0 (Song et al. 2021, D.2), sharper fine detail (measured: docs/benchmarks.md "sample");
     # trailing = evenly spaced (Lin et al. 2024), the last update from t = T/steps - 1.
     # karras: EDM's noise levels (rho = 7), the only spacing of a continuous process (edm).
     spacing: Literal["quadratic", "trailing", "karras"] = "quadratic"
@@ -33,7 +33,7 @@ class SampleParams(StrictModel):
     # train.phema_stds made; null = the export's own EMA (train.ema_decay). Changing it re-runs
     # sample and evaluate only; `canopy ema sweep` scores a range of stds on the val tiles.
     ema_std: float | None = Field(None, gt=0.0)
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: CUDA, then MPS, then CPU
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # as train.precision
     channels_last: Auto = "auto"  # as train.channels_last: auto = on for CUDA and CPU
     grid_images: int = Field(64, ge=0, le=1024)  # images in grid.png
