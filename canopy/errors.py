@@ -100,6 +100,51 @@ def _rank_prefix() -> str:
     return f"rank {os.environ['RANK']}: " if "RANK" in os.environ else ""
 
 
+def _lost_local_rank() -> bool:
+    """Under torchrun: whether a worker of this node has exited. torchrun stops the others of
+    a run with SIGTERM when one fails, and that SIGTERM can come before the collective that
+    would have said so: it must not read as the user's interrupt. Checked when the signal
+    arrives, before this node's other workers exit on the same SIGTERM."""
+    import os
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return False
+    try:
+        expected = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        return False
+    alive = _live_children(os.getppid())
+    return expected > 1 and alive is not None and alive < expected
+
+
+def _live_children(parent: int) -> int | None:
+    """How many processes of `parent` are running (not zombies), from /proc; None where
+    there is no /proc."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    alive = 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        state, ppid = fields[0], int(fields[1])
+        if ppid == parent and state not in ("Z", "X"):
+            alive += 1
+    return alive
+
+
+def _stop_signal(signum: int) -> None:
+    import signal
+
+    if signum == signal.SIGTERM and _lost_local_rank():
+        raise RunAborted("another rank stopped or cannot be reached (a worker of this node "
+                         "exited, and torchrun stopped this one)")
+
+
 @contextlib.contextmanager
 def user_errors(stage: str) -> Iterator[None]:
     """Turn UserError, and a full disk or quota, into one line on stderr and exit code 2.
@@ -109,7 +154,7 @@ def user_errors(stage: str) -> Iterator[None]:
     KeyboardInterrupt (removing staging folders, saving a checkpoint) runs too.
     """
     try:
-        with interrupt_on_stop_signals():
+        with interrupt_on_stop_signals(_stop_signal):
             yield
     except UserError as err:
         if _is_main_rank():

@@ -8,8 +8,10 @@ import glob
 import os
 import re
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from canopy.errors import UserError, is_disk_full, note_disk_full
@@ -28,6 +30,7 @@ def fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary sibling, fsync, then rename over."""
     path = Path(path)
+    refuse_replacing_non_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path.parent)
     # The pid in the name tells a later run whether the writer is gone (then it is stale).
@@ -53,23 +56,123 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+@dataclass(frozen=True)
+class OutputKind:
+    """What a command writes into an output folder, so that a folder it did not write is
+    never replaced (a typo in `paths.*` must not delete the user's files)."""
+
+    what: str  # "tiles folder": for messages
+    option: str  # the param and option that choose the folder, for messages
+    recognise: Callable[[Path], bool]  # True for an existing folder this output left
+
+
+def check_replaceable(target: Path, kind: OutputKind) -> None:
+    """Return if an output swap may replace `target`: nothing is there, an empty folder, or a
+    folder that `kind` recognises as its own. Otherwise raise the one line that names the
+    path and what is in it. Never a device, a file, a mount point, a top-level or home
+    folder, or the folder this process works in (or one holding it)."""
+    target = Path(target)
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        _refuse(target, kind, f"it cannot be inspected: {err.strerror}")
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            info = os.stat(target)
+        except OSError:
+            _refuse(target, kind, f"it is a broken symbolic link to {os.readlink(target)}")
+    if not stat.S_ISDIR(info.st_mode):
+        _refuse(target, kind, f"it is {describe_non_folder(info)}")
+    try:
+        names = sorted(os.listdir(target))
+    except OSError as err:
+        _refuse(target, kind, f"it cannot be listed: {err.strerror}")
+    reason = _protected_folder(target)
+    if reason:
+        _refuse(target, kind, f"{reason}, holding {_listing(target, names)}" if names else reason)
+    if names and not kind.recognise(target):
+        _refuse(target, kind, f"it holds {_listing(target, names)}")
+
+
+def describe_non_folder(info: os.stat_result) -> str:
+    mode = info.st_mode
+    if stat.S_ISREG(mode):
+        return f"a file of {info.st_size} bytes"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "neither a file nor a folder"
+
+
+def _protected_folder(target: Path) -> str | None:
+    """Why replacing the folder `target` would break more than an output, or None."""
+    resolved = target.resolve()
+    if resolved.parent == resolved or resolved.parent == Path(resolved.anchor):
+        return "it is a top-level system folder"
+    if os.path.ismount(resolved):
+        return "it is a mount point"
+    for name, where in (("the folder canopy runs in", Path.cwd), ("your home folder", Path.home)):
+        with contextlib.suppress(OSError, RuntimeError):  # no working folder, no home
+            held = where().resolve()
+            if held == resolved or resolved in held.parents:
+                return f"it is {name}" if held == resolved else f"it contains {name}"
+    return None
+
+
+def _listing(folder: Path, names: list[str], shown: int = 4) -> str:
+    def label(name: str) -> str:
+        return f"{name}/" if (folder / name).is_dir() else name
+
+    listed = ", ".join(label(name) for name in names[:shown])
+    rest = len(names) - shown
+    return f"{listed} and {rest} more" if rest > 0 else listed
+
+
+def _refuse(target: Path, kind: OutputKind, what: str):
+    raise UserError(f"{target} is not a {kind.what} that Canopy wrote ({what}): refusing to "
+                    f"replace it; point {kind.option} at a new or empty folder, or move it "
+                    "away yourself")
+
+
+def refuse_replacing_non_file(path: Path) -> None:
+    """A file output may replace a file (or nothing), never a folder, device or FIFO."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return  # nothing there (or a broken link, which the rename replaces)
+    if stat.S_ISREG(info.st_mode):
+        return
+    what = "a folder" if stat.S_ISDIR(info.st_mode) else describe_non_folder(info)
+    raise UserError(f"{path} is {what}, not a file: refusing to replace it with a file; "
+                    "choose another output path")
+
+
 @contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
+def atomic_dir(target: Path, kind: OutputKind) -> Iterator[Path]:
     """Yield an empty staging folder that replaces `target` only if the block succeeds.
 
     The staging folder is a hidden sibling of `target` (same filesystem, so the final rename
     is atomic). On any exception, Ctrl-C included, the staging folder is removed and the
-    previous `target` is left untouched.
+    previous `target` is left untouched. Only an output of `kind` (or an empty folder) is
+    ever replaced: anything else is refused before the work starts, and again just before
+    the swap (it may have appeared meanwhile).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted_swap(target)
+    check_replaceable(target, kind)
     _remove_stale_staging(target)
     staging = Path(tempfile.mkdtemp(dir=target.parent,
                                     prefix=f"{_staging_prefix(target)}{os.getpid()}-"))
     try:
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the output should not be
         yield staging
+        check_replaceable(target, kind)
         replace_dir(staging, target)
     except OSError as err:
         if is_disk_full(err):

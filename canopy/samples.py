@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from canopy.errors import UserError
-from canopy.fsutil import refuse_half_swapped
+from canopy.fsutil import OutputKind, refuse_half_swapped
 from canopy.hashing import sha256_bytes
 from canopy.imaging import contact_sheet, decode_rgb_png
 
@@ -95,6 +95,23 @@ def write_grid(folder: Path, count: int) -> None:
 def write_manifest(folder: Path, manifest: SamplesManifest) -> None:
     content = {"format_version": FORMAT_VERSION, **asdict(manifest)}
     (folder / MANIFEST_FILE).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def is_samples_folder(folder: Path) -> bool:
+    """Whether the folder is one `canopy sample` wrote (its manifest says so), and so may be
+    replaced by the next run."""
+    path = folder / MANIFEST_FILE
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_SAMPLE_BYTES:
+            return False
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and "format_version" in manifest
+            and isinstance(manifest.get("images"), list) and "checkpoint" in manifest)
+
+
+SAMPLES_OUTPUT = OutputKind("samples folder", "paths.samples (--samples)", is_samples_folder)
 
 
 # --- reading -------------------------------------------------------------------------------

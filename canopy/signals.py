@@ -39,16 +39,18 @@ def handling_stop_signals(handler: Handler) -> Iterator[None]:
                 signal.signal(sig, old)
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 @contextlib.contextmanager
-def interrupt_on_stop_signals() -> Iterator[None]:
+def interrupt_on_stop_signals(first: Callable[[int], None] | None = None) -> Iterator[None]:
     """SIGINT and SIGTERM raise KeyboardInterrupt in the block, as Ctrl-C does on a terminal:
     the cleanup that runs on it (staging folders removed, the old output kept) runs, and
-    canopy.errors.user_errors turns it into "interrupted" and exit code 130."""
-    with handling_stop_signals(_raise_interrupt):
+    canopy.errors.user_errors turns it into "interrupted" and exit code 130. `first(signum)`
+    runs first, at the moment the signal arrives, and may raise another exception instead."""
+    def raise_interrupt(signum: int, frame: Any) -> None:
+        if first is not None:
+            first(signum)
+        raise KeyboardInterrupt
+
+    with handling_stop_signals(raise_interrupt):
         yield
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 import canopy
 from canopy.errors import UserError
-from canopy.fsutil import refuse_half_swapped
+from canopy.fsutil import OutputKind, refuse_half_swapped
 from canopy.hashing import canonical_json, sha256_file
 from canopy.imaging import decode_rgb_png
 
@@ -185,6 +185,28 @@ def write_manifest(root: Path, *, tile_size: int, stride: int, shards: list[Shar
         manifest["train_stats"] = train_stats
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     (root / MANIFEST_FILE).write_text(text, encoding="utf-8")
+
+
+def is_tiles_folder(root: Path) -> bool:
+    """Whether the folder `root` is one `canopy etl` wrote (its manifest says so), and so
+    may be replaced by the next run."""
+    manifest = _json_object(root / MANIFEST_FILE)
+    return (manifest is not None and "format_version" in manifest
+            and "tile_size" in manifest and isinstance(manifest.get("shards"), list))
+
+
+def _json_object(path: Path, limit: int = 64 * 2**20) -> dict[str, Any] | None:
+    """The JSON object in the regular file `path`, or None for anything else."""
+    try:
+        if not path.is_file() or path.stat().st_size > limit:
+            return None
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+TILES_OUTPUT = OutputKind("tiles folder", "paths.tiles (--tiles)", is_tiles_folder)
 
 
 # --- reading -------------------------------------------------------------------------------

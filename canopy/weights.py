@@ -3,9 +3,12 @@
 
     models/ema.safetensors                          the export: EMA weights, with safetensors
                                                     metadata "format" = canopy.model/2 (/1 read
-                                                    too) and "config" = JSON {model, diffusion,
+                                                    too), "config" = JSON {model, diffusion,
                                                     schedule, [data_stats,] seed, tile_size,
-                                                    step, params_hash, data_hash}
+                                                    step, params_hash, data_hash} and
+                                                    "tensors_sha256" = sha256 of the tensor
+                                                    bytes (after the header; absent in exports
+                                                    written before it was recorded)
     models/state/step-NNNNNNNN/model.safetensors    raw weights of a training state (the rest of
                                                     the state is train's own: train/checkpoint.py)
 """
@@ -13,15 +16,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from canopy.errors import UserError
 from canopy.fsutil import atomic_write_bytes
+from canopy.hashing import sha256_bytes
 
 # canopy.model/2 added the noise process and data statistics to the config (model/process.py
 # build fills the defaults of keys a /1 config lacks: those exports rebuild as they were).
@@ -31,6 +36,7 @@ EXPORT_FILE = "ema.safetensors"
 STATE_DIR = "state"
 STEP_DIR_PREFIX = "step-"
 RAW_WEIGHTS_FILE = "model.safetensors"
+CHECKSUM_KEY = "tensors_sha256"
 _RETRAIN = "re-run `canopy train`"
 
 
@@ -59,8 +65,17 @@ def save_canonical(state: dict[str, torch.Tensor], metadata: dict[str, str] | No
 
 def write_export(path: Path, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
     """The export at `path` (atomically): `state` plus the config that rebuilds the network."""
-    metadata = {"format": EXPORT_FORMAT, "config": json.dumps(config, sort_keys=True)}
-    atomic_write_bytes(path, save_canonical(cpu_tensors(state), metadata=metadata))
+    tensors = cpu_tensors(state)
+    # The checksum covers the tensor bytes, which do not depend on the metadata it joins.
+    data = save_canonical(tensors)
+    metadata = {"format": EXPORT_FORMAT, "config": json.dumps(config, sort_keys=True),
+                CHECKSUM_KEY: sha256_bytes(_tensor_bytes(data))}
+    atomic_write_bytes(path, save_canonical(tensors, metadata=metadata))
+
+
+def _tensor_bytes(data: bytes) -> bytes:
+    """What follows the header of safetensors bytes: the tensors' data."""
+    return data[8 + int.from_bytes(data[:8], "little"):]
 
 
 def read_export_config(path: Path) -> dict[str, Any]:
@@ -85,12 +100,46 @@ def read_export_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file (the export or a state's raw weights), on the CPU."""
+def read_weights(path: Path, file_sha256: str | None = None,
+                 fits: Callable[[dict[str, torch.Tensor]], None] | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file (the export or a state's raw weights), on the CPU,
+    checked: the whole file against `file_sha256` when given (a training state records
+    it), else the tensor bytes against the checksum in the file's metadata where there is
+    one (flipped bytes under an intact header would otherwise load as valid weights); and
+    every value finite. `fits` (e.g. loading them into a network) runs before the checks, so
+    that weights of another network are named as such rather than as damaged."""
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as err:
+        data = path.read_bytes()
+        tensors = load(data)
+        if file_sha256 is not None:
+            checked, expected = data, file_sha256
+        else:
+            checked, expected = _tensor_bytes(data), _recorded_checksum(path)
+    except (SafetensorError, OSError, ValueError) as err:
         raise UserError(f"{path} cannot be read ({err}): it is corrupt; {_RETRAIN}") from None
+    if fits is not None:
+        fits(tensors)
+    if expected is not None and sha256_bytes(checked) != expected:
+        raise UserError(f"{path} is damaged: its tensors do not match the sha256 recorded when "
+                        f"it was written; {_RETRAIN}")
+    refuse_non_finite(tensors, path)
+    return tensors
+
+
+def _recorded_checksum(path: Path) -> str | None:
+    with safe_open(str(path), "pt") as handle:
+        return (handle.metadata() or {}).get(CHECKSUM_KEY)
+
+
+def refuse_non_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """NaN or infinite weights make NaN images, which would be written as black ones."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserError(f"{path}: {name} holds {bad} NaN or infinite value(s) of "
+                            f"{tensor.numel()}: the weights are damaged or training diverged; "
+                            f"{_RETRAIN}")
 
 
 def read_export(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

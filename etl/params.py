@@ -16,7 +16,7 @@ BandRef = int | str  # 1-based band index, or a band name (GDAL description)
 RUN_ONLY_KEYS = (
     "workers", "sentinelhub.threads", "sentinelhub.max_retries", "sentinelhub.max_requests",
     "stac.threads", "stac.max_retries", "stac.max_requests", "stac.page_size", "stac.method",
-    "worldcover.max_retries",
+    "worldcover.max_retries", "max_scene_megapixels", "max_read_mb",
 )
 
 
@@ -224,6 +224,12 @@ class EtlParams(StrictModel):
     gamma: float = Field(1.0, gt=0.0, le=5.0)  # applied after the linear map: out = x ** (1/gamma)
     percentile_range: tuple[float, float] = (2.0, 98.0)  # mapped to 0..255 by percentile scaling
     workers: int = Field(0, ge=0, le=256)  # PNG encoding processes; 0 = all cores
+    # refuse an input raster claiming more pixels (width x height / 1e6): a 7 MB sparse file can
+    # claim 200000 x 200000 pixels, minutes of reading
+    max_scene_megapixels: float = Field(2500.0, gt=0.0)
+    # refuse a raster decoded from its top (PNG, JPEG, full-width TIFF strips), read a
+    # full-width row of tiles at a time, when that row needs more memory (MB)
+    max_read_mb: int = Field(1024, ge=16)
     preview_tiles: int = Field(64, ge=0, le=1024)  # tiles in preview.png (0: none)
     local: LocalParams = Field(default_factory=LocalParams)  # source local: the rasters
     # source sentinelhub: the service, the areas and the downloads

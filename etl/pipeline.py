@@ -27,7 +27,7 @@ from tqdm import tqdm
 from canopy.errors import UserError
 from canopy.etl.params import RUN_ONLY_KEYS, EtlParams
 from canopy.etl.png import PNG_COMPRESS_LEVEL, encode_png
-from canopy.etl.scene import GDAL_ENV, SceneReader, SceneSpec
+from canopy.etl.scene import GDAL_ENV, SceneReader, SceneSpec, check_raster_cost, open_raster
 from canopy.etl.sources import SOURCES
 from canopy.etl.tiling import Candidate, count_tiles, scene_candidates
 from canopy.fsutil import atomic_dir, output_lock
@@ -36,6 +36,7 @@ from canopy.imaging import contact_sheet
 from canopy.params import CanopyParams
 from canopy.tiles import (
     SPLITS,
+    TILES_OUTPUT,
     ChannelStats,
     ShardWriter,
     TileLocation,
@@ -68,7 +69,7 @@ class EtlResult:
 
 def run_etl(params: CanopyParams, out: Path, *, progress: bool = True) -> EtlResult:
     with output_lock(out, "canopy etl"), warnings.catch_warnings(), rasterio.Env(**GDAL_ENV), \
-            atomic_dir(out) as staging:
+            atomic_dir(out, TILES_OUTPUT) as staging:
         # Plain PNG/JPEG and synthetic scenes have no georeference on purpose (crs: null).
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         # Scratch files live in the staging folder, so a killed run's go with it (the next
@@ -80,15 +81,22 @@ def run_etl(params: CanopyParams, out: Path, *, progress: bool = True) -> EtlRes
             from canopy.etl.worldcover import with_tree_cover
 
             scenes = with_tree_cover(scenes, params.etl, progress=progress)
-        check_scene_sizes(scenes, params.etl.tile_size)
+        check_scene_sizes(scenes, params.etl)
         result = write_tiles(scenes, params, staging, progress)
         result.out = out
         shutil.rmtree(work)  # not part of the output
     return result
 
 
-def check_scene_sizes(scenes: list[SceneSpec], tile_size: int) -> None:
+def check_scene_sizes(scenes: list[SceneSpec], etl: EtlParams) -> None:
+    """Refuse, before any tile is cut, a raster smaller than a tile or one whose claimed size
+    would take unreasonable time or memory to read (scene.check_raster_cost)."""
+    tile_size = etl.tile_size
     for scene in scenes:
+        for path in scene.files:
+            with open_raster(path) as dataset:
+                check_raster_cost(dataset, path, tile_size, etl.max_scene_megapixels,
+                                  etl.max_read_mb)
         with rasterio.open(scene.rgb[0].path) as dataset:
             width, height = dataset.width, dataset.height
         if width < tile_size or height < tile_size:

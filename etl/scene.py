@@ -8,19 +8,25 @@ GDAL's block cache is capped (it defaults to 5% of RAM).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
+import os
 import re
-from collections.abc import Sequence
+import stat
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
-from canopy.errors import UserError
+from canopy.errors import DISK_FULL_ERRNOS, UserError
 
 GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}  # MiB
 
@@ -30,6 +36,13 @@ SCL_VEGETATION = 4
 
 # Largest side of the decimated read used for per-scene percentile statistics.
 STATS_MAX_SIDE = 1024
+
+# Scaling parameters beyond this (a tenth of float32's largest value) are mapped in float64.
+_FLOAT32_SAFE = float(np.finfo(np.float32).max) / 10
+
+# Drivers whose decoder can only go forward: reading a row above the last one read starts
+# the file over from its top (PNG and JPEG are single compressed streams).
+SEQUENTIAL_DRIVERS = frozenset({"PNG", "JPEG", "GIF"})
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,11 @@ class SceneReader:
         self.gsd = spec.gsd if first.crs is None else ground_sample_distance(first)
         self._check_aligned()
         self.dtype = np.dtype(first.dtypes[spec.rgb[0].band - 1])
+        # Read a full-width band of rows at a time, each row once, in order: windows of a
+        # raster decoded from its top would each restart the decoder (quadratic time).
+        self.row_bands = any(reads_from_the_top(d) for d in self._datasets.values())
+        self._band_top = self._band_bottom = 0
+        self._band: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.scaling = self._scaling(gamma, percentile_range)
 
     def close(self) -> None:
@@ -166,9 +184,11 @@ class SceneReader:
         return [arrays[(band.path, band.band)] for band in bands]
 
     def _band_valid(self, band: BandSource, values: np.ndarray, window: Window | None,
-                    out_shape: tuple[int, int] | None) -> np.ndarray | None:
+                    out_shape: tuple[int, int] | None,
+                    alpha: np.ndarray | None = None) -> np.ndarray | None:
         """Valid pixels of one band (None = all valid), from the data where GDAL would
-        otherwise read the band a second time to build a nodata mask."""
+        otherwise read the band a second time to build a nodata mask; `alpha`: the file's
+        8-bit alpha band, read with the data (GDAL's mask of it is its values)."""
         dataset = self._datasets[band.path]
         flags = dataset.mask_flag_enums[band.band - 1]
         if flags == [MaskFlags.all_valid]:
@@ -176,6 +196,8 @@ class SceneReader:
         if MaskFlags.nodata in flags:
             nodata = dataset.nodatavals[band.band - 1]
             return ~np.isnan(values) if np.isnan(nodata) else values != nodata
+        if alpha is not None and MaskFlags.alpha in flags:
+            return alpha > 0
         kwargs = {"window": window}  # an internal mask or alpha band: ask GDAL
         if out_shape is not None:
             kwargs.update(out_shape=out_shape, resampling=Resampling.nearest)
@@ -189,13 +211,20 @@ class SceneReader:
         """Raw RGB arrays, the valid mask and the raw extra bands {'nir','mask','scl'}."""
         extras = {name: band for name in ("nir", "mask", "scl")
                   if (band := getattr(self.spec, name)) is not None}
-        arrays = self._read_bands([*self.spec.rgb, *extras.values()], window, out_shape)
-        raw, extra = arrays[:3], dict(zip(extras, arrays[3:]))
+        # An 8-bit alpha band is read with the data, in the same pass: a mask read after it
+        # would go back over rows a PNG decoder has passed.
+        alphas = {path: BandSource(path, index) for path in {b.path for b in self.spec.rgb}
+                  if (index := self._alpha_index(path)) is not None}
+        arrays = self._read_bands([*self.spec.rgb, *extras.values(), *alphas.values()],
+                                  window, out_shape)
+        raw = arrays[:3]
+        extra = dict(zip(extras, arrays[3:3 + len(extras)]))
+        alpha = dict(zip(alphas, arrays[3 + len(extras):]))
         # A pixel is nodata only where every RGB band says so: 8-bit RGB files often use 255
         # as nodata while real bright canopy pixels also reach 255 in one band.
         valid = np.zeros(raw[0].shape, dtype=bool)
         for band, values in zip(self.spec.rgb, raw):
-            band_valid = self._band_valid(band, values, window, out_shape)
+            band_valid = self._band_valid(band, values, window, out_shape, alpha.get(band.path))
             if band_valid is None:
                 valid[:] = True
                 break
@@ -209,8 +238,35 @@ class SceneReader:
             valid &= ~np.isin(extra["scl"], SCL_INVALID)
         return raw, valid, extra
 
+    def _alpha_index(self, path: str) -> int | None:
+        """The 1-based index of the 8-bit alpha band of file `path`, if it has one."""
+        dataset = self._datasets[path]
+        interps = list(dataset.colorinterp)
+        if ColorInterp.alpha not in interps:
+            return None
+        index = interps.index(ColorInterp.alpha) + 1
+        return index if dataset.dtypes[index - 1] == "uint8" else None
+
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rgb uint8 HxWx3, valid bool HxW, vegetation bool HxW) for `window`."""
+        if not self.row_bands:
+            return self._read_converted(window)
+        top, bottom = int(window.row_off), int(window.row_off + window.height)
+        if not self._band_top <= top <= self._band_bottom:
+            self._band, self._band_top, self._band_bottom = None, top, top  # start anew there
+        if bottom > self._band_bottom:
+            # Only the rows not read yet, below those kept: the decoder never goes back.
+            new = self._read_converted(Window(0, self._band_bottom, self.width,
+                                              bottom - self._band_bottom))
+            kept = top - self._band_top
+            self._band = new if self._band is None else tuple(
+                np.concatenate([old[kept:], part]) for old, part in zip(self._band, new))
+            self._band_top, self._band_bottom = top, bottom
+        rows = slice(top - self._band_top, bottom - self._band_top)
+        cols = slice(int(window.col_off), int(window.col_off + window.width))
+        return tuple(array[rows, cols] for array in self._band)
+
+    def _read_converted(self, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raw, valid, extra = self._read(window)
         rgb = self._to_uint8(raw)
         rgb[~valid] = 0
@@ -260,7 +316,16 @@ class SceneReader:
             return np.clip(np.nan_to_num(stacked), 0, 255).astype(np.uint8)
         out = np.empty((*raw[0].shape, 3), dtype=np.uint8)
         for i, values in enumerate(raw):
-            unit = (values.astype(np.float32) - scaling.low[i]) / (scaling.high[i] - scaling.low[i])
+            low, high = scaling.low[i], scaling.high[i]
+            if max(abs(low), abs(high), high - low) > _FLOAT32_SAFE:
+                # Values near float32's limit (3.4e38): its arithmetic would overflow to inf
+                # and NaN, so such a scene is mapped in float64 (never the case otherwise:
+                # the float32 path below keeps every other output as it was).
+                unit64 = np.clip((values.astype(np.float64) - low) / (high - low), 0.0, 1.0)
+                unit = np.nan_to_num(unit64).astype(np.float32)
+            else:
+                with np.errstate(over="ignore"):  # inf for huge values: clipped to 1 below
+                    unit = (values.astype(np.float32) - low) / (high - low)
             unit = np.clip(np.nan_to_num(unit), 0.0, 1.0)
             if scaling.gamma != 1.0:
                 unit **= 1.0 / scaling.gamma
@@ -276,7 +341,7 @@ class SceneReader:
             # NDVI = (NIR - red) / (NIR + red) (Rouse et al. 1974), on raw values.
             nir = extra["nir"].astype(np.float32)
             red = raw[0].astype(np.float32)
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 ndvi = (nir - red) / (nir + red)
             return np.nan_to_num(ndvi, nan=-1.0) > self.ndvi_threshold
         # Green Leaf Index GLI = (2G - R - B) / (2G + R + B) (Louhaichi et al. 2001), on the
@@ -301,10 +366,70 @@ def ground_sample_distance(dataset) -> float | None:
     return round(math.sqrt(a * e) * factor, 4)
 
 
+def reads_from_the_top(dataset) -> bool:
+    """Whether `dataset` is decoded from its top (any earlier row restarts the decoder): a
+    sequential format, or a TIFF of full-width strips (GDAL decodes a single compressed
+    strip progressively, as one-row blocks). Reading such a raster a full-width band of
+    rows at a time, in order, decodes each row once; a tiled raster is read window by
+    window."""
+    if dataset.driver in SEQUENTIAL_DRIVERS:
+        return True
+    _, block_width = dataset.block_shapes[0]
+    return block_width >= dataset.width
+
+
+def check_raster_cost(dataset, path: str, tile_size: int, max_megapixels: float,
+                      max_read_mb: int) -> None:
+    """Refuse in one line a raster whose claimed size would take unreasonable time (more
+    than `max_megapixels`) or memory (a full-width read of a raster decoded from its top
+    above `max_read_mb`), before anything is read: the header alone claims the size."""
+    megapixels = dataset.width * dataset.height / 1e6
+    if megapixels > max_megapixels:
+        raise UserError(f"{path} claims {dataset.width}x{dataset.height} pixels ("
+                        f"{megapixels:,.0f} megapixels), more than etl.max_scene_megapixels "
+                        f"({max_megapixels:g}): raise etl.max_scene_megapixels if it is real, "
+                        "or cut it into smaller files")
+    if reads_from_the_top(dataset):
+        itemsize = max(np.dtype(dtype).itemsize for dtype in dataset.dtypes)
+        # The rows as read, then as float32 while scaling, plus the uint8 RGB and masks.
+        needed = dataset.width * tile_size * dataset.count * (itemsize + 4) + dataset.width * tile_size * 5
+        if needed > max_read_mb * 2**20:
+            raise UserError(f"{path} ({dataset.driver}, {dataset.width} px wide) can only be "
+                            f"decoded from its top, a full-width row of {tile_size} px tiles "
+                            f"at a time: that takes {needed / 2**20:,.0f} MB, more than "
+                            f"etl.max_read_mb ({max_read_mb}); raise etl.max_read_mb, or "
+                            "convert it to a tiled GeoTIFF (gdal_translate -co TILED=YES)")
+
+
+def not_a_raster_file(path: str) -> str | None:
+    """Why `path` cannot be a raster file (missing, a folder, a FIFO, a device, a symbolic
+    link loop, unreadable), or None for a regular file. Checked before GDAL opens it: opening
+    a FIFO blocks until something writes to it."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "no such file" if not os.path.islink(path) else "a broken symbolic link"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return f"cannot be read ({err.strerror})"
+    mode = info.st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file (list the files in it, or a glob such as folder/*.tif)"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a file"
+    return "not a regular file"
+
+
 def open_raster(path: str):
     """Open a raster or raise a one-line UserError that says what is wrong with it."""
-    if not Path(path).exists():
-        raise UserError(f"{path}: no such file; check etl.local.paths")
+    problem = not_a_raster_file(path)
+    if problem is not None:
+        raise UserError(f"{path}: {problem}; check etl.local.paths")
     try:
         return rasterio.open(path)
     except RasterioIOError as err:
@@ -312,3 +437,88 @@ def open_raster(path: str):
         raise UserError(
             f"{path}: not a readable raster ({detail}); give GeoTIFF/COG, PNG or JPEG files"
         ) from None
+
+
+# --- writing -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def raster_write_errors(path: Path) -> Iterator[None]:
+    """Turn a GDAL write that failed for a full disk or quota into the OSError a plain write
+    raises (ENOSPC or EDQUOT, naming `path`): canopy/errors.py then says it in one line.
+
+    GDAL reports such a failure as a generic "Write error"; the errno's text only reaches
+    libtiff's own handler, which prints it to file descriptor 2 directly. So descriptor 2 is
+    captured for the block: read for that text on failure, and passed on otherwise.
+    """
+    with _captured_stderr() as captured:
+        try:
+            yield
+        except (RasterioError, OSError) as err:
+            if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+                raise
+            code = _disk_full_errno(captured.text() + _chain_text(err))
+            if code is None:
+                raise
+            captured.discard()  # said in the one line instead
+            raise OSError(code, os.strerror(code), str(path)) from None
+
+
+def _disk_full_errno(text: str) -> int | None:
+    for code in sorted(DISK_FULL_ERRNOS):
+        if os.strerror(code) in text:
+            return code
+    return None
+
+
+def _chain_text(err: BaseException | None) -> str:
+    parts = []
+    while err is not None and len(parts) < 10:
+        parts.append(str(err))
+        err = err.__cause__ or err.__context__
+    return "\n".join(parts)
+
+
+class _Captured:
+    def __init__(self, handle) -> None:
+        self._handle = handle
+        self._discarded = False
+
+    def text(self) -> str:
+        self._handle.flush()
+        self._handle.seek(0)
+        return self._handle.read().decode("utf-8", "replace")
+
+    def discard(self) -> None:
+        self._discarded = True
+
+    def replay(self) -> None:
+        if not self._discarded:
+            text = self.text()
+            if text:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[_Captured]:
+    # In memory where the system allows (memfd): the disk that filled up may hold /tmp too.
+    if hasattr(os, "memfd_create"):
+        handle = os.fdopen(os.memfd_create("canopy-gdal-stderr"), "w+b")
+    else:
+        handle = tempfile.TemporaryFile()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    captured = _Captured(handle)
+    try:
+        os.dup2(handle.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+        try:
+            captured.replay()
+        finally:
+            handle.close()

@@ -10,6 +10,7 @@ number of servers or requests racing, because SQLite refuses the second row.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -161,16 +162,44 @@ class AnswersDB:
 
     # --- serving -------------------------------------------------------------------------
 
+    def cookie_key(self) -> bytes:
+        """The key that signs judge cookies, made on first use and kept in `meta`: cookies
+        stay valid across restarts, and only this database's server could have issued one."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'cookie_key'").fetchone()
+            if row is None:
+                row = (secrets.token_hex(32),)
+                conn.execute("INSERT INTO meta VALUES ('cookie_key', ?)", row)
+            conn.execute("COMMIT")
+        return bytes.fromhex(row[0])
+
     def deal(self, judge: str, round_id: str, dealt: Sequence[tuple[str, Identity]],
-             experiment: Experiment) -> None:
+             experiment: Experiment, max_open_rounds: int | None = None) -> None:
+        """Store a dealt round. With `max_open_rounds`, the judge keeps at most that many
+        rounds with unanswered images: the unanswered images of the oldest go."""
         now = _now()
         rows = [(image_id, judge, round_id, position, ident.truth, ident.split, ident.tile_key,
                  ident.sample_index, experiment.samples_sha256, experiment.tiles_sha256, now)
                 for position, (image_id, ident) in enumerate(dealt)]
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
+            if max_open_rounds is not None:
+                self._close_oldest_rounds(conn, judge, experiment, max_open_rounds - 1)
             conn.executemany("INSERT INTO deals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             conn.execute("COMMIT")
+
+    @staticmethod
+    def _close_oldest_rounds(conn: sqlite3.Connection, judge: str, experiment: Experiment,
+                             keep: int) -> None:
+        open_rounds = [row[0] for row in conn.execute(
+            "SELECT d.round FROM deals d LEFT JOIN answers a ON a.deal = d.id WHERE d.judge = ? "
+            "AND d.samples_sha256 = ? AND d.tiles_sha256 = ? AND a.deal IS NULL "
+            "GROUP BY d.round ORDER BY MIN(d.rowid)",
+            (judge, experiment.samples_sha256, experiment.tiles_sha256))]
+        for stale in open_rounds[:max(0, len(open_rounds) - keep)]:
+            conn.execute("DELETE FROM deals WHERE round = ? AND judge = ? AND id NOT IN "
+                         "(SELECT deal FROM answers)", (stale, judge))
 
     def seen(self, judge: str, experiment: Experiment) -> set[Identity]:
         """Every image already dealt to this judge for this experiment."""

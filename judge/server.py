@@ -7,20 +7,15 @@
     POST /api/answer        {"image": id, "answer": "real" | "generated", "ms": int}
     GET  /api/round/<id>    the score and the truths, once every image of the round is answered
 
-What a request may do is decided before it reaches a route (`Guard`): on loopback only the
-loopback host names are served (a web page elsewhere cannot reach the server by rebinding a
-DNS name to 127.0.0.1); elsewhere every request carries the invite token; every POST comes
-from this server's own origin. Routes then accept only ids that this server dealt to the
-judge's cookie, and bodies of at most MAX_BODY_BYTES that validate.
+What a connection and a request may do is decided before a route sees them, by the policy in
+judge/guard.py (connection cap and request time limit, host, invite, origin, signed judge
+cookie, body size, headers). Routes then accept only ids that this server dealt to the
+judge's cookie, and bodies that validate; a judge has at most `max_open_rounds` rounds open.
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
-import json
-import logging
-import re
 import socket
 import threading
 from collections import OrderedDict
@@ -28,48 +23,50 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
-from urllib.parse import urlsplit
 
 from anyio import to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from canopy.errors import UserError
 from canopy.judge.catalog import Catalog
 from canopy.judge.db import AnswersDB, Outcome
 from canopy.judge.dealing import new_id, pick_round
+from canopy.judge.guard import (
+    COOKIE_MAX_AGE_S,
+    ID,
+    JUDGE_COOKIE,
+    LOOPBACK_NAMES,
+    REQUEST_TIMEOUT_S,
+    ConnectionLimits,
+    Guard,
+    JudgeCookies,
+    Refusal,
+    bounded_protocol,
+    default_max_connections,
+    judge_of,
+    opaque_id,
+    quiet_resource_errors,
+    read_json,
+    refusal_response,
+    required_judge,
+    set_cookie,
+)
 from canopy.judge.png import uniform_png
 
-JUDGE_COOKIE = "canopy_judge"
-INVITE_COOKIE = "canopy_invite"
-INVITE_QUERY = "invite"
-MAX_BODY_BYTES = 1024  # an answer is under 100 bytes
+__all__ = ["LOOPBACK_NAMES", "Settings", "create_app", "listen", "uvicorn_server"]
+
 MAX_RESPONSE_MS = 3_600_000
-_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")  # dealing.new_id's shape
-_COOKIE_MAX_AGE_S = 365 * 24 * 3600
 _IMAGES_KEPT = 4096  # encoded images kept in memory (about 200 MB at 128 px)
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+# Rounds a judge may have dealt and not finished; dealing another discards the unanswered
+# images of the oldest (a reload of the page deals a new round, so refusing would lock the
+# judge out). Bounds what one cookie can make the database hold.
+MAX_OPEN_ROUNDS = 4
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}
-
-# Sent with every response. no-store: nothing dealt stays in a browser cache for the next
-# person at the same machine. The policy allows this server's own scripts, styles, images
-# and requests only; nothing may frame the page.
-SECURITY_HEADERS = {
-    "cache-control": "no-store",
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
-    "x-frame-options": "DENY",
-    "cross-origin-resource-policy": "same-origin",
-    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-                               "img-src 'self'; connect-src 'self'; base-uri 'none'; "
-                               "form-action 'none'; frame-ancestors 'none'",
-}
-
-log = logging.getLogger("canopy.judge")
 
 
 @dataclass(frozen=True)
@@ -80,21 +77,13 @@ class Settings:
     invite: str | None = None
     # The Host names served; None accepts any (with an invite, the token is the gate).
     allowed_hosts: frozenset[str] | None = LOOPBACK_NAMES
-
-
-class Refusal(Exception):
-    """A request refused with a 4xx status and a one-line reason, before anything is stored."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+    max_open_rounds: int = MAX_OPEN_ROUNDS
 
 
 class AnswerBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    image: str = Field(pattern=_ID.pattern)
+    image: str = Field(pattern=ID.pattern)
     answer: Literal["real", "generated"]
     ms: int = Field(ge=0, le=MAX_RESPONSE_MS)
 
@@ -126,7 +115,8 @@ class Judging:
     async def page(self, request: Request) -> Response:
         response = Response(self.static["index.html"], media_type=STATIC["index.html"])
         if judge_of(request) is None:
-            set_cookie(response, JUDGE_COOKIE, new_id(), max_age=_COOKIE_MAX_AGE_S)
+            cookie = request.app.state.cookies.value(new_id())
+            set_cookie(response, JUDGE_COOKIE, cookie, max_age=COOKIE_MAX_AGE_S)
         return response
 
     def _static(self, name: str) -> Callable:
@@ -154,7 +144,7 @@ class Judging:
         for (image_id, _), data in zip(dealt, encoded):
             self.images.put(image_id, judge, data)
         round_id = new_id()
-        self.db.deal(judge, round_id, dealt, experiment)
+        self.db.deal(judge, round_id, dealt, experiment, self.settings.max_open_rounds)
         return round_id, [image_id for image_id, _ in dealt]
 
     def _refuse_if_replaced(self) -> None:
@@ -239,131 +229,11 @@ class EncodedImages:
             return entry[1]
 
 
-# --- request checks ------------------------------------------------------------------------
-
-
-def judge_of(request: Request) -> str | None:
-    value = request.cookies.get(JUDGE_COOKIE, "")
-    return value if _ID.match(value) else None
-
-
-def required_judge(request: Request) -> str:
-    judge = judge_of(request)
-    if judge is None:
-        raise Refusal(403, "no judge cookie: open the page first")
-    return judge
-
-
-def opaque_id(value: str) -> str:
-    # An id is only ever looked up, never used as a path; the shape check just answers
-    # anything else early, the same way as an unknown id.
-    if not _ID.match(value):
-        raise Refusal(404, "not found")
-    return value
-
-
-async def read_json(request: Request) -> object:
-    """The body as JSON, refused when it is not JSON or longer than MAX_BODY_BYTES."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise Refusal(415, "send application/json")
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise Refusal(413, f"the body is limited to {MAX_BODY_BYTES} bytes")
-    body = bytearray()
-    async for chunk in request.stream():  # also bounds a chunked body with no length
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise Refusal(413, f"the body is limited to {MAX_BODY_BYTES} bytes")
-    try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise Refusal(400, "the body is not valid JSON") from None
-
-
-def set_cookie(response: Response, name: str, value: str, max_age: int | None = None) -> None:
-    # Lax, not Strict: the first visit may come from a link in another site or a mail, and
-    # Strict would then drop the cookie across the invite's redirect. POSTs from elsewhere
-    # are refused by their Origin anyway.
-    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="lax")
-
-
-class Guard:
-    """ASGI middleware: the host, invite and origin checks, and the security headers."""
-
-    def __init__(self, app: Starlette, settings: Settings):
-        self.app, self.settings = app, settings
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        send = _with_headers(send)
-        request = Request(scope)
-        try:
-            invite_in_query = self._admit(request)
-        except Refusal as refusal:
-            await refusal_response(request, refusal)(scope, receive, send)
-            return
-        if invite_in_query:
-            await self._drop_invite_from_url(request)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-    def _admit(self, request: Request) -> bool:
-        """Raise Refusal for a request that may not go on; True when the invite came in the
-        query (the browser is then sent to the same page without it)."""
-        host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
-        allowed = self.settings.allowed_hosts
-        if allowed is not None and host not in allowed:
-            raise Refusal(403, "unexpected Host header: open the URL that `canopy judge serve` "
-                               "printed")
-        in_query = False
-        if self.settings.invite is not None:
-            from_cookie = request.cookies.get(INVITE_COOKIE, "")
-            from_query = request.query_params.get(INVITE_QUERY, "")
-            in_query = _same(from_query, self.settings.invite)
-            if not (in_query or _same(from_cookie, self.settings.invite)):
-                raise Refusal(403, "this server needs its invite: open the URL with ?invite= "
-                                   "that `canopy judge serve` printed")
-        if request.method not in ("GET", "HEAD"):
-            origin = request.headers.get("origin", "")
-            expected = f"{request.url.scheme}://{request.headers.get('host', '')}"
-            if not _same(origin, expected):
-                raise Refusal(403, "cross-origin request refused")
-        return in_query and request.method in ("GET", "HEAD")
-
-    def _drop_invite_from_url(self, request: Request) -> Response:
-        # The token moves into a cookie so that it is not left in the address bar, the
-        # history or a screenshot.
-        response = RedirectResponse(request.url.path, status_code=303)
-        set_cookie(response, INVITE_COOKIE, self.settings.invite)
-        return response
-
-
-def _same(given: str, expected: str) -> bool:
-    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
-
-
-def refusal_response(request: Request, refusal: Refusal) -> Response:
-    return JSONResponse({"error": refusal.reason}, status_code=refusal.status)
-
-
-def _with_headers(send):
-    async def sending(message) -> None:
-        if message["type"] == "http.response.start":
-            headers = [(name, value) for name, value in message.get("headers", [])
-                       if name.decode("latin-1").lower() not in SECURITY_HEADERS]
-            headers += [(name.encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
-            message = {**message, "headers": headers}
-        await send(message)
-    return sending
-
-
 def create_app(catalog: Catalog, db: AnswersDB, settings: Settings) -> Guard:
     judging = Judging(catalog, db, settings)
     app = Starlette(routes=judging.routes(), exception_handlers={Refusal: refusal_response})
-    return Guard(app, settings)
+    app.state.cookies = JudgeCookies(db.cookie_key())
+    return Guard(app, settings.invite, settings.allowed_hosts)
 
 
 # --- listening -----------------------------------------------------------------------------
@@ -400,11 +270,22 @@ def listen(host: str, port: int) -> Listener:
     return Listener(sock, host, bound_port, loopback)
 
 
-def uvicorn_server(app: Guard):
+def uvicorn_server(app: Guard, limits: ConnectionLimits | None = None):
+    """uvicorn serving `app` under the connection policy (judge/guard.py): `limits` defaults
+    to as many connections as the open-files limit allows and REQUEST_TIMEOUT_S."""
     import uvicorn
+
+    limits = limits or ConnectionLimits(default_max_connections(), REQUEST_TIMEOUT_S)
+
+    class Server(uvicorn.Server):
+        async def serve(self, sockets=None) -> None:
+            import asyncio
+
+            asyncio.get_running_loop().set_exception_handler(quiet_resource_errors)
+            await super().serve(sockets)
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             server_header=False, timeout_keep_alive=5,
-                            timeout_graceful_shutdown=3)
-    return uvicorn.Server(config)
+                            timeout_graceful_shutdown=3, http=bounded_protocol(limits))
+    return Server(config)
 

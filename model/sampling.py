@@ -24,6 +24,15 @@ from canopy.model.images import to_uint8
 from canopy.model.scheduler import Scheduler
 
 
+class NonFiniteImages(ArithmeticError):
+    """The sampling loop ended in NaN or infinite values (damaged weights, a diverged run):
+    their uint8 images would be silently black or white."""
+
+    def __init__(self, positions: list[int]):
+        super().__init__(f"non-finite values in images at batch positions {positions}")
+        self.positions = positions
+
+
 def sample_images(
     net: torch.nn.Module,
     scheduler: Scheduler,
@@ -33,10 +42,12 @@ def sample_images(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     on_step: Callable[[], object] | None = None,
+    refuse_non_finite: bool = False,
 ) -> torch.Tensor:
     """One image per seed, as a uint8 tensor (B, H, W, C) on the CPU. With `channels_last` the
     network sees NHWC inputs (convert its weights too: `net.to(memory_format=...)`).
-    `on_step` is called after each step (a progress bar)."""
+    `on_step` is called after each step (a progress bar). `refuse_non_finite`: raise
+    NonFiniteImages instead of returning images whose values were NaN or infinite."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
 
@@ -58,7 +69,12 @@ def sample_images(
             x = scheduler.step(out.float(), t, t_prev, x, step_noise)
             if on_step is not None:
                 on_step()
-    return to_uint8(scheduler.diffusion.to_image(x)).cpu()
+    image = scheduler.diffusion.to_image(x)
+    if refuse_non_finite:
+        finite = torch.isfinite(image.flatten(1)).all(dim=1).cpu()
+        if not bool(finite.all()):
+            raise NonFiniteImages([i for i, ok in enumerate(finite.tolist()) if not ok])
+    return to_uint8(image).cpu()
 
 
 def _batch_invariant_forward(net: torch.nn.Module, device: torch.device,

@@ -3,9 +3,14 @@ canopy/weights.py and docs/contract.md, models/)."""
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from canopy import phema
 from canopy import weights as weights_io
@@ -30,30 +35,115 @@ class Checkpoint:
         return (int(self.config["model"].get("channels", 3)), size, size)
 
 
-def load_checkpoint(models: Path, weights: str = "ema", ema_std: float | None = None) -> Checkpoint:
+def load_checkpoint(models: Path, weights: str = "ema", ema_std: float | None = None,
+                    check: Callable[[dict[str, Any], Path], None] | None = None) -> Checkpoint:
     """The network (eval mode, CPU) and diffusion described by models/ema.safetensors, with
     the EMA weights, those of the latest training state (`weights` "raw"), or (`ema_std`) the
-    post-hoc EMA of that relative std rebuilt from models/phema/ at the export's step."""
+    post-hoc EMA of that relative std rebuilt from models/phema/ at the export's step.
+
+    The export's config is checked with the params schema's rules, then by `check` (config,
+    export path: e.g. against params.yaml), before any weight is read or network built: an
+    edited config must not allocate a huge network or fail inside torch."""
     export = models / weights_io.EXPORT_FILE
     config = weights_io.read_export_config(export)
-    digest = None
-    if ema_std is not None:
-        step = config.get("step")
-        state, _ = phema.reconstruct(models, ema_std, int(step) if step is not None else None)
-        path = models / phema.FOLDER / f"ema_std-{ema_std:g}"  # names the weights, no file
-        digest = sha256_bytes(weights_io.save_canonical(state))
-    else:
-        path = export if weights == "ema" else weights_io.latest_raw_weights(models)
-        state = weights_io.read_weights(path)
+    check_export_config(config, export)
+    if check is not None:
+        check(config, export)
     try:
         net, diffusion = build(config)  # defaults filled for keys older exports lack
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{export}: its config cannot rebuild the network ({err}); "
                         "re-run `canopy train`") from None
+    digest = None
+    if ema_std is not None:
+        step = config.get("step")
+        state, _ = phema.reconstruct(models, ema_std, int(step) if step is not None else None)
+        path = models / phema.FOLDER / f"ema_std-{ema_std:g}"  # names the weights, no file
+        weights_io.refuse_non_finite(state, path)
+        _load_into(net, state, path, config)
+        digest = sha256_bytes(weights_io.save_canonical(state))
+    else:
+        path = export if weights == "ema" else weights_io.latest_raw_weights(models)
+        # The shapes first: weights of another network say so, whatever their checksum.
+        weights_io.read_weights(path, file_sha256=_recorded_state_sha256(path),
+                                fits=lambda state: _load_into(net, state, path, config))
+    return Checkpoint(net.eval(), diffusion, config, path, digest or sha256_file(path))
+
+
+def _load_into(net: Unet, state: dict, path: Path, config: dict[str, Any]) -> None:
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
         detail = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
         raise UserError(f"{path} holds weights of another model shape than its config "
                         f"{config['model']} ({detail}); re-run `canopy train`") from None
-    return Checkpoint(net.eval(), diffusion, config, path, digest or sha256_file(path))
+
+
+def _recorded_state_sha256(path: Path) -> str | None:
+    """The sha256 of a training state's raw weights file as the state.json beside it records
+    it (None for the export, which records its own)."""
+    try:
+        state = json.loads((path.parent / "state.json").read_text(encoding="utf-8"))
+        found = state["files"][path.name]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return found if isinstance(found, str) else None
+
+
+def check_export_config(config: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line, an export config that the params schema would refuse: the same
+    ranges and choices as params.yaml's model, diffusion, schedule and etl.tile_size."""
+    from canopy.model.params import DiffusionParams, ModelParams
+    from canopy.params import CanopyParams
+
+    def invalid(where: str, problem: str) -> UserError:
+        return UserError(f"{path}: its config is invalid ({where}: {problem}); it was edited or "
+                         "damaged: re-run `canopy train`")
+
+    for section, schema in (("model", ModelParams), ("diffusion", DiffusionParams)):
+        value = config.get(section)
+        if not isinstance(value, dict):
+            raise invalid(section, "missing or not a mapping")
+        try:
+            schema.model_validate(value)
+        except ValidationError as err:
+            problem = err.errors(include_url=False)[0]
+            where = ".".join([section, *map(str, problem["loc"])])
+            raise invalid(where, problem["msg"]) from None
+    schedules = CanopyParams.model_fields["schedule"].annotation.__args__
+    if config.get("schedule") not in schedules:
+        raise invalid("schedule", f"{config.get('schedule')!r}, expected one of {schedules}")
+    _check_tile_size(config, invalid)
+    stats = config.get("data_stats")
+    if stats is not None and not _finite_stats(stats):
+        raise invalid("data_stats", "expected mean and std lists of three finite numbers, "
+                                    "std positive")
+
+
+def _check_tile_size(config: dict[str, Any], invalid: Callable[[str, str], UserError]) -> None:
+    from canopy.etl.params import EtlParams
+    from canopy.model.params import ModelParams
+
+    tile_size = config.get("tile_size")
+    field = EtlParams.model_fields["tile_size"]
+    low = next(m.ge for m in field.metadata if hasattr(m, "ge"))
+    high = next(m.le for m in field.metadata if hasattr(m, "le"))
+    if type(tile_size) is not int or not low <= tile_size <= high:
+        raise invalid("tile_size", f"{tile_size!r}, expected an integer in {low}..{high}")
+    factor = ModelParams.model_validate(config["model"]).downsample_factor
+    if tile_size % factor:
+        raise invalid("tile_size", f"{tile_size} is not a multiple of {factor}, the network's "
+                                   "downsampling factor")
+
+
+def _finite_stats(stats: Any) -> bool:
+    if not isinstance(stats, dict):
+        return False
+    lists = [stats.get("mean"), stats.get("std")]
+    if not all(isinstance(values, list) and len(values) == 3 for values in lists):
+        return False
+    numbers = [v for values in lists for v in values]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in numbers):
+        return False
+    return all(v > 0 for v in stats["std"])

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from tqdm import tqdm
 
-from canopy.model.sampling import sample_images
+from canopy.errors import UserError
+from canopy.model.sampling import NonFiniteImages, sample_images
 from canopy.model.scheduler import Scheduler
 from canopy.seeding import Stream, torch_seed
 
@@ -21,5 +22,12 @@ def generate(net: torch.nn.Module, scheduler: Scheduler, indices: Sequence[int],
     seeds = [torch_seed(seed, Stream.SAMPLE_NOISE, i) for i in indices]
     with tqdm(total=len(scheduler.timesteps), desc="steps", leave=False,
               disable=not progress) as bar:
-        return sample_images(net, scheduler, seeds, shape, device, amp_dtype, channels_last,
-                             on_step=bar.update)
+        try:
+            return sample_images(net, scheduler, seeds, shape, device, amp_dtype, channels_last,
+                                 on_step=bar.update, refuse_non_finite=True)
+        except NonFiniteImages as err:
+            # A black image written in place of a sample would pass for one: refuse instead.
+            lost = [indices[i] for i in err.positions]
+            raise UserError(f"the network produced NaN or infinite values for image(s) {lost[:5]}"
+                            f"{' ...' if len(lost) > 5 else ''}: the weights are damaged or "
+                            "training diverged; re-run `canopy train`") from None

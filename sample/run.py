@@ -10,7 +10,7 @@ batch it was drawn in, so the files are those of one process.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from canopy.accelerator import (
     precision_name,
 )
 from canopy.errors import UserError
-from canopy.fsutil import atomic_dir, output_lock
+from canopy.fsutil import atomic_dir, check_replaceable, output_lock
 from canopy.model.registry import make_scheduler
 from canopy.model.scheduler import Scheduler
 from canopy.params import CanopyParams
@@ -45,10 +45,11 @@ class SampleResult:
 def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool) -> SampleResult:
     settings = params.sample
     dist = distributed.from_env()
-    checkpoint = load_checkpoint(models, settings.weights, settings.ema_std)
+    check_replaceable(out, samples.SAMPLES_OUTPUT)  # before any work: refuse a wrong path now
     # The checkpoint has params' diffusion.timesteps, so params' own check that sample.steps
     # fits them holds for the checkpoint too.
-    check_matches_params(checkpoint, params)
+    checkpoint = load_checkpoint(models, settings.weights, settings.ema_std,
+                                 check=params_check(params))
     device = pick_device(settings.device, "sample.device")
     distributed.check_devices(dist, device, "sample.device")
     device = dist.device(device)
@@ -103,13 +104,22 @@ def _sample_all(params: CanopyParams, dist: distributed.Dist, out: Path, net: to
 
 @contextlib.contextmanager
 def _locked_staging(out: Path) -> Iterator[Path]:
-    with output_lock(out, "canopy sample"), atomic_dir(out) as staging:
+    with output_lock(out, "canopy sample"), \
+            atomic_dir(out, samples.SAMPLES_OUTPUT) as staging:
         yield staging
 
 
 def check_matches_params(checkpoint: Checkpoint, params: CanopyParams) -> None:
     """Refuse a checkpoint that params.yaml no longer describes (a stale models/)."""
-    config = checkpoint.config
+    check_config_matches_params(checkpoint.config, checkpoint.path, params)
+
+
+def params_check(params: CanopyParams) -> Callable[[dict, Path], None]:
+    """load_checkpoint's `check`: the export's config against params.yaml, before building."""
+    return lambda config, path: check_config_matches_params(config, path, params)
+
+
+def check_config_matches_params(config: dict, path: Path, params: CanopyParams) -> None:
     wanted = {"model": params.model.unet_kwargs(), "schedule": params.schedule,
               "timesteps": params.diffusion.timesteps, "objective": params.diffusion.objective,
               "process": params.diffusion.process}
@@ -119,7 +129,7 @@ def check_matches_params(checkpoint: Checkpoint, params: CanopyParams) -> None:
              "process": config["diffusion"].get("process", "vp")}
     changed = [f"{key} {found[key]!r} -> {wanted[key]!r}" for key in wanted if found[key] != wanted[key]]
     if changed:
-        raise UserError(f"{checkpoint.path} was trained with other settings than params.yaml "
+        raise UserError(f"{path} was trained with other settings than params.yaml "
                         f"({'; '.join(changed)}): re-run `canopy train` (or `dvc repro`)")
 
 

@@ -28,7 +28,7 @@ from canopy.model.registry import make_scheduler
 from canopy.params import CanopyParams
 from canopy.sample.checkpoint import load_checkpoint
 from canopy.sample.generate import generate
-from canopy.sample.run import check_matches_params
+from canopy.sample.run import params_check
 from canopy.seeding import Stream, numpy_rng
 
 DEFAULT_STDS = (0.02, 0.03, 0.05, 0.07, 0.1, 0.13, 0.16, 0.2, 0.25)
@@ -88,8 +88,7 @@ def sweep(params: CanopyParams, stds: list[float], n: int, models: Path, tiles_d
     sets, step = [], 0
     choices: list[float | None] = [None, *stds]
     for std in tqdm(choices, desc="stds", disable=not progress):
-        checkpoint = load_checkpoint(models, "ema", std)
-        check_matches_params(checkpoint, params)
+        checkpoint = load_checkpoint(models, "ema", std, check=params_check(params))
         step = int(checkpoint.config.get("step") or 0)
         scheduler = make_scheduler(settings.sampler, checkpoint.diffusion, steps=settings.steps,
                                    eta=settings.eta, spacing=settings.spacing)

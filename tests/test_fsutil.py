@@ -7,12 +7,21 @@ import os
 import pytest
 
 from canopy.fsutil import (
-    atomic_dir,
+    OutputKind,
     atomic_write_bytes,
     recover_interrupted_swap,
     remove_stale_temp_files,
 )
+from canopy.fsutil import atomic_dir as _atomic_dir
 from tests.conftest import output_locked_by_another_process
+
+# The outputs these tests swap: a folder holding a file `x` is one (as a manifest says so
+# for the stages' outputs).
+TEST_OUTPUT = OutputKind("test output", "--out", lambda folder: (folder / "x").is_file())
+
+
+def atomic_dir(target):
+    return _atomic_dir(target, TEST_OUTPUT)
 
 
 def test_atomic_write_replaces_and_respects_umask(tmp_path):
@@ -90,7 +99,8 @@ def replace(src, dst):
 
 
 os.replace = replace
-with fsutil.atomic_dir(Path(sys.argv[1])) as staging:
+kind = fsutil.OutputKind("test output", "--out", lambda folder: True)  # the swap is tested
+with fsutil.atomic_dir(Path(sys.argv[1]), kind) as staging:
     (staging / "x").write_text("new")
 """
 
@@ -270,3 +280,41 @@ def test_a_killed_first_run_and_a_running_writer_are_told_apart(tmp_path):
         refuse_half_swapped(target, "canopy etl")
     target.mkdir()
     refuse_half_swapped(target, "canopy etl")  # the output is there: nothing to say
+
+
+def test_a_file_output_never_replaces_a_folder_or_a_fifo(tmp_path):
+    from canopy.errors import UserError
+
+    (tmp_path / "metrics.json").mkdir()
+    (tmp_path / "metrics.json" / "mine.txt").write_text("kept")
+    os.mkfifo(tmp_path / "pipe.json")
+    with pytest.raises(UserError, match=r"metrics.json is a folder, not a file: refusing"):
+        atomic_write_bytes(tmp_path / "metrics.json", b"{}")
+    with pytest.raises(UserError, match=r"pipe.json is a FIFO \(named pipe\), not a file"):
+        atomic_write_bytes(tmp_path / "pipe.json", b"{}")
+    assert (tmp_path / "metrics.json" / "mine.txt").read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "pipe.json"]
+
+
+def test_the_guard_names_what_a_wrong_output_path_is(tmp_path):
+    from canopy.errors import UserError
+    from canopy.fsutil import check_replaceable
+
+    (tmp_path / "broken").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "many").mkdir()
+    for name in "abcdef":
+        (tmp_path / "many" / name).write_text(name)
+    (tmp_path / "many" / "sub").mkdir()
+    expected = {"broken": f"it is a broken symbolic link to {tmp_path / 'nowhere'}",
+                "many": "it holds a, b, c, d and 3 more",
+                "/": "it is a top-level system folder", "/usr": "it is a top-level system folder"}
+    for name, what in expected.items():
+        with pytest.raises(UserError) as refused:
+            check_replaceable(tmp_path / name, TEST_OUTPUT)
+        assert f"is not a test output that Canopy wrote ({what}" in str(refused.value)
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty", TEST_OUTPUT)  # an empty folder may be replaced
+    check_replaceable(tmp_path / "absent", TEST_OUTPUT)
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ours" / "x").write_text("an earlier output")
+    check_replaceable(tmp_path / "ours", TEST_OUTPUT)

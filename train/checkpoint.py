@@ -29,10 +29,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load
 
 from canopy import weights
-from canopy.fsutil import atomic_dir
+from canopy.fsutil import OutputKind, atomic_dir
 from canopy.hashing import sha256_bytes
 
 STATE_FORMAT = "canopy.train-state/1"
+
+
+def _is_state_folder(folder: Path) -> bool:
+    try:
+        return read_state_json(folder).get("format") == STATE_FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+STATE_OUTPUT = OutputKind("training state folder", "paths.models", _is_state_folder)
 
 
 @dataclass
@@ -105,7 +115,7 @@ def save_state(
     }
     if target.exists():
         shutil.rmtree(target)  # only an older run's leftover: the newest state is never rewritten
-    with atomic_dir(target) as staging:
+    with atomic_dir(target, STATE_OUTPUT) as staging:
         for name, blob in blobs.items():
             (staging / name).write_bytes(blob)
         (staging / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")

@@ -14,7 +14,14 @@ from rasterio.dtypes import _gdal_typename
 
 from canopy.errors import UserError
 from canopy.etl.params import BandRef, EtlParams, LocalEntry
-from canopy.etl.scene import BandSource, SceneSpec, ground_sample_distance, open_raster, slug
+from canopy.etl.scene import (
+    BandSource,
+    SceneSpec,
+    ground_sample_distance,
+    not_a_raster_file,
+    open_raster,
+    slug,
+)
 from canopy.params import CanopyParams
 
 GLOB_CHARS = set("*?[")
@@ -71,12 +78,14 @@ def _entry_settings(entry, params: EtlParams) -> tuple[str | list[str], EntrySet
 def expand(pattern: str) -> list[str]:
     """A literal path, or a glob expanded in sorted order; nothing found is an error."""
     if GLOB_CHARS & set(pattern):
-        matches = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        matches = sorted(p for p in glob.glob(pattern, recursive=True)
+                         if not_a_raster_file(p) is None)
         if not matches:
             raise UserError(f"etl.local.paths: the glob {pattern!r} matches no file")
         return matches
-    if not Path(pattern).is_file():
-        raise UserError(f"etl.local.paths: {pattern}: no such file")
+    problem = not_a_raster_file(pattern)
+    if problem is not None:
+        raise UserError(f"etl.local.paths: {pattern}: {problem}")
     return [pattern]
 
 

@@ -15,7 +15,7 @@ import rasterio
 from PIL import Image
 
 from canopy.etl.params import EtlParams
-from canopy.etl.scene import BandSource, SceneSpec
+from canopy.etl.scene import BandSource, SceneSpec, raster_write_errors
 from canopy.params import CanopyParams
 from canopy.seeding import Stream, numpy_rng
 
@@ -153,6 +153,6 @@ def _write_tiff(path: Path, image: np.ndarray) -> None:
         "driver": "GTiff", "width": width, "height": height, "count": 3, "dtype": "uint8",
         "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
     }
-    with rasterio.open(path, "w", **profile) as dst:
+    with raster_write_errors(path), rasterio.open(path, "w", **profile) as dst:
         dst.write(image.transpose(2, 0, 1))
         dst.update_tags(CANOPY_SYNTHETIC="procedurally generated, not real imagery")

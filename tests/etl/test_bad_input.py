@@ -54,6 +54,19 @@ def no_vegetation(tmp_path):
     return local([str(write_raster(tmp_path / "grey.tif", grey))])
 
 
+def _link_loop(tmp_path):
+    (tmp_path / "loop.tif").symlink_to(tmp_path / "loop.tif")
+    return tmp_path / "loop.tif"
+
+
+def _fifo(tmp_path):
+    """A FIFO: opening it for reading blocks until a writer comes (etl used to hang there)."""
+    import os
+
+    os.mkfifo(tmp_path / "band.tif")
+    return tmp_path / "band.tif"
+
+
 def all_nodata(tmp_path):
     blank = np.zeros((3, 32, 32), dtype=np.uint8)
     return local([str(write_raster(tmp_path / "blank.tif", blank, nodata=0))], scale="none")
@@ -61,6 +74,8 @@ def all_nodata(tmp_path):
 
 CASES = {
     "missing path": (lambda t: local([str(t / "nope.tif")]), "nope.tif: no such file"),
+    "a folder as a path": (lambda t: local([str(t)]), ": a folder, not a file"),
+    "a symbolic link loop": (lambda t: local([str(_link_loop(t))]), "loop.tif: a symbolic link loop"),
     "empty glob": (lambda t: local([str(t / "*.tif")]), "matches no file"),
     "not a raster": (not_a_raster, "not a readable raster"),
     "truncated tiff": (truncated_tiff, "truncated or corrupt"),
@@ -139,3 +154,80 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_old_output_is_kept(tm
     assert f"{tmp_path} is full (No space left on device)" in lines[0] and "free" in lines[0]
     assert (tmp_path / "out" / "manifest.json").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml"]
+
+
+def _on_a_small_filesystem(tmp_path, size: str, command: list[str]):
+    """Run `command` with a tmpfs of `size` mounted at tmp_path/small (in a user and mount
+    namespace, so no root is needed); skip where the system does not allow it."""
+    import shutil
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    unshare = shutil.which("unshare")
+    probe = [unshare, "-rm", "sh", "-c", f"mount -t tmpfs -o size={size} tmpfs {small}"]
+    if unshare is None or subprocess.run(probe, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (unshare -rm and mount are needed)")
+    script = f'mount -t tmpfs -o size={size} tmpfs "$1" && shift && exec "$@"'
+    return subprocess.run([unshare, "-rm", "sh", "-c", script, "sh", str(small), *command],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def test_a_full_disk_while_gdal_writes_a_scene_is_one_line_and_exit_2(tmp_path):
+    """The synthetic source's scene GeoTIFF, written by GDAL in the staging folder, on a
+    real filesystem that fills up: GDAL's "Write error" used to be a 57-line traceback."""
+    import sys
+
+    params = {"etl": {"source": "synthetic", "synthetic": {"scenes": 1, "width": 1024,
+                                                           "height": 1024}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    small = tmp_path / "small"
+    done = _on_a_small_filesystem(tmp_path, "200k", [
+        sys.executable, "-m", "canopy.cli", "etl", "-q", "--params",
+        str(tmp_path / "params.yaml"), "--tiles", str(small / "tiles")])
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"canopy etl: error: {small} is full (No space left on device)")
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT"])
+def test_gdal_write_errors_from_a_full_disk_or_quota_become_that_oserror(tmp_path, code):
+    import errno
+    import os
+
+    from rasterio.errors import RasterioIOError
+
+    from canopy.etl.scene import raster_write_errors
+
+    number = getattr(errno, code)
+    with pytest.raises(OSError) as raised, raster_write_errors(tmp_path / "scene.tif"):
+        try:
+            raise RuntimeError(f"TIFFAppendToStrip: {os.strerror(number)}")
+        except RuntimeError as cause:
+            raise RasterioIOError("Write failed. See previous exception for details.") from cause
+    assert raised.value.errno == number and raised.value.filename == str(tmp_path / "scene.tif")
+    with pytest.raises(RasterioIOError), raster_write_errors(tmp_path / "scene.tif"):
+        raise RasterioIOError("Write failed: not a disk problem")
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["a file entry", "a stack of band files"])
+def test_a_fifo_among_the_inputs_is_refused_not_waited_on(tmp_path, stacked):
+    """Opening a FIFO blocks until something writes to it: etl hung there (in a subprocess
+    with a timeout here, so that the hang fails the test instead of stalling the suite)."""
+    import subprocess
+    import sys
+
+    fifo = _fifo(tmp_path)
+    entry = [str(write_raster(tmp_path / "b1.tif", forest_rgb(32, 32)[:1])), str(fifo)] \
+        if stacked else str(fifo)
+    params = {"etl": {"tile_size": 16, "stride": 16, **local([entry])}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([sys.executable, "-m", "canopy.cli", "etl", "-q", "--params",
+                           str(tmp_path / "params.yaml"), "--tiles", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"canopy etl: error: {fifo}: a FIFO (named pipe), not a "
+                                   "file; check etl.local.paths") if stacked else \
+        done.stderr.strip() == (f"canopy etl: error: etl.local.paths: {fifo}: a FIFO (named "
+                                "pipe), not a file")

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +217,47 @@ def test_the_manifest_holds_the_train_tiles_channel_stats(tmp_path):
     assert manifest["counts"]["val"] > 0
     assert np.allclose(stats["mean"], values.mean(axis=0), atol=1e-6)
     assert np.allclose(stats["std"], values.std(axis=0), atol=1e-6)
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_an_output_path_over_the_users_files_is_refused_and_nothing_touched(tmp_path,
+                                                                            monkeypatch):
+    """`--tiles outside/photos` used to delete the photos, `--tiles "$PWD"` the project."""
+    raster = write_raster(tmp_path / "k.tif", forest_rgb(32, 32))
+    photos = tmp_path / "outside" / "photos"
+    photos.mkdir(parents=True)
+    (photos / "holiday.jpg").write_bytes(b"\xff\xd8 a photo")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text("seed: 0\n")
+    (project / "data").mkdir()
+    monkeypatch.chdir(project)
+    before = _tree(tmp_path)
+    cases = {photos: "(it holds holiday.jpg)",
+             project: "(it is the folder canopy runs in, holding data/, params.yaml)",
+             tmp_path: "(it contains the folder canopy runs in, holding k.tif, outside/, project/)",
+             raster: "(it is a file of", Path("/dev/null"): "(it is a device)"}
+    for target, what in cases.items():
+        with pytest.raises(UserError) as refused:
+            run_etl(local_params(str(raster)), target, progress=False)
+        message = str(refused.value)
+        assert message.startswith(f"{target} is not a tiles folder that Canopy wrote {what}")
+        assert "point paths.tiles (--tiles) at a new or empty folder" in message
+    assert _tree(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.tif", "outside", "project"]
+
+
+def test_an_earlier_tiles_folder_or_an_empty_one_is_replaced(tmp_path):
+    raster = write_raster(tmp_path / "k.tif", forest_rgb(32, 32))
+    out = tmp_path / "out"
+    out.mkdir()  # empty: replaced
+    run_etl(local_params(str(raster)), out, progress=False)
+    run_etl(local_params(str(raster), stride=8), out, progress=False)  # its manifest: replaced
+    assert json.loads((out / "manifest.json").read_text())["stride"] == 8
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "manifest.json").write_text('{"format_version": 1, "images": []}')
+    with pytest.raises(UserError, match="samples is not a tiles folder"):
+        run_etl(local_params(str(raster)), tmp_path / "samples", progress=False)

@@ -125,3 +125,146 @@ def test_gli_threshold_is_a_real_knob(tmp_path, gli_threshold, expected):
     _, _, vegetation = read_all(spec_for(write_raster(tmp_path / "k.tif", pixel, tiled=False)),
                                 gli_threshold=gli_threshold)
     assert bool(vegetation[0, 0]) is expected
+
+
+# --- big rasters: each row decoded once, claimed sizes bounded ------------------------------
+
+
+def _save_png(path, rgb, mode="RGB", **options):
+    from PIL import Image
+
+    Image.fromarray(rgb, mode).save(path, **options)
+    return path
+
+
+def _reads_of_a_scene(path, monkeypatch, tile=16, stride=8, read_width=40):
+    """The windows SceneReader asked GDAL for while cutting every tile, and the tiles; reads
+    are at most `read_width` columns wide where windowed (so rows take several reads)."""
+    from canopy.etl import tiling
+
+    monkeypatch.setattr(tiling, "MAX_READ_WIDTH", read_width)
+    windows = []
+    real = SceneReader._read_bands
+
+    def spy(self, bands, window=None, out_shape=None):
+        if window is not None:
+            windows.append(window)
+        return real(self, bands, window, out_shape)
+
+    monkeypatch.setattr(SceneReader, "_read_bands", spy)
+    with rasterio.Env(), SceneReader(spec_for(path), **READER_OPTIONS) as reader:
+        tiles = [(c.row, c.col, c.rgb.copy(), c.valid_fraction, c.vegetation_fraction)
+                 for c in tiling.scene_candidates(reader, tile, stride)]
+    return windows, tiles
+
+
+def _decoded_once_from_the_top(windows, width, height):
+    """Every read is full-width, each starts where the last ended: no row is read twice,
+    nothing above the decoder's position is asked for (which would restart it)."""
+    assert all(w.col_off == 0 and w.width == width for w in windows), windows
+    assert [int(w.row_off) for w in windows] == [0, *np.cumsum([int(w.height) for w in
+                                                               windows])[:-1].tolist()]
+    assert sum(int(w.height) for w in windows) <= height
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg", "rgba png", "single-strip deflate tiff"])
+def test_rasters_decoded_from_the_top_are_read_once_in_order(tmp_path, monkeypatch, kind):
+    """A wide PNG or JPEG, or a TIFF in one compressed strip, restarts its decoder for any
+    row above the last one read: read window by window (several per row of tiles, rows
+    overlapping at stride < tile) that was quadratic. Their tiles are the same as before."""
+    data = forest_rgb(56, 100, seed=4).transpose(1, 2, 0).copy()
+    if kind == "png":
+        path = _save_png(tmp_path / "wide.png", data)
+    elif kind == "jpeg":
+        path = _save_png(tmp_path / "wide.jpg", data, quality=95)
+    elif kind == "rgba png":
+        rgba = np.dstack([data, np.full(data.shape[:2], 255, np.uint8)])
+        rgba[:10, :30, 3] = 0  # transparent corner: invalid pixels
+        path = _save_png(tmp_path / "wide.png", rgba, "RGBA")
+    else:
+        path = write_raster(tmp_path / "strip.tif", data.transpose(2, 0, 1), tiled=False,
+                            compress="deflate", blockysize=56)
+    windows, tiles = _reads_of_a_scene(path, monkeypatch)
+    _decoded_once_from_the_top(windows, 100, 56)
+    with rasterio.open(path) as dataset:  # the same tiles as a direct read of each window
+        pixels = dataset.read([1, 2, 3]).transpose(1, 2, 0)
+        alpha = dataset.read(4) if dataset.count == 4 else None
+    assert len(tiles) == len(range(0, 41, 8)) * len(range(0, 85, 8))
+    for row, col, rgb, valid_fraction, _ in tiles:
+        expected = pixels[row:row + 16, col:col + 16].copy()
+        if alpha is not None:
+            window_alpha = alpha[row:row + 16, col:col + 16]
+            expected[window_alpha == 0] = 0
+            assert valid_fraction == (window_alpha > 0).mean()
+        np.testing.assert_array_equal(rgb, expected)
+
+
+def test_tiled_rasters_are_still_read_window_by_window(tmp_path, monkeypatch):
+    path = write_raster(tmp_path / "tiled.tif", forest_rgb(48, 96))  # 16 px tiles
+    windows, _ = _reads_of_a_scene(path, monkeypatch)
+    assert max(int(w.width) for w in windows) <= 40  # bounded memory whatever the width
+
+
+def _run_etl_on(tmp_path, path, **etl):
+    import yaml
+    from typer.testing import CliRunner
+
+    from canopy.cli import app
+
+    params = {"etl": {"source": "local", "local": {"paths": [str(path)]}, "tile_size": 16,
+                      "stride": 16, **etl}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return CliRunner().invoke(app, ["etl", "-q", "--params", str(tmp_path / "params.yaml"),
+                                    "--tiles", str(tmp_path / "out")])
+
+
+def test_a_raster_claiming_too_many_pixels_is_refused_at_once(tmp_path):
+    """A sparse BigTIFF of 200000 x 200000 px is a few kB on disk: nothing bounded the
+    pixel count, and reading it took about 10 minutes."""
+    import time
+
+    path = tmp_path / "sparse.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=200_000, height=200_000, count=3,
+                       dtype="uint8", tiled=True, blockxsize=512, blockysize=512,
+                       compress="deflate", BIGTIFF="YES", SPARSE_OK="TRUE"):
+        pass
+    assert path.stat().st_size < 10_000_000
+    started = time.monotonic()
+    result = _run_etl_on(tmp_path, path)
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (f"canopy etl: error: {path} claims 200000x200000 pixels (40,000 "
+                    "megapixels), more than etl.max_scene_megapixels (2500): raise "
+                    "etl.max_scene_megapixels if it is real, or cut it into smaller files")
+    assert not (tmp_path / "out").exists()
+    raised = _run_etl_on(tmp_path, write_raster(tmp_path / "ok.tif", forest_rgb(64, 64)),
+                         max_scene_megapixels=0.001)
+    assert raised.exit_code == 2 and "more than etl.max_scene_megapixels (0.001)" in raised.stderr
+
+
+def test_a_raster_too_wide_to_read_from_the_top_is_refused_naming_the_param(tmp_path):
+    path = _save_png(tmp_path / "wide.png", np.zeros((64, 30_000, 3), np.uint8))
+    result = _run_etl_on(tmp_path, path, max_read_mb=16, tile_size=64, stride=64)
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"canopy etl: error: {path} (PNG, 30000 px wide) can only be "
+                           "decoded from its top")
+    assert "more than etl.max_read_mb (16); raise etl.max_read_mb" in line
+
+
+@pytest.mark.parametrize("mode", ["reflectance", "percentile"])
+def test_values_near_the_float32_limit_map_without_overflow_warnings(tmp_path, mode):
+    import warnings
+
+    data = np.full((3, 20, 20), 0.1, np.float32)
+    data[:, :5] = 3.0e38
+    data[:, 5:10] = -3.0e38
+    path = write_raster(tmp_path / "huge.tif", data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's overflow warnings
+        rgb, valid, _ = read_all(spec_for(path, mode, reflectance_range=(0.0, 0.3)))
+    assert valid.all()
+    assert (rgb[:5] == 255).all() and (rgb[5:10] == 0).all()
+    # Percentiles of +-3e38: 0.1 is mid-range; reflectance 0..0.3: a third of the way.
+    assert (rgb[10:] == (128 if mode == "percentile" else 85)).all()

@@ -17,6 +17,7 @@ import yaml
 
 from canopy.judge.catalog import load_catalog
 from canopy.judge.db import AnswersDB
+from canopy.judge.guard import ConnectionLimits
 from canopy.judge.server import LOOPBACK_NAMES, Settings, create_app, listen, uvicorn_server
 from tests.evaluate.synthetic import degrade, forest_images, write_samples, write_tiles
 
@@ -122,15 +123,16 @@ class Running:
 
 @contextlib.contextmanager
 def running_server(root: Path, round_size: int = 10, invite: str | None = None,
-                   samples: str = "samples", db: str = "answers.sqlite") -> Iterator[Running]:
+                   samples: str = "samples", db: str = "answers.sqlite",
+                   limits: ConnectionLimits | None = None, **settings) -> Iterator[Running]:
     """The judging app under uvicorn on 127.0.0.1, on a free port, in a thread."""
     catalog = load_catalog(root / samples, root / "tiles")
     answers = AnswersDB.checked(root / db, must_exist=False)
     answers.initialise()
     settings = Settings(round_size=round_size, invite=invite,
-                        allowed_hosts=None if invite else LOOPBACK_NAMES)
+                        allowed_hosts=None if invite else LOOPBACK_NAMES, **settings)
     listener = listen("127.0.0.1", 0)
-    server = uvicorn_server(create_app(catalog, answers, settings))
+    server = uvicorn_server(create_app(catalog, answers, settings), limits)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener.socket]},
                               daemon=True)
     thread.start()

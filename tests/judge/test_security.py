@@ -258,3 +258,145 @@ def test_rounds_are_half_real_in_shuffled_order(workspace):
     firsts = sum(pattern[0] for pattern in patterns)
     assert 6 <= firsts <= 34  # a fixed order would give 0 or 40 (p of failing by chance < 1e-5)
     assert len(set(patterns)) >= 8  # of the 20 possible orders
+
+
+# --- cookies and rounds --------------------------------------------------------------------
+
+
+def test_a_judge_cookie_the_server_never_issued_opens_no_round(server):
+    from canopy.judge.dealing import new_id
+
+    issued = server.judge().cookies["canopy_judge"]
+    forged = {
+        "a bare id": new_id(),
+        "another id under the issued signature": f"{new_id()}.{issued.split('.')[1]}",
+        "a made-up signature": f"{issued.split('.')[0]}.{new_id()}",
+    }
+    for cookie in forged.values():
+        stranger = server.client()
+        stranger.cookies["canopy_judge"] = cookie
+        assert stranger.request("POST", "/api/round", {}).status == 403
+    assert server.rows("deals") == []
+
+
+def test_issued_cookies_stay_valid_across_a_restart(workspace):
+    with running_server(workspace) as first:
+        judge = first.judge()
+        cookie = judge.cookies["canopy_judge"]
+    with running_server(workspace) as second:
+        again = second.client()
+        again.cookies["canopy_judge"] = cookie
+        again.open_page()
+        assert again.cookies["canopy_judge"] == cookie  # recognised: no new judge id
+        again.deal()
+
+
+def test_a_judge_has_a_bounded_number_of_open_rounds(workspace):
+    with running_server(workspace, round_size=4, max_open_rounds=3) as server:
+        judge = server.judge()
+        first = judge.deal()
+        assert judge.answer(first["images"][0]).status == 200
+        for _ in range(20):  # a script, or 20 reloads of the page
+            judge.deal()
+        deals = server.rows("deals")
+        unanswered = {row["round"] for row in deals
+                      if row["id"] not in {a["deal"] for a in server.rows("answers")}}
+        assert len(unanswered) == 3
+        assert len(deals) == 3 * 4 + 1  # three open rounds, and the answered image's deal
+        assert answers_stored(server) == 1
+        assert judge.answer(first["images"][1]).status == 404  # its round was closed
+
+
+# --- connections ---------------------------------------------------------------------------
+
+
+def _connect(base: str):
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(base)
+    return socket.create_connection((address.hostname, address.port), timeout=10)
+
+
+def _closed_by_server(sock, within_s: float) -> bool:
+    """Whether the server closes the connection within `within_s` (whatever it sent first)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + within_s
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if sock.recv(4096) == b"":
+                return True
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+    return False
+
+
+def test_an_idle_or_half_sent_request_is_closed_after_the_time_limit(workspace):
+    from canopy.judge.guard import ConnectionLimits
+
+    with running_server(workspace, limits=ConnectionLimits(100, 0.5)) as server:
+        judge = server.judge()
+        cookies = "; ".join(f"{k}={v}" for k, v in judge.cookies.items())
+        idle, half = _connect(server.base), _connect(server.base)
+        half.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never the final blank line
+        body = _connect(server.base)  # a request the app accepts, then too little of its body
+        body.sendall(f"POST /api/answer HTTP/1.1\r\nHost: {judge.base.netloc}\r\nOrigin: "
+                     f"{judge.origin}\r\nCookie: {cookies}\r\nContent-Type: application/json"
+                     "\r\nContent-Length: 50\r\n\r\n{\"im".encode())
+        for sock in (idle, half, body):
+            assert _closed_by_server(sock, within_s=5)
+            sock.close()
+        assert len(judge.deal()["images"]) == 10  # whole requests are served as before
+
+
+def test_connections_beyond_the_cap_are_refused_and_logged_once(workspace, caplog):
+    from canopy.judge.guard import ConnectionLimits
+
+    with running_server(workspace, limits=ConnectionLimits(4, 60)) as server:
+        held = [_connect(server.base) for _ in range(4)]
+        server_side_accepts = 0
+        for _ in range(30):
+            extra = _connect(server.base)
+            assert _closed_by_server(extra, within_s=5)
+            extra.close()
+            server_side_accepts += 1
+        refusals = [r for r in caplog.records if "the most allowed" in r.getMessage()]
+        assert len(refusals) == 1, [r.getMessage() for r in caplog.records]
+        for sock in held:
+            sock.close()
+        import time
+        for _ in range(100):  # the server notices the closed connections
+            try:
+                server.judge()
+                break
+            except (AssertionError, ConnectionError, http.client.HTTPException):
+                time.sleep(0.05)
+        assert len(server.judge().deal()["images"]) == 10
+
+
+def test_accept_running_out_of_files_is_logged_once_not_per_attempt(caplog):
+    """asyncio logs a traceback for every failed accept(): 8 MB/s of stderr when the
+    server's files ran out. The server's loop handler says it in one line, once a minute."""
+    import asyncio
+    import errno
+    import logging
+
+    from canopy.judge.guard import quiet_resource_errors
+
+    loop = asyncio.new_event_loop()
+    try:
+        error = OSError(errno.EMFILE, "Too many open files")
+        with caplog.at_level(logging.WARNING):
+            for _ in range(1000):
+                quiet_resource_errors(loop, {"message": "socket.accept() out of system resource",
+                                             "exception": error})
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines == ["judge: cannot accept connections (Too many open files); retrying "
+                         "(logged once a minute)"]
+    finally:
+        loop.close()

@@ -144,7 +144,76 @@ def other_shape(workspace):
     assert _json.loads(metadata["config"])["model"]["dim"] == 8
 
 
+def _rewrite_export(workspace, tensors=None, **config_changes):
+    """The export with some tensors or config keys replaced, its metadata otherwise kept (the
+    checksum too: as an edit or a damaged disk would leave it)."""
+    import json as _json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = workspace / "models" / "ema.safetensors"
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    config = _json.loads(metadata["config"])
+    for dotted, value in config_changes.items():
+        *parents, key = dotted.split("__")
+        section = config
+        for parent in parents:
+            section = section[parent]
+        section[key] = value
+    metadata["config"] = _json.dumps(config)
+    save_file({**load_file(str(path)), **(tensors or {})}, str(path), metadata=metadata)
+
+
+def flipped_bytes(workspace):
+    """Bytes flipped inside the tensor data: the header still parses."""
+    path = workspace / "models" / "ema.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def nan_weights(workspace):
+    """NaN in the weights of an export whose checksum matches them (training diverged)."""
+    from canopy import weights as weights_io
+    from canopy.sample.checkpoint import load_checkpoint
+
+    path = workspace / "models" / "ema.safetensors"
+    config = weights_io.read_export_config(path)
+    state = load_checkpoint(workspace / "models").net.state_dict()
+    name = next(iter(state))
+    state[name] = state[name].clone().fill_(float("nan"))
+    weights_io.write_export(path, state, config)
+
+
+def samples_over(target):
+    """--samples pointed at something that is not a samples folder."""
+    def prepare(workspace):
+        (workspace / "data" / "tiles").mkdir(parents=True)
+        (workspace / "data" / "tiles" / "manifest.json").write_text("{}")
+        (workspace / "notes.txt").write_text("my notes")
+    return prepare
+
+
 BAD = {
+    "flipped bytes in the weights": (flipped_bytes, [], "is damaged: its tensors do not match"),
+    "NaN weights": (nan_weights, [], "NaN or infinite value(s)"),
+    "an edited export config (a huge network)": (
+        lambda w: _rewrite_export(w, model__dim=2048), [],
+        "its config is invalid (model.dim: Input should be less than or equal to 1024)"),
+    "an edited export config (negative tile size)": (
+        lambda w: _rewrite_export(w, tile_size=-32), [],
+        "its config is invalid (tile_size: -32, expected an integer in 8..4096)"),
+    "an edited export config (another width)": (
+        lambda w: _rewrite_export(w, model__dim=16), [], "was trained with other settings"),
+    "--samples over the data folder": (
+        samples_over("data"), ["--samples", "data"],
+        "data is not a samples folder that Canopy wrote (it holds tiles/): refusing to replace "
+        "it; point paths.samples (--samples) at a new or empty folder"),
+    "--samples over a file": (samples_over("notes.txt"), ["--samples", "notes.txt"],
+                              "notes.txt is not a samples folder that Canopy wrote (it is a file "
+                              "of 8 bytes)"),
     "missing checkpoint": (lambda w: (w / "models" / "ema.safetensors").unlink(), [],
                            "not found: train a model first"),
     "corrupt checkpoint": (corrupt, [], "corrupt"),
@@ -162,16 +231,58 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", BAD)
-def test_bad_input_gives_one_line_and_exit_code_2(workspace, case):
+def test_bad_input_gives_one_line_and_exit_code_2(workspace, case, monkeypatch):
     prepare, args, expected = BAD[case]
     if prepare:
         prepare(workspace)
+    monkeypatch.chdir(workspace)  # relative --samples paths are the workspace's
     result = sample(workspace, *args)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("canopy sample: error: "), result.stderr
     assert expected in lines[0]
     assert not (workspace / "samples").exists()
+
+
+def test_a_wrong_samples_path_leaves_what_is_there(workspace, monkeypatch):
+    """The data loss the guard prevents: `--samples data` used to replace data/ (tiles and
+    all) with the samples, and `--samples notes.txt` the file with a folder."""
+    samples_over("data")(workspace)
+    monkeypatch.chdir(workspace)
+    for target in ("data", "notes.txt"):
+        assert sample(workspace, "--samples", target).exit_code == 2
+    assert (workspace / "data" / "tiles" / "manifest.json").read_text() == "{}"
+    assert (workspace / "notes.txt").read_text() == "my notes"
+    assert sorted(p.name for p in workspace.iterdir()) == ["data", "models", "notes.txt",
+                                                           "params.yaml"]
+
+
+def test_samples_replace_an_earlier_samples_folder_or_an_empty_one(workspace):
+    assert sample(workspace).exit_code == 0
+    assert sample(workspace, "--n", "2").exit_code == 0  # its manifest says it is samples
+    assert len(images(workspace / "samples")) == 2
+    (workspace / "empty").mkdir()
+    assert sample(workspace, "--samples", str(workspace / "empty"), "--n", "1").exit_code == 0
+    assert len(images(workspace / "empty")) == 1
+
+
+def test_non_finite_images_are_refused_not_written_black():
+    import torch
+
+    from canopy.errors import UserError
+    from canopy.model.process import build_process
+    from canopy.model.registry import make_scheduler
+    from canopy.sample.generate import generate
+    from tests.sample.conftest import DIFFUSION
+
+    class Diverged(torch.nn.Module):
+        def forward(self, x, t):
+            return torch.full_like(x, float("nan"))
+
+    process = build_process({"diffusion": DIFFUSION, "schedule": "linear"})
+    scheduler = make_scheduler("ddim", process, steps=3, eta=0.0, spacing="trailing")
+    with pytest.raises(UserError, match=r"NaN or infinite values for image\(s\) \[4, 5\]"):
+        generate(Diverged(), scheduler, [4, 5], 0, (3, 8, 8), torch.device("cpu"), None)
 
 
 def test_a_full_disk_is_one_line_naming_the_folder_and_the_old_samples_are_kept(
