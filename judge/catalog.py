@@ -53,6 +53,7 @@ class Catalog:
     generated: tuple[Identity, ...]
     samples_dir: Path
     tiles_dir: Path
+    real_kind: str  # what the real pictures are, in words for the judges (real_kind_of)
     _tiles: dict[str, images.TileRef] = field(repr=False)
     _samples: dict[int, Path] = field(repr=False)
 
@@ -93,7 +94,29 @@ def load_catalog(samples_dir: Path, tiles_dir: Path) -> Catalog:
     experiment = experiment_of(samples_dir, tiles_dir)
     return Catalog(experiment, size, tuple(Identity.tile(key) for key in sorted(tiles)),
                    tuple(Identity.sample(index) for index in sorted(samples)), samples_dir,
-                   tiles_dir, tiles, samples)
+                   tiles_dir, real_kind_of(images.tiles_manifest(tiles_dir)), tiles, samples)
+
+
+# Finer than this (metres per pixel) the imagery is taken as aerial photography: satellites
+# reach 0.3 m, but every satellite source Canopy reads is 10 m.
+AERIAL_GSD_M = 2.0
+
+
+def real_kind_of(manifest: dict) -> str:
+    """What the real pictures are, from the tiles manifest: the judges are told the truth
+    about them (a synthetic demo scene is not "a real satellite tile")."""
+    if manifest.get("synthetic"):
+        return "a tile of the synthetic demo scenes (drawn by a program, not a photograph)"
+    scenes = [entry for entry in manifest.get("sources", []) if isinstance(entry, dict)]
+    kinds = {entry.get("source") for entry in scenes}
+    if scenes and kinds <= {"sentinelhub", "stac"}:
+        return "a real Sentinel-2 satellite image of a forest"
+    gsds = [entry["gsd"] for entry in scenes if isinstance(entry.get("gsd"), (int, float))]
+    if gsds and max(gsds) < AERIAL_GSD_M:
+        return "a real aerial photograph of a forest"
+    if gsds and min(gsds) >= AERIAL_GSD_M:
+        return "a real satellite image of a forest"
+    return "a real picture of a forest"
 
 
 def experiment_of(samples_dir: Path, tiles_dir: Path) -> Experiment:

@@ -26,6 +26,10 @@ def tile_size(tiles_dir: Path) -> int:
     return tiles_format.read_manifest(tiles_dir, _TILES_OPTION)["tile_size"]
 
 
+def tiles_manifest(tiles_dir: Path) -> dict:
+    return tiles_format.read_manifest(tiles_dir, _TILES_OPTION)
+
+
 def tiles_manifest_sha256(tiles_dir: Path) -> str:
     tiles_format.read_manifest(tiles_dir, _TILES_OPTION)  # a clear error when missing or broken
     return sha256_file(tiles_dir / tiles_format.MANIFEST_FILE)

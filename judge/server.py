@@ -15,6 +15,7 @@ judge's cookie, and bodies that validate; a judge has at most `max_open_rounds` 
 
 from __future__ import annotations
 
+import html
 import ipaddress
 import socket
 import threading
@@ -65,6 +66,8 @@ _IMAGES_KEPT = 4096  # encoded images kept in memory (about 200 MB at 128 px)
 # images of the oldest (a reload of the page deals a new round, so refusing would lock the
 # judge out). Bounds what one cookie can make the database hold.
 MAX_OPEN_ROUNDS = 4
+# Where index.html says what the real pictures are.
+REAL_KIND_SLOT = b"{{real_kind}}"
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}
 
@@ -100,6 +103,9 @@ class Judging:
         folder = resources.files("canopy.judge") / "static"
         # Read once at start: no request ever names a file.
         self.static = {name: (folder / name).read_bytes() for name in STATIC}
+        # The page says what the real pictures are (the tiles manifest knows).
+        self.static["index.html"] = self.static["index.html"].replace(
+            REAL_KIND_SLOT, html.escape(catalog.real_kind).encode())
 
     def routes(self) -> list[Route]:
         return [

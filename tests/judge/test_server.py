@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
+
 from tests.judge.conftest import running_server
 
 
@@ -65,3 +67,25 @@ def test_no_more_deals_once_a_run_replaced_the_samples(workspace):
         # What was dealt was encoded before: it is still answered as the old experiment's.
         assert judge.request("GET", f"/img/{image}").status == 200
         assert judge.answer(image).status == 200
+
+
+def test_the_page_says_what_the_real_pictures_are(server):
+    # The workspace's tiles manifest names no source: the page makes no claim it cannot back.
+    page = server.client().open_page().body.decode()
+    assert "either a real picture of a forest or one that a model made" in page
+    assert "{{" not in page and "satellite" not in page
+
+
+@pytest.mark.parametrize("manifest, expected", [
+    ({"synthetic": True, "sources": [{"source": "synthetic"}]}, "synthetic demo scenes"),
+    ({"sources": [{"source": "sentinelhub"}, {"source": "stac", "gsd": 10.0}]},
+     "a real Sentinel-2 satellite image of a forest"),
+    ({"sources": [{"source": "local", "gsd": 0.1}, {"source": "local", "gsd": None}]},
+     "a real aerial photograph of a forest"),
+    ({"sources": [{"source": "local", "gsd": 30.0}]}, "a real satellite image of a forest"),
+    ({"sources": [{"source": "local"}]}, "a real picture of a forest"),
+])
+def test_the_real_pictures_are_named_from_the_tiles_manifest(manifest, expected):
+    from canopy.judge.catalog import real_kind_of
+
+    assert expected in real_kind_of(manifest)
