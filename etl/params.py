@@ -23,6 +23,9 @@ class LocalEntry(StrictModel):
     bands: list[BandRef] | None = None  # default: etl.local.bands
     nir_band: BandRef | None = None  # default: etl.local.nir_band
     scale: Literal["auto", "none", "reflectance", "percentile"] | None = None  # default: etl.local.scale
+    # The entry's tiles' `region` (e.g. a site: a class for model.condition); default: each
+    # file's scene id
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
     @field_validator("bands")
     @classmethod
@@ -131,6 +134,18 @@ class SyntheticParams(StrictModel):
     scenes: int = Field(2, ge=1, le=1000)
     width: int = Field(1024, ge=16, le=20000)
     height: int = Field(1024, ge=16, le=20000)
+    # Scene i is of kind i mod the kinds, and its tiles' `region` (a class for model.condition):
+    # mixed (the demo's scenes), broadleaf (large round bright crowns), conifer (small dark
+    # conical crowns), open (scattered crowns over grass).
+    kinds: list[Literal["mixed", "broadleaf", "conifer", "open"]] = Field(
+        default_factory=lambda: ["mixed"], min_length=1)
+
+    @field_validator("kinds")
+    @classmethod
+    def _distinct_kinds(cls, kinds: list[str]) -> list[str]:
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"etl.synthetic.kinds repeats a kind: {kinds}")
+        return kinds
 
 
 class EtlParams(StrictModel):

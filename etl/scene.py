@@ -69,6 +69,8 @@ class SceneSpec:
     # temporary folder, so they name themselves instead).
     origin: tuple[str, ...] | None = None
     extra: dict = field(default_factory=dict, hash=False, compare=False)
+    # The tiles' `region` (the synthetic kind, the local entry's name); None: the scene id
+    region: str | None = None
 
     @property
     def files(self) -> list[str]:

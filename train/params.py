@@ -9,8 +9,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from canopy.model.condition import CONDITION_KINDS, ordered_kinds
 from canopy.model.shape import validate_config
 from canopy.schema import Auto, StrictModel
+
+ConditionKind = Literal[CONDITION_KINDS]  # type: ignore[valid-type]
 
 
 class ModelParams(StrictModel):
@@ -27,6 +30,11 @@ class ModelParams(StrictModel):
     # Side of each ConvNeXt block's depthwise conv: 7 in the paper. 3 and 5 train faster on CPUs,
     # where the fp32 depthwise 7x7 weight gradient is slow, but cost the demo its layout.
     kernel_size: Literal[3, 5, 7, 9] = 7
+    # What the model is conditioned on (README "Conditioned generation"), from each tile's
+    # metadata: region (a class: the AOI, local entry or synthetic kind), month (cyclic),
+    # lat, lon, gsd (metres per pixel), tree_cover (0..1). [] = unconditioned (the default:
+    # such a model is built, trained and exported exactly as before the key existed).
+    condition: list[ConditionKind] = Field(default_factory=list)
 
     @field_validator("dim_mults")
     @classmethod
@@ -36,6 +44,14 @@ class ModelParams(StrictModel):
         if len(mults) > 8:
             raise ValueError(f"dim_mults has {len(mults)} levels; at most 8 are supported")
         return mults
+
+    @field_validator("condition")
+    @classmethod
+    def _condition(cls, kinds: list[str]) -> list[str]:
+        repeated = sorted({kind for kind in kinds if kinds.count(kind) > 1})
+        if repeated:
+            raise ValueError(f"model.condition names {repeated[0]!r} twice")
+        return ordered_kinds(kinds)
 
     @model_validator(mode="after")
     def _buildable(self) -> ModelParams:
@@ -51,6 +67,7 @@ class ModelParams(StrictModel):
         left out at its default 7, which weights written before the key existed were built
         with: those weights still load and resume, and their files stay byte-identical."""
         kwargs = self.model_dump(mode="json")
+        del kwargs["condition"]  # train adds the kinds with their classes, from the tiles
         if kwargs["kernel_size"] == type(self).model_fields["kernel_size"].default:
             del kwargs["kernel_size"]
         return kwargs
@@ -173,6 +190,10 @@ class TrainParams(StrictModel):
     # shard's size and tile count, instant) or sha256 (also its hash: reads every shard once,
     # catching a changed byte that keeps the size). Not a resume key: it changes no weight.
     verify_shards: Literal["size", "sha256"] = "size"
+    # Classifier-free guidance (model.condition only): the share of training images whose
+    # condition is dropped, so that one network also learns the unconditional model that
+    # sample.guidance steers away from (Ho & Salimans 2022 use 0.1 to 0.2).
+    condition_dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
     @field_validator("augment", mode="before")
     @classmethod
@@ -237,6 +258,7 @@ LATER_RESUME_TRAIN_KEYS: dict[str, object] = {
     "crop_fraction": 0.0,
     "crop_sizes": [2, 4],
     "crop_full_final": 0.25,
+    "condition_dropout": 0.1,
 }
 
 

@@ -21,6 +21,7 @@ class EntrySettings:
     bands: list[BandRef]
     nir_band: BandRef | None
     scale: str
+    name: str | None = None  # the tiles' region; None: the scene id
 
 
 def scenes(params: CanopyParams, workdir: Path, *, progress: bool) -> list[SceneSpec]:
@@ -49,6 +50,7 @@ def _entry_settings(entry, params: EtlParams) -> tuple[str | list[str], EntrySet
         bands=entry.bands if entry.bands is not None else defaults.bands,
         nir_band=entry.nir_band if entry.nir_band is not None else defaults.nir_band,
         scale=entry.scale if entry.scale is not None else defaults.scale,
+        name=entry.name,
     )
 
 
@@ -113,6 +115,7 @@ def _spec(stem, rgb, nir, dtype, settings: EntrySettings, params: EtlParams, acq
         scale_mode=_scale_mode(settings.scale, dtype),
         reflectance_range=params.reflectance_range,
         acquired=acquired,
+        region=settings.name,
     )
 
 
