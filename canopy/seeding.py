@@ -33,6 +33,7 @@ class Stream(IntEnum):
     EVAL_C2ST = 35        # evaluate: C2ST subsets, folds, weights, batches (index: the use)
     EVAL_BOOTSTRAP = 36   # evaluate: the images resampled for the intervals (index: the use)
     EVAL_FID_INF = 37     # evaluate: the subsets FID is extrapolated from (index: the set)
+    EVAL_CONDITION = 38   # evaluate: the condition classifier's tiles, weights, batches
     JUDGE_BOOTSTRAP = 41  # judge report: the judges resampled for the intervals
     SWD_PATCHES = 101     # evaluate: patches of (set, pyramid level)
     SWD_DIRECTIONS = 102  # evaluate: projection directions of pyramid level `index`
