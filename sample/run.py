@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -90,7 +90,8 @@ def _sample_all(params: CanopyParams, dist: distributed.Dist, out: Path, net: to
             images = generate(net, sampler, indices, params.seed, checkpoint.image_shape, device,
                               amp_dtype, progress, channels_last, rows, settings.guidance)
             for index, image, condition in zip(indices, images.numpy(), asked):
-                records.append(samples.write_image(staging, index, image, condition))
+                record = samples.write_image(staging, index, image)
+                records.append(replace(record, condition=condition) if condition else record)
             bar.update(len(indices))
         bar.close()
         # Every rank's images are in the folder once every rank has sent its records.
