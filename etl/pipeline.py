@@ -235,8 +235,7 @@ def _tile_metadata(key: str, scene: SceneSpec, reader: SceneReader, candidate: C
     if reader.crs is not None:
         window = Window(candidate.col, candidate.row, size, size)
         metadata["bounds"] = list(window_bounds(window, reader.transform))  # left, bottom, right, top
-    if scene.source in ("synthetic", "local"):  # a class for model.condition
-        metadata["region"] = scene.region or scene.scene_id
+    metadata["region"] = scene.region or scene.scene_id  # a class for model.condition
     if scene.source == "synthetic":
         metadata["synthetic"] = True
     return metadata

@@ -125,6 +125,7 @@ def scene_spec(fetched: FetchedScene, reflectance_range: tuple[float, float]) ->
         reflectance_range=(low * REFLECTANCE_SCALE, high * REFLECTANCE_SCALE),
         acquired=fetched.time_interval,
         extra={"aoi": fetched.aoi},
+        region=fetched.aoi,
     )
 
 
