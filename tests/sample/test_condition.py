@@ -132,3 +132,13 @@ def test_an_unconditioned_export_samples_byte_identically_to_before(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert _sample(tmp_path).exit_code == 0
     assert _images(tmp_path / "a") == _images(tmp_path / "b")
+
+
+def test_the_command_line_overrides_guidance_and_region(tmp_path):
+    ws = _workspace(tmp_path, {"region": ["broadleaf", "conifer", "open"]},
+                    condition={"region": "each"})
+    result = _sample(ws, "--guidance", "1.5", "--region", "conifer")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((ws / "samples" / "manifest.json").read_text())
+    assert manifest["guidance"] == 1.5
+    assert {r["condition"]["region"] for r in manifest["images"]} == {"conifer"}
