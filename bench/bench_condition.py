@@ -93,7 +93,8 @@ def run_stages(params: dict[str, Any], root: Path, guidances: list[float],
     loop._open_live = lambda *a, **k: loop._NoLive()  # no dvclive curves for a benchmark
     params = merge(params, {"paths": {"models": str(root / "models")}})
     start = time.perf_counter()
-    loop.train(parse_params(params), quiet=True, fresh=True)
+    if loop.train(parse_params(params), quiet=True, fresh=True).interrupted is not None:
+        sys.exit("interrupted while training: nothing sampled")
     out: dict[str, Any] = {"train_s": round(time.perf_counter() - start, 1), "runs": {}}
     conditioned = bool(params["model"].get("condition"))
     for guidance in guidances if conditioned else [None]:
