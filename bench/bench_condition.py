@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-unconditioned", action="store_true",
                         help="skip the unconditioned model (and the SWD target)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: the plumbing only")
+    parser.add_argument("--set", action="append", default=[],
+                        help="yaml overrides of the recipe, e.g. '{evaluate: {c2st: false}}'")
     args = parser.parse_args(argv)
 
     def say(line: str) -> None:
@@ -179,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = merge(overrides, {"train": {"device": args.device},
                                       "sample": {"device": args.device}})
     params = merge(params, overrides)
+    for extra in args.set:
+        params = merge(params, yaml.safe_load(extra))
 
     from canopy.etl.pipeline import run_etl
     from canopy.params import parse_params

@@ -2,7 +2,7 @@
 
   - `condition_accuracy`: a small CNN classifier is trained on the real train tiles by class,
     then asked the class of each generated image: the share it names as the class the image
-    was asked for. Its accuracy on the real val tiles is `condition_accuracy_floor`, the best
+    was asked for (balanced: the mean over classes of each class's share). Its accuracy on the real val tiles is `condition_accuracy_floor`, the best
     a model can be credited with (a classifier that confuses two sites confuses their samples
     too); `condition_accuracy_ratio` = accuracy / floor (the issue's target: >= 0.8);
   - per class c: `swd_region_<c>` and `c2st_accuracy_region_<c>` of the samples asked for c
@@ -101,6 +101,9 @@ def _balanced(labels: np.ndarray, classes: int, cap: int, rng: np.random.Generat
 
 @dataclass(frozen=True)
 class ConditionAccuracy:
+    # Balanced accuracies, the mean over classes of each class's share named right: the
+    # samples are an equal share per class, the val tiles may not be (a site of one large
+    # orthophoto has many), and both must weigh the classes alike.
     accuracy: float  # on the samples, against the class each was asked for
     floor: float  # on the real val tiles
     per_class: dict[str, float]  # samples of each class
@@ -124,6 +127,22 @@ def condition_accuracy(classifier: ConditionClassifier, names: Sequence[str],
         return {name: float(hits[labels == c].mean())
                 for c, name in enumerate(names) if (labels == c).any()}
 
-    return ConditionAccuracy(float(correct.mean()), float(correct_val.mean()),
-                             by_class(correct, asked), by_class(correct_val, val_labels),
-                             confusion.tolist(), correct, correct_val)
+    per_class, per_class_val = by_class(correct, asked), by_class(correct_val, val_labels)
+    return ConditionAccuracy(float(np.mean(list(per_class.values()))),
+                             float(np.mean(list(per_class_val.values()))),
+                             per_class, per_class_val, confusion.tolist(), correct, correct_val)
+
+
+def balanced_interval(correct: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                      replicates: int):
+    """The 95% bootstrap interval of the balanced accuracy: each class's outcomes resampled
+    within the class (its count kept), then the mean over classes."""
+    from canopy.evaluate import bootstrap
+
+    classes = [correct[labels == c].astype(np.float64) for c in np.unique(labels)]
+    estimate = float(np.mean([hits.mean() for hits in classes]))
+    values = np.zeros(replicates)
+    for hits in classes:
+        picks = rng.integers(0, len(hits), (replicates, len(hits)))
+        values += hits[picks].mean(axis=1) / len(classes)
+    return bootstrap.centred_interval(values, estimate)

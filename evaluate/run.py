@@ -512,16 +512,22 @@ def _conditioned(params: CanopyParams, samples: np.ndarray, asked: list[str | No
     known_val = val_labels >= 0
     result = cond_mod.condition_accuracy(classifier, names, samples[keep], labels[keep],
                                          val[known_val], val_labels[known_val])
-    _record_mean(metrics, "condition_accuracy", result.correct, result.correct_floor, seed, 5,
-                 ev.bootstrap_replicates)
+    metrics["condition_accuracy"] = sig(result.accuracy)
+    metrics["condition_accuracy_floor"] = sig(result.floor)
     metrics["condition_accuracy_ratio"] = sig(result.accuracy / result.floor) if result.floor else 0.0
+    if ev.bootstrap_replicates:
+        rng = numpy_rng(seed, Stream.EVAL_BOOTSTRAP, 5)
+        _put_interval(metrics, "condition_accuracy", cond_mod.balanced_interval(
+            result.correct, labels[keep], rng, ev.bootstrap_replicates))
+        _put_interval(metrics, "condition_accuracy_floor", cond_mod.balanced_interval(
+            result.correct_floor, val_labels[known_val], rng, ev.bootstrap_replicates))
     per_region = _per_region(params, names, samples, labels, val, val_labels, train,
                              picked_labels, metrics, note)
     return {
         "definition": "a CNN (evaluate/c2st.py's, one output per region) trained on the train "
                       "tiles by region names each sample's region; condition_accuracy = share "
-                      "named as the region asked for, its floor the same on the val tiles, "
-                      "ratio = accuracy / floor",
+                      "named as the region asked for, balanced (the mean over regions), its "
+                      "floor the same on the val tiles, ratio = accuracy / floor",
         "regions": names, "classifier_steps": config.steps,
         "train_tiles_per_region": {n: int((picked_labels == k).sum()) for k, n in enumerate(names)},
         "accuracy_per_region": {k: sig(v) for k, v in result.per_class.items()},

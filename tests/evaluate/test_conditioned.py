@@ -105,3 +105,26 @@ def test_samples_asked_for_a_region_no_tile_has_are_refused(workspace):
                                       "--samples", str(workspace / "odd"), "--tiles",
                                       str(workspace / "tiles"), "--metrics", str(workspace / "m")])
     assert result.exit_code == 2 and "region 'blue'" in result.output
+
+
+class _Oracle:
+    """A classifier that names class 0 for dark images, 1 for bright ones."""
+
+    def predict(self, images):
+        return (images.reshape(len(images), -1).mean(axis=1) > 127).astype(np.int64)
+
+
+def test_the_accuracy_weighs_each_class_alike():
+    from canopy.evaluate.conditioned import balanced_interval, condition_accuracy
+
+    dark, bright = np.zeros((1, 4, 4, 3), np.uint8), np.full((1, 4, 4, 3), 255, np.uint8)
+    samples = np.concatenate([dark] * 4 + [bright] * 4)
+    asked = np.array([0, 0, 0, 0, 1, 1, 0, 0])  # class 1 asked twice, both right
+    val = np.concatenate([dark] * 9 + [dark])  # nine of class 0 named right, the one of 1 wrong
+    val_labels = np.array([0] * 9 + [1])
+    result = condition_accuracy(_Oracle(), ["a", "b"], samples, asked, val, val_labels)
+    assert result.floor == 0.5  # not 0.9: class 1 counts as much as class 0
+    assert result.accuracy == pytest.approx((4 / 6 + 1.0) / 2)
+    assert result.confusion == [[4, 2], [0, 2]]
+    interval = balanced_interval(result.correct_floor, val_labels, np.random.default_rng(0), 200)
+    assert interval.low <= 0.5 <= interval.high
