@@ -90,7 +90,7 @@ def run_stages(params: dict[str, Any], root: Path, guidances: list[float],
     from canopy.sample.run import run_sample
     from canopy.train import loop
 
-    loop._open_live = lambda *a, **k: loop._NoLive()  # no dvclive curves for a benchmark
+    loop.live.open_live = lambda *a, **k: loop.live.NoLive()  # no dvclive curves for a benchmark
     params = merge(params, {"paths": {"models": str(root / "models")}})
     start = time.perf_counter()
     if loop.train(parse_params(params), quiet=True, fresh=True).interrupted is not None:

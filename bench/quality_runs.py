@@ -60,7 +60,7 @@ def one_job(spec: dict) -> None:
     from canopy.sample.run import run_sample
     from canopy.train import loop
 
-    loop._open_live = lambda *a, **k: loop._NoLive()  # no dvclive on this machine
+    loop.live.open_live = lambda *a, **k: loop.live.NoLive()  # no dvclive on this machine
     params = parse_params(spec["params"])
     start = time.perf_counter()
     loop.train(params, quiet=True, fresh=True)

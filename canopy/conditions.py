@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from canopy.errors import UserError
-from canopy.model.condition import CLASS_KINDS, CONDITION_KINDS, ordered_kinds
 
 METRES_PER_DEGREE = 111_320.0
 EACH = "each"  # sample.condition: an equal share of every class
@@ -33,13 +32,17 @@ _MONTH = re.compile(r"^\d{4}[-:](\d{2})")
 
 
 def tile_values(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """{kind: value or None} for every kind of CONDITION_KINDS (module docstring)."""
-    values: dict[str, Any] = dict.fromkeys(CONDITION_KINDS)
-    values["region"] = _text(metadata.get("region")) or _text(metadata.get("scene"))
-    values["month"] = _month(metadata.get("acquired"))
-    values["gsd"] = _number(metadata.get("gsd"))
-    values["tree_cover"] = _number(metadata.get("tree_cover"))
-    return values
+    """{kind: value or None} for every kind of model/condition.py's CONDITION_KINDS (module
+    docstring); lat and lon need the CRS transform of tiles_values. Imports nothing of the
+    model package: evaluate reads regions with it."""
+    return {
+        "region": _text(metadata.get("region")) or _text(metadata.get("scene")),
+        "month": _month(metadata.get("acquired")),
+        "lat": None,
+        "lon": None,
+        "gsd": _number(metadata.get("gsd")),
+        "tree_cover": _number(metadata.get("tree_cover")),
+    }
 
 
 def _text(value: Any) -> str | None:
@@ -108,6 +111,8 @@ def model_condition(kinds: Sequence[str], values: Sequence[Mapping[str, Any]]
                     ) -> dict[str, list[str] | None]:
     """The `condition` of a network's config: each kind with its class names (sorted, from the
     train tiles' values) or None for continuous kinds. Refuses a kind no train tile has."""
+    from canopy.model.condition import CLASS_KINDS, ordered_kinds
+
     condition: dict[str, list[str] | None] = {}
     for kind in ordered_kinds(kinds):
         present = [v[kind] for v in values if v[kind] is not None]
@@ -131,6 +136,8 @@ def condition_rows(condition: Mapping[str, Sequence[str] | None],
     """(N, kinds) float32 rows as the network takes them: a class as its index in the model's
     class names, a continuous value as it is; NaN where a tile lacks it (or its class is not
     one the model knows)."""
+    from canopy.model.condition import ordered_kinds
+
     kinds = ordered_kinds(list(condition))
     rows = np.full((len(values), len(kinds)), np.nan, dtype=np.float32)
     for j, kind in enumerate(kinds):
@@ -157,6 +164,8 @@ def requested(condition: Mapping[str, Sequence[str] | None], request: Mapping[st
     `each` (image i takes class i mod the number of classes: an equal share, and image i's
     condition never depends on how many images are asked for) or a list of names (the same
     among those); a number for a continuous kind. Every kind of the model must be asked."""
+    from canopy.model.condition import ordered_kinds
+
     kinds = ordered_kinds(list(condition))
     extra = sorted(set(request) - set(kinds))
     if extra:
@@ -173,7 +182,7 @@ def requested(condition: Mapping[str, Sequence[str] | None], request: Mapping[st
 
 
 def _choices(kind: str, names: Sequence[str] | None, asked: Any) -> list[Any]:
-    if names is None:
+    if names is None:  # a continuous kind
         if _number(asked) is None:
             raise UserError(f"sample.condition.{kind}: give a number, got {asked!r}")
         return [float(asked)]

@@ -1,28 +1,44 @@
-"""params.yaml: one validated schema for every stage.
+"""params.yaml: one validated schema, each stage checking the sections it reads.
 
-`load_params(path)` returns a frozen `CanopyParams` or raises `UserError` with one line naming
-the key's path and the allowed values, e.g.
+`load_params(path, sections)` returns a frozen `CanopyParams` or raises `UserError` with one
+line naming the key's path and the allowed values, e.g.
 
     params.yaml: schedule: Input should be 'linear', 'cosine' or 'sigmoid' (got 'cosin')
+
+Every stage checks the whole file's top-level keys (a typo there fails every stage, with a
+did-you-mean) and the sections it reads, each against its owner's schema; it does not import
+the schemas of sections it does not read, so a change to one stage's schema does not re-run
+the others under DVC. A typo inside a section fails the first stage that reads it, and
+`canopy params check` checks every section at once.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from canopy.errors import UserError
-from canopy.etl.params import EtlParams
-from canopy.evaluate.params import EvaluateParams
-from canopy.sample.params import SampleParams
 from canopy.schema import StrictModel
-from canopy.train.params import DiffusionParams, ModelParams, TrainParams
 
 DEFAULT_PARAMS = Path("params.yaml")
+
+# Each section of params.yaml and the schema that owns it, imported only where it is read.
+SECTION_SCHEMAS: dict[str, tuple[str, str]] = {
+    "etl": ("canopy.etl.params", "EtlParams"),
+    "model": ("canopy.model.params", "ModelParams"),
+    "diffusion": ("canopy.model.params", "DiffusionParams"),
+    "train": ("canopy.train.params", "TrainParams"),
+    "sample": ("canopy.sample.params", "SampleParams"),
+    "evaluate": ("canopy.evaluate.params", "EvaluateParams"),
+}
+ALL_SECTIONS = tuple(SECTION_SCHEMAS)
 
 # Keys that named an artifact's folder in one stage's section before `paths` gave each
 # artifact one name; a params file that still has one is told where it went.
@@ -42,15 +58,19 @@ class PathsParams(StrictModel):
 
 
 class CanopyParams(StrictModel):
+    """The keys every stage reads. `schema_for` adds each section: checked against its own
+    schema where the stage reads it, otherwise taken as an unchecked mapping."""
+
+    # The sections this class checks (schema_for sets it); the cross-section checks below run
+    # where all the sections they compare are checked.
+    checked_sections: ClassVar[frozenset[str]] = frozenset()
+
+    # The seed of every random draw: the tiles' split, the initial weights and the batches,
+    # the noise of each sample.
     seed: int = Field(0, ge=0, le=2**63 - 1)
+    # The noise schedule of the discrete (vp) process.
     schedule: Literal["linear", "cosine", "sigmoid"] = "linear"
     paths: PathsParams = Field(default_factory=PathsParams)
-    etl: EtlParams = Field(default_factory=EtlParams)
-    model: ModelParams = Field(default_factory=ModelParams)
-    diffusion: DiffusionParams = Field(default_factory=DiffusionParams)
-    train: TrainParams = Field(default_factory=TrainParams)
-    sample: SampleParams = Field(default_factory=SampleParams)
-    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
     @model_validator(mode="before")
     @classmethod
@@ -62,30 +82,63 @@ class CanopyParams(StrictModel):
         return raw
 
     @model_validator(mode="after")
-    def _tile_fits_network(self) -> CanopyParams:
-        factor = self.model.downsample_factor
-        if self.etl.tile_size % factor:
-            raise ValueError(
-                f"etl.tile_size {self.etl.tile_size} is not divisible by {factor}, the U-Net's "
-                f"down-sampling factor for model.dim_mults {self.model.dim_mults}: "
-                f"use a tile_size that is a multiple of {factor} or fewer dim_mults"
-            )
-        continuous = self.diffusion.process != "vp"
-        if continuous != (self.sample.spacing == "karras"):
-            raise ValueError(
-                f"sample.spacing {self.sample.spacing} does not fit diffusion.process "
-                f"{self.diffusion.process}: use karras with a continuous process (edm), "
-                "quadratic or trailing with vp"
-            )
-        if self.sample.sampler == "heun" and not continuous:
-            raise ValueError("sample.sampler heun needs a continuous process: set "
-                             "diffusion.process to edm (and sample.spacing to karras)")
-        if not continuous and self.sample.steps > self.diffusion.timesteps:
-            raise ValueError(
-                f"sample.steps ({self.sample.steps}) exceeds diffusion.timesteps "
-                f"({self.diffusion.timesteps}); use at most {self.diffusion.timesteps}"
-            )
+    def _sections_fit_together(self) -> CanopyParams:
+        for sections, check in CROSS_CHECKS:
+            if set(sections) <= self.checked_sections:
+                check(self)
         return self
+
+
+def _tile_fits_network(params: Any) -> None:
+    factor = params.model.downsample_factor
+    if params.etl.tile_size % factor:
+        raise ValueError(
+            f"etl.tile_size {params.etl.tile_size} is not divisible by {factor}, the U-Net's "
+            f"down-sampling factor for model.dim_mults {params.model.dim_mults}: "
+            f"use a tile_size that is a multiple of {factor} or fewer dim_mults"
+        )
+
+
+def _sampler_fits_process(params: Any) -> None:
+    continuous = params.diffusion.process != "vp"
+    if continuous != (params.sample.spacing == "karras"):
+        raise ValueError(
+            f"sample.spacing {params.sample.spacing} does not fit diffusion.process "
+            f"{params.diffusion.process}: use karras with a continuous process (edm), "
+            "quadratic or trailing with vp"
+        )
+    if params.sample.sampler == "heun" and not continuous:
+        raise ValueError("sample.sampler heun needs a continuous process: set "
+                         "diffusion.process to edm (and sample.spacing to karras)")
+    if not continuous and params.sample.steps > params.diffusion.timesteps:
+        raise ValueError(
+            f"sample.steps ({params.sample.steps}) exceeds diffusion.timesteps "
+            f"({params.diffusion.timesteps}); use at most {params.diffusion.timesteps}"
+        )
+
+
+CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Any], None]], ...] = (
+    (("etl", "model"), _tile_fits_network),
+    (("diffusion", "sample"), _sampler_fits_process),
+)
+
+
+@functools.cache
+def schema_for(sections: frozenset[str]) -> type[CanopyParams]:
+    """The params schema of a stage that reads `sections` (all of them: `canopy params check`)."""
+    unknown = sections - set(SECTION_SCHEMAS)
+    if unknown:
+        raise ValueError(f"no params section {sorted(unknown)}")
+    fields: dict[str, Any] = {}
+    for name, (module, attribute) in SECTION_SCHEMAS.items():
+        if name in sections:
+            schema = getattr(importlib.import_module(module), attribute)
+            fields[name] = (schema, Field(default_factory=schema))
+        else:
+            fields[name] = (dict[str, Any], Field(default_factory=dict))
+    schema = create_model("CanopyParams", __base__=CanopyParams, **fields)
+    schema.checked_sections = sections
+    return schema
 
 
 # Far beyond any real params file; bounds what a hostile or broken one costs to read.
@@ -128,7 +181,9 @@ class _ParamsLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_params(path: Path | str = DEFAULT_PARAMS) -> CanopyParams:
+def load_params(path: Path | str = DEFAULT_PARAMS,
+                sections: tuple[str, ...] = ALL_SECTIONS) -> CanopyParams:
+    """The params file at `path`, its top-level keys and `sections` checked."""
     path = Path(path)
     if not path.is_file():
         raise UserError(
@@ -153,14 +208,16 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> CanopyParams:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of keys at the top level")
-    return parse_params(raw, source=str(path))
+    return parse_params(raw, source=str(path), sections=sections)
 
 
-def parse_params(raw: dict[str, Any], source: str = "params") -> CanopyParams:
+def parse_params(raw: dict[str, Any], source: str = "params",
+                 sections: tuple[str, ...] | frozenset[str] = ALL_SECTIONS) -> CanopyParams:
+    schema = schema_for(frozenset(sections))
     try:
-        return CanopyParams.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as err:
-        raise UserError(f"{source}: " + format_validation_error(err, CanopyParams)) from None
+        raise UserError(f"{source}: " + format_validation_error(err, schema)) from None
 
 
 def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
@@ -237,7 +294,8 @@ def with_overrides(params: CanopyParams, section: str, values: dict[str, Any]) -
     merged = params.model_dump(mode="json")
     merged[section] = {**merged[section], **given}
     options = ", ".join(f"--{key.replace('_', '-')}" for key in given)
-    return parse_params(merged, source=f"command-line option ({options})")
+    return parse_params(merged, source=f"command-line option ({options})",
+                        sections=type(params).checked_sections)
 
 
 def section_hash(params: CanopyParams, *sections: str) -> str:

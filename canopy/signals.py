@@ -50,3 +50,34 @@ def interrupt_on_stop_signals() -> Iterator[None]:
     canopy.errors.user_errors turns it into "interrupted" and exit code 130."""
     with handling_stop_signals(_raise_interrupt):
         yield
+
+
+class StopAfterStep:
+    """SIGINT/SIGTERM ask the loop to save a checkpoint and stop after the current step; a
+    second signal stops at once (the last good checkpoint is kept)."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.signum: int | None = None
+        self._say = say
+        self._installed = contextlib.ExitStack()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self._say(f"{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)")
+
+    def __enter__(self) -> StopAfterStep:
+        self._installed.enter_context(handling_stop_signals(self._handle))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._installed.close()
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """For worker processes (a DataLoader's worker_init_fn): Ctrl-C reaches the whole process
+    group, and workers must not die before the main process has saved its checkpoint; it
+    shuts them down itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -10,6 +10,9 @@ import typer
 from canopy.errors import user_errors
 from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
 
+# The params sections this stage reads (besides seed and paths): the only ones it checks.
+PARAMS_SECTIONS = ("etl",)
+
 
 def etl(
     params: Path = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="params.yaml to read."),
@@ -27,7 +30,7 @@ def etl(
     or interrupted run leaves the previous TILES untouched.
     """
     with user_errors("etl"):
-        loaded = load_params(params)
+        loaded = load_params(params, PARAMS_SECTIONS)
         loaded = with_overrides(loaded, "etl", {"source": source})
         loaded = with_overrides(loaded, "paths", {"tiles": None if tiles is None else str(tiles)})
         out = Path(loaded.paths.tiles)

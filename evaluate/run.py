@@ -481,11 +481,10 @@ def _conditioned(params: CanopyParams, samples: np.ndarray, asked: list[str | No
                  metrics: dict[str, float | int], note: Callable[[str], None]) -> dict[str, Any]:
     """condition_accuracy (and floor, ratio), and per region swd_region_<r> (with its floor)
     and c2st_accuracy_region_<r> (evaluate/conditioned.py)."""
-    from canopy import conditions
     from canopy.evaluate import conditioned as cond_mod
 
     ev, seed = params.evaluate, params.seed
-    train_regions = [v["region"] for v in conditions.tiles_values(tiles.read_metadata(train_refs))]
+    train_regions = cond_mod.regions_of(train_refs)
     names = sorted(set(train_regions))
     index = {name: k for k, name in enumerate(names)}
     unknown = sorted({r for r in asked if r is not None and r not in index})
@@ -495,7 +494,7 @@ def _conditioned(params: CanopyParams, samples: np.ndarray, asked: list[str | No
                         "of different runs; re-run `canopy sample`")
     keep = np.array([r is not None for r in asked])
     labels = np.array([index[r] if r is not None else -1 for r in asked])
-    val_regions = [v["region"] for v in conditions.tiles_values(tiles.read_metadata(used_val))]
+    val_regions = cond_mod.regions_of(used_val)
     val_labels = np.array([index.get(r, -1) for r in val_regions])
     config = cond_mod.ClassifierConfig(steps=ev.condition_steps)
     train_labels = np.array([index[r] for r in train_regions])

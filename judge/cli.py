@@ -11,6 +11,9 @@ import typer
 from canopy.errors import user_errors
 from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
 
+# Judge reads only the top-level keys (seed, paths).
+PARAMS_SECTIONS: tuple[str, ...] = ()
+
 DEFAULT_DB = Path("judge/answers.sqlite")
 METRICS_FILE = "judge.json"  # in paths.metrics, beside evaluate.json; declared in dvc.yaml
 
@@ -121,7 +124,7 @@ def report(
     over judges, n_answers and n_judges.
     """
     with user_errors("judge"):
-        loaded = load_params(params)
+        loaded = load_params(params, PARAMS_SECTIONS)
         paths = _paths(params, samples, tiles, metrics)
         from canopy.judge.report import run_report
 
@@ -143,5 +146,5 @@ def report(
 def _paths(params: Path, samples: Path | None, tiles: Path | None, metrics: Path | None):
     """params.yaml's `paths`, with the folders given on the command line instead."""
     given = {"samples": samples, "tiles": tiles, "metrics": metrics}
-    return with_overrides(load_params(params), "paths", {
+    return with_overrides(load_params(params, PARAMS_SECTIONS), "paths", {
         key: None if value is None else str(value) for key, value in given.items()}).paths

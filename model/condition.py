@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 CLASS_KINDS = ("region",)
 CONTINUOUS_KINDS = ("month", "lat", "lon", "gsd", "tree_cover")
 CONDITION_KINDS = (*CLASS_KINDS, *CONTINUOUS_KINDS)
+ConditionKind = Literal[CONDITION_KINDS]  # type: ignore[valid-type]  (params' allowed values)
 FOURIER_FREQUENCIES = 8  # sin and cos of each: 16 features per continuous value
 
 

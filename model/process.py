@@ -232,7 +232,7 @@ def build_network(model_config: Mapping[str, Any]) -> nn.Module:
 
 
 # Every diffusion key with the default it takes where a config lacks it: the schema's
-# (train/params.py DiffusionParams; tests/model check the two agree). Exports written before a
+# (model/params.py DiffusionParams; tests/model check the two agree). Exports written before a
 # key existed were trained with its default, so filling it on read rebuilds them as they were.
 DIFFUSION_DEFAULTS: dict[str, Any] = {
     "timesteps": 1000, "objective": "eps", "loss": "l2", "min_snr_gamma": None,

@@ -36,15 +36,27 @@ def validate_config(
                 )
 
 
-def _normed_widths(dim: int, init_dim: int, dim_mults: Sequence[int], mult: int) -> set[int]:
-    """Channel counts that go through a norm layer (block inputs and widened middles)."""
+def level_widths(dim: int, init_dim: int, dim_mults: Sequence[int]) -> list[tuple[int, int]]:
+    """(channels in, channels out) of each resolution level, from the stem to the bottom."""
     dims = [init_dim, *(dim * m for m in dim_mults)]
-    pairs = list(zip(dims[:-1], dims[1:]))
-    widths = {d_in for d_in, _ in pairs} | {d_in * mult for d_in, _ in pairs}
-    widths |= {dims[-1], dims[-1] * mult}
-    widths |= {d_in + d_out for d_in, d_out in pairs} | {d_out * mult for _, d_out in pairs}
-    widths |= {2 * init_dim, dim * mult}
-    return widths
+    return list(zip(dims[:-1], dims[1:]))
+
+
+def block_widths(dim: int, init_dim: int, dim_mults: Sequence[int]) -> list[tuple[int, int]]:
+    """(channels in, channels out) of every ConvNeXt block, in the order the U-Net builds them:
+    two per level going down, two in the middle, two per level coming up (their inputs
+    concatenated with a skip), and the final block on the stem's skip."""
+    levels = level_widths(dim, init_dim, dim_mults)
+    bottom = levels[-1][1]
+    down = [(d_in, d_in) for d_in, _ in levels for _ in range(2)]
+    up = [(d_out + d_in, d_out) for d_in, d_out in reversed(levels) for _ in range(2)]
+    return [*down, (bottom, bottom), (bottom, bottom), *up, (2 * init_dim, dim)]
+
+
+def _normed_widths(dim: int, init_dim: int, dim_mults: Sequence[int], mult: int) -> set[int]:
+    """Channel counts that go through a norm layer: each block's input and widened middle."""
+    return {width for d_in, d_out in block_widths(dim, init_dim, dim_mults)
+            for width in (d_in, d_out * mult)}
 
 
 def _check_shape(dim: int, init_dim: int, dim_mults: Sequence[int], channels: int) -> None:

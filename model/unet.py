@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from canopy.model.condition import build_condition_embedding
-from canopy.model.shape import validate_config
+from canopy.model.shape import block_widths, level_widths, validate_config
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -205,27 +205,28 @@ class Unet(nn.Module):
             nn.GELU(),
             nn.Linear(4 * dim, 4 * dim),
         )
-        dims = [init_dim, *(dim * m for m in dim_mults)]
-        in_out = list(zip(dims[:-1], dims[1:]))
+        # The widths come from model/shape.py, which the params check uses too: one source.
+        levels = level_widths(dim, init_dim, dim_mults)
+        widths = iter(block_widths(dim, init_dim, dim_mults))
         self.downs = nn.ModuleList()
-        for i, (d_in, d_out) in enumerate(in_out):
-            last = i == len(in_out) - 1
+        for i, (d_in, d_out) in enumerate(levels):
+            last = i == len(levels) - 1
             self.downs.append(nn.ModuleList([
-                block(d_in, d_in),
-                block(d_in, d_in),
+                block(*next(widths)),
+                block(*next(widths)),
                 nn.Conv2d(d_in, d_out, 3, padding=1) if last else downsample(d_in, d_out),
             ]))
-        self.mid_block1 = block(dims[-1], dims[-1])
-        self.mid_block2 = block(dims[-1], dims[-1])
+        self.mid_block1 = block(*next(widths))
+        self.mid_block2 = block(*next(widths))
         self.ups = nn.ModuleList()
-        for i, (d_in, d_out) in enumerate(reversed(in_out)):
-            last = i == len(in_out) - 1
+        for i, (d_in, d_out) in enumerate(reversed(levels)):
+            last = i == len(levels) - 1
             self.ups.append(nn.ModuleList([
-                block(d_out + d_in, d_out),
-                block(d_out + d_in, d_out),
+                block(*next(widths)),
+                block(*next(widths)),
                 nn.Conv2d(d_out, d_in, 3, padding=1) if last else upsample(d_out, d_in),
             ]))
-        self.final_block = block(2 * init_dim, dim)
+        self.final_block = block(*next(widths))
         self.final_conv = nn.Conv2d(dim, channels, 1)
         # Built last, and only for a conditioned model: an unconditioned one draws its initial
         # weights exactly as before and has the same state_dict keys.

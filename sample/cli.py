@@ -12,6 +12,11 @@ from canopy.errors import user_errors
 from canopy.model.registry import SCHEDULERS
 from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
 
+# The params sections this stage reads (besides seed, schedule and paths): model and diffusion
+# to refuse weights that params.yaml no longer describes. The sweep scores with evaluate's SWD.
+PARAMS_SECTIONS = ("model", "diffusion", "sample")
+SWEEP_PARAMS_SECTIONS = (*PARAMS_SECTIONS, "evaluate")
+
 
 def sample(
     params: Path = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="params.yaml to read."),
@@ -46,7 +51,7 @@ def sample(
     checkpoint hash, each image's condition) and OUT/grid.png (one row per condition).
     """
     with user_errors("sample"):
-        loaded = load_params(params)
+        loaded = load_params(params, PARAMS_SECTIONS)
         overrides = {"n": n, "sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing,
                      "batch_size": batch_size, "weights": weights, "ema_std": ema_std,
                      "guidance": guidance,
@@ -88,7 +93,7 @@ def ema_sweep(
     and the real-vs-real floor. Writes nothing.
     """
     with user_errors("ema sweep"):
-        loaded = load_params(params)
+        loaded = load_params(params, SWEEP_PARAMS_SECTIONS)
         loaded = with_overrides(loaded, "paths", {"models": str(models) if models else None,
                                                   "tiles": str(tiles) if tiles else None})
         from canopy.sample.sweep import DEFAULT_STDS, print_report, sweep

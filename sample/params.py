@@ -6,10 +6,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from canopy.model.condition import CLASS_KINDS
+from canopy.model.condition import CLASS_KINDS, ConditionKind
 from canopy.model.registry import SCHEDULERS
 from canopy.schema import Auto, StrictModel
-from canopy.train.params import ConditionKind
 
 # The registry's names, in its order: the error for an unknown one lists them all.
 SamplerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
@@ -35,7 +34,7 @@ class SampleParams(StrictModel):
     # train.phema_stds made; null = the export's own EMA (train.ema_decay). Changing it re-runs
     # sample and evaluate only; `canopy ema sweep` scores a range of stds on the val tiles.
     ema_std: float | None = Field(None, gt=0.0)
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: CUDA, then MPS, then CPU
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # as train.precision
     channels_last: Auto = "auto"  # as train.channels_last: auto = on for CUDA and CPU
     grid_images: int = Field(64, ge=0, le=1024)  # images in grid.png

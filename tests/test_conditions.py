@@ -32,6 +32,13 @@ def test_values_from_what_tiles_carry_today():
     assert values["tree_cover"] is None
 
 
+def test_a_tile_gives_a_value_or_none_for_every_kind_a_model_knows():
+    from canopy.model.condition import CONDITION_KINDS
+
+    assert set(conditions.tile_values({})) == set(CONDITION_KINDS)
+    assert set(conditions.tiles_values([_utm_tile()])[0]) == set(CONDITION_KINDS)
+
+
 def test_written_keys_win_over_the_fallbacks():
     values = conditions.tiles_values([_utm_tile(region="HARV", gsd=0.12, tree_cover=0.7)])[0]
     assert (values["region"], values["gsd"], values["tree_cover"]) == ("HARV", 0.12, 0.7)

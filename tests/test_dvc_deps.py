@@ -1,10 +1,11 @@
-"""dvc.yaml lists every project file a stage's command runs, so editing one re-runs the stage.
+"""dvc.yaml lists as a stage's deps exactly the project files its command runs: a file missing
+from a stage's deps is a stale-output bug (DVC calls the stage up to date while its code
+changed), and a dep the stage does not run re-runs it, and invalidates its cache, for nothing.
 
-A file missing from a stage's deps is a stale-output bug: DVC calls the stage up to date
-while its code changed. The files a stage runs are found as Python finds them: every module of
-the stage's package is imported in a fresh interpreter (so imports made inside functions are
-loaded too), and every module of this repository that ends up loaded must be covered by a
-dep (the file itself or a folder above it).
+The files a stage runs are found as Python finds them, in a fresh interpreter: the CLI root,
+every module of the stage's package (so imports made inside functions are loaded too), the
+schemas of the params sections it checks, and, when it loads any of the model package, all of
+it (which network and sampler run depends on the export's config, read at run time).
 """
 
 from __future__ import annotations
@@ -21,15 +22,27 @@ from tests.conftest import REPO_ROOT
 
 STAGES = ("etl", "train", "sample", "evaluate")
 
-# Imports every module of one stage package (and the CLI root that dispatches to it), then
-# prints the repository files of every loaded module.
+# Imports what one stage runs (see the module docstring), then prints the repository files of
+# every loaded module.
 PROBE = """
 import importlib, json, pkgutil, sys
 from pathlib import Path
 root = Path(sys.argv[1]).resolve()
-package = importlib.import_module("canopy." + sys.argv[2])
-for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-    importlib.import_module(info.name)
+stage = sys.argv[2]
+
+def import_all(package):
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        importlib.import_module(info.name)
+
+importlib.import_module("canopy.cli")
+import_all(importlib.import_module("canopy." + stage))
+from canopy.params import schema_for
+cli = importlib.import_module("canopy." + stage + ".cli")
+for name in dir(cli):
+    if name.endswith("PARAMS_SECTIONS"):
+        schema_for(frozenset(getattr(cli, name)))
+if any(name.startswith("canopy.model.") for name in sys.modules):
+    import_all(importlib.import_module("canopy.model"))
 files = set()
 for module in list(sys.modules.values()):
     path = getattr(module, "__file__", None)
@@ -60,6 +73,22 @@ def test_every_file_a_stage_runs_is_a_dep(stage):
     assert f"{stage}/cli.py" in files  # the probe found the stage's own code
     missing = [path for path in files if not covered(path, stage_deps(stage))]
     assert not missing, f"dvc.yaml stage {stage!r} misses deps: {missing}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_depends_on_no_code_it_does_not_run(stage):
+    """The other direction: every Python file a code dep covers is one the stage runs, so a
+    change to another stage's code (a new sampler, an etl source) does not re-run this one."""
+    files = set(loaded_files(stage))
+    unused = []
+    for dep in stage_deps(stage):
+        path = REPO_ROOT / dep
+        if "${" in dep or not path.exists():
+            continue  # an artifact (tiles, weights), not code
+        code = [path] if path.is_file() else sorted(path.rglob("*.py"))
+        unused += [p.relative_to(REPO_ROOT).as_posix() for p in code
+                   if p.suffix == ".py" and p.relative_to(REPO_ROOT).as_posix() not in files]
+    assert not unused, f"dvc.yaml stage {stage!r} depends on code it does not run: {unused}"
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -10,6 +10,10 @@ import typer
 from canopy.errors import user_errors
 from canopy.params import DEFAULT_PARAMS, load_params, with_overrides
 
+# The params sections this stage reads (besides seed, schedule and paths): the only ones it
+# checks.
+PARAMS_SECTIONS = ("model", "diffusion", "train")
+
 
 def train(
     params: Path = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="params.yaml to read"),
@@ -42,7 +46,7 @@ def train(
 
         overrides = {"steps": steps, "batch_size": batch_size, "device": device,
                      "verify_shards": "sha256" if verify_sha256 else None}
-        loaded = with_overrides(load_params(params), "train", overrides)
+        loaded = with_overrides(load_params(params, PARAMS_SECTIONS), "train", overrides)
         loaded = with_overrides(loaded, "paths", {"tiles": _text(tiles), "models": _text(models)})
         result = train(loaded, quiet=quiet, fresh=fresh)
         if result.interrupted is not None:

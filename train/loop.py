@@ -17,20 +17,14 @@ after the same step and rank 0 saves it.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import shutil
-import signal
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from canopy import conditions, distributed, phema, tiles, weights
 from canopy.distributed import Dist
@@ -39,8 +33,8 @@ from canopy.fsutil import output_lock, remove_stale_temp_files
 from canopy.hashing import sha256_json
 from canopy.model.process import process_config
 from canopy.params import CanopyParams
-from canopy.signals import handling_stop_signals
-from canopy.train import checkpoint
+from canopy.signals import StopAfterStep, ignore_stop_signals
+from canopy.train import checkpoint, live
 from canopy.train.data import (
     BatchStream,
     CropPlan,
@@ -88,36 +82,6 @@ def _as_before(key: str, value: Any) -> Any:
     if key == "augment" and value in ("all", "none"):
         return value == "all"
     return value
-
-
-class StopSignals:
-    """SIGINT/SIGTERM ask the loop to save a checkpoint and stop after the current step; a
-    second signal stops at once (the last good checkpoint is kept)."""
-
-    def __init__(self, say: Callable[[str], None]) -> None:
-        self.signum: int | None = None
-        self._say = say
-        self._installed = contextlib.ExitStack()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        self._say(f"{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)")
-
-    def __enter__(self) -> StopSignals:
-        self._installed.enter_context(handling_stop_signals(self._handle))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._installed.close()
-
-
-def _ignore_stop_signals(_worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group: data workers must not die before the main
-    # process has saved its checkpoint; it shuts them down itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def train(
@@ -203,17 +167,17 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
         info["world_size"] = dist.world
     config = _export_config(params, index.tile_size, expect, process, condition)
 
-    live = _open_live(out / "live", start) if dist.is_main else _NoLive()
+    curves = live.open_live(out / "live", start) if dist.is_main else live.NoLive()
     crop = CropPlan.from_params(tp.crop_fraction, tp.crop_sizes, tp.crop_full_final, tp.steps)
     stream = BatchStream(index, tp.batch_size, params.seed, tp.augment, start=start,
                          part=dist.shard(tp.batch_size), crop=crop)
-    loader = make_loader(stream, runtime.num_workers, runtime.pin_memory, _ignore_stop_signals)
+    loader = make_loader(stream, runtime.num_workers, runtime.pin_memory, ignore_stop_signals)
 
     step, saved, halt = start, start, None
-    with StopSignals(_say_always) as stop, distributed.collectives("training"), \
+    with StopAfterStep(_say_always) as stop, distributed.collectives("training"), \
             _progress(tp.steps, start, quiet or not dist.is_main) as bar:
         batches = iter(loader)
-        meter = _Meter(dist)
+        meter = live.Meter(dist)
         while step < tp.steps and halt is None:
             item = next(batches)
             if "error" in item:
@@ -224,14 +188,14 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
             bar.update(1)
             if step % tp.log_every == 0 or step == tp.steps:
                 row = meter.flush(step)
-                _log_metrics(live, step, row, trainer.lr_at(step - 1))
+                live.log_metrics(curves, step, row, trainer.lr_at(step - 1))
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
             if dist.is_main and tp.preview_images and step % tp.sample_every == 0:
                 grid = sample_grid(
                     trainer.ema.model, trainer.diffusion, runtime, tp.preview_images,
                     tp.preview_steps, index.tile_size, params.seed,
                 )
-                live.log_image(f"samples/{step}.png", grid)
+                curves.log_image(f"samples/{step}.png", grid)
             halt = _agreed_signal(stop, dist, runtime)
             if (dist.is_main and trainer.phema is not None
                     and (step % tp.phema_every == 0 or step == tp.steps)):
@@ -259,7 +223,7 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
         if (dist.is_main and start == step == tp.steps and trainer.phema is not None
                 and not (out / phema.FOLDER / phema.snapshot_name(step)).is_file()):
             _write_snapshot(trainer, out, step)  # the resumed profiles are those of this step
-    live.end()
+    curves.end()
     # No rank reports success before rank 0's last checkpoint is on disk.
     distributed.barrier(dist, "the last checkpoint")
     if halt is not None:
@@ -269,7 +233,7 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
     return TrainResult(step=step, start=start, interrupted=halt, out=out)
 
 
-def _agreed_signal(stop: StopSignals, dist: Dist, runtime: Runtime) -> int | None:
+def _agreed_signal(stop: StopAfterStep, dist: Dist, runtime: Runtime) -> int | None:
     """The stop signal, if any; under torchrun the one any rank received (one tiny
     all-reduce per step), so that every rank stops after the same step."""
     if not dist.enabled:
@@ -323,24 +287,6 @@ def _resume(trainer: Trainer, state_root: Path, expect: dict, max_step: int, dis
     return wanted
 
 
-class _NoLive:
-    """What ranks other than 0 log to: nothing (they write no file)."""
-
-    step = 0
-
-    def log_metric(self, *args: Any) -> None:
-        pass
-
-    def log_image(self, *args: Any) -> None:
-        pass
-
-    def make_summary(self) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-
 def _save(trainer: Trainer, state_root: Path, out: Path, step: int, info: dict, config: dict) -> None:
     parts = checkpoint.parts_of(trainer.model, trainer.ema, trainer.optimizer, trainer.phema)
     checkpoint.save_state(state_root, step, parts, trainer.scaler, info)
@@ -388,112 +334,6 @@ def _export_config(params: CanopyParams, tile_size: int, expect: dict,
         "params_hash": expect["params_hash"],
         "data_hash": expect["data_hash"],
     }
-
-
-class _Meter:
-    """Sums on the device between log rows: no per-step sync with the GPU. Under torchrun
-    the loss is averaged over the ranks (the global batch's) where it is read: at log rows
-    and checkpoints, which every rank reaches at the same steps."""
-
-    def __init__(self, dist: Dist = distributed.SINGLE) -> None:
-        self.dist = dist
-        self._reset()
-
-    def _reset(self) -> None:
-        self.loss: torch.Tensor | float = 0.0
-        self.grad_norm: torch.Tensor | float = 0.0
-        self.steps = 0
-        self.images = 0
-        self.since = time.perf_counter()
-
-    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, images: int) -> None:
-        self.loss = self.loss + loss.float()
-        self.grad_norm = self.grad_norm + grad_norm.float()
-        self.steps += 1
-        self.images += images
-
-    def _loss(self) -> float:
-        if isinstance(self.loss, torch.Tensor):
-            return float(distributed.mean(self.dist, self.loss))
-        return float(self.loss)
-
-    def check_finite(self, step: int) -> None:
-        if self.steps:
-            _refuse_diverged(self._loss(), step)
-
-    def flush(self, step: int) -> dict[str, float]:
-        loss = self._loss()
-        _refuse_diverged(loss, step)
-        elapsed = max(time.perf_counter() - self.since, 1e-9)
-        row = {
-            "loss": loss / self.steps,
-            "grad_norm": float(self.grad_norm) / self.steps,
-            "images_per_s": self.images / elapsed,
-        }
-        self._reset()
-        return row
-
-
-def _refuse_diverged(loss: float, step: int) -> None:
-    if not math.isfinite(loss):
-        raise UserError(
-            f"the loss became {loss} by step {step}: training diverged (the last "
-            "good checkpoint is kept); lower train.lr, raise train.warmup_steps or use "
-            "train.precision: fp32"
-        )
-
-
-def _log_metrics(live: Any, step: int, row: dict[str, float], lr: float) -> None:
-    live.step = step
-    for name, value in row.items():
-        live.log_metric(name, value)
-    live.log_metric("lr", lr)
-    live.make_summary()
-
-
-def _open_live(live_dir: Path, start: int) -> Any:
-    """dvclive in <out>/live (dvc.yaml declares its metrics and plots). On resume, rows and
-    preview grids from steps after the checkpoint (done before a crash) are dropped first, so
-    the plots show each step once."""
-    from dvclive import Live
-
-    if start:
-        _trim_live(live_dir, start)
-        _drop_torn_summary(live_dir / "metrics.json")
-    return Live(str(live_dir), resume=bool(start), dvcyaml=False, save_dvc_exp=False, report=None)
-
-
-def _drop_torn_summary(summary: Path) -> None:
-    """dvclive writes metrics.json in place: a kill in the middle leaves it empty or cut off,
-    and dvclive's resume would fail to parse it. It only holds the latest row, which the next
-    step writes again, so a torn one is dropped."""
-    try:
-        json.loads(summary.read_text())
-    except FileNotFoundError:
-        pass
-    except ValueError:
-        summary.unlink()
-
-
-def _trim_live(live_dir: Path, step: int) -> None:
-    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
-        lines = tsv.read_text(encoding="utf-8").splitlines(keepends=True)
-        if not lines:
-            continue
-        column = lines[0].rstrip("\n").split("\t").index("step") if "step" in lines[0] else 0
-        kept = lines[:1] + [ln for ln in lines[1:] if _field_int(ln, column) <= step]
-        tsv.write_text("".join(kept), encoding="utf-8")
-    for image in (live_dir / "plots" / "images" / "samples").glob("*.png"):
-        if image.stem.isdigit() and int(image.stem) > step:
-            image.unlink()
-
-
-def _field_int(line: str, column: int) -> int:
-    fields = line.rstrip("\n").split("\t")
-    try:
-        return int(fields[column])
-    except (IndexError, ValueError):
-        return 0
 
 
 def _progress(total: int, initial: int, quiet: bool) -> Any:

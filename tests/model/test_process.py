@@ -23,7 +23,7 @@ from canopy.model.sampling import sample_images
 
 
 def test_the_builder_defaults_are_the_schemas():
-    from canopy.train.params import DiffusionParams
+    from canopy.model.params import DiffusionParams
 
     schema = DiffusionParams().model_dump(mode="json")
     assert DIFFUSION_DEFAULTS == schema
