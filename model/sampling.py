@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from canopy.model.condition import guided
+from canopy.model.condition_embedding import guided
 from canopy.model.images import to_uint8
 from canopy.model.scheduler import Scheduler
 

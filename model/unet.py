@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from canopy.model.condition import build_condition_embedding
+from canopy.model.condition_embedding import ConditionEmbedding
 from canopy.model.shape import block_widths, level_widths, validate_config
 
 
@@ -232,7 +232,7 @@ class Unet(nn.Module):
         # weights exactly as before and has the same state_dict keys.
         self.condition = None
         if condition:
-            self.condition = build_condition_embedding(condition, 4 * dim)
+            self.condition = ConditionEmbedding(condition, 4 * dim)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
                 ) -> torch.Tensor:

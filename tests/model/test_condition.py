@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from canopy.model.condition import build_condition_embedding, guided, ordered_kinds
+from canopy.model.condition import ordered_kinds
+from canopy.model.condition_embedding import ConditionEmbedding, guided
 from canopy.model.ddim import DDIMScheduler
 from canopy.model.process import EDMProcess, build_process
 from canopy.model.sampling import sample_images
@@ -43,7 +44,7 @@ def test_the_condition_changes_the_output_and_nan_means_none():
 
 
 def test_cyclic_kinds_wrap_around():
-    emb = build_condition_embedding({"month": None, "lon": None}, 16)
+    emb = ConditionEmbedding({"month": None, "lon": None}, 16)
     december, january = emb(torch.tensor([[12.0, 0.0]])), emb(torch.tensor([[13.0, 0.0]]))
     assert torch.allclose(emb(torch.tensor([[1.0, 0.0]])), january, atol=1e-5)
     assert torch.allclose(emb(torch.tensor([[1.0, 180.0]])), emb(torch.tensor([[1.0, -180.0]])),
@@ -130,8 +131,17 @@ def test_an_image_does_not_depend_on_the_other_conditions_in_its_batch():
     assert not torch.equal(draw([7], [[0.0]])[0], alone[0])
 
 
+def test_a_conditioned_network_pickles():
+    import pickle
+
+    net = Unet(**SHAPE, condition=CONDITION)
+    again = pickle.loads(pickle.dumps(net))
+    assert again.condition.kinds == ["region", "month", "lat"]
+
+
 def test_fourier_features_cover_coarse_and_fine_scales():
-    from canopy.model.condition import FOURIER_FREQUENCIES, _frequencies
+    from canopy.model.condition import FOURIER_FREQUENCIES
+    from canopy.model.condition_embedding import _frequencies
 
     lat = _frequencies("lat")
     assert len(lat) == FOURIER_FREQUENCIES and math.isclose(float(lat[0]), math.pi / 2, rel_tol=1e-6)
