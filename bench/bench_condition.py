@@ -90,10 +90,15 @@ def run_stages(params: dict[str, Any], root: Path, guidances: list[float],
     from canopy.sample.run import run_sample
     from canopy.train import loop
 
-    loop.live.open_live = lambda *a, **k: loop.live.NoLive()  # no dvclive curves for a benchmark
     params = merge(params, {"paths": {"models": str(root / "models")}})
     start = time.perf_counter()
-    if loop.train(parse_params(params), quiet=True, fresh=True).interrupted is not None:
+    open_live = loop.live.open_live
+    loop.live.open_live = lambda *a, **k: loop.live.NoLive()  # no dvclive curves for a benchmark
+    try:
+        result = loop.train(parse_params(params), quiet=True, fresh=True)
+    finally:
+        loop.live.open_live = open_live  # this process may train again with curves
+    if result.interrupted is not None:
         sys.exit("interrupted while training: nothing sampled")
     out: dict[str, Any] = {"train_s": round(time.perf_counter() - start, 1), "runs": {}}
     conditioned = bool(params["model"].get("condition"))
