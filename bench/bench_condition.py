@@ -1,4 +1,4 @@
-"""Conditioned generation against guidance (README "Conditioned generation"; the targets of
+"""Conditioned generation against guidance (docs/conditioning.md; the targets of
 docs/benchmarks.md "Conditioned generation"): for one data set, one seed,
 
   1. etl: the tiles, each with its `region` (synthetic: the scene kind; NEON: the site);

@@ -1,4 +1,4 @@
-"""Conditions of tiles and of requested samples (README "Conditioned generation").
+"""Conditions of tiles and of requested samples (docs/conditioning.md).
 
 The one place that turns a tile's metadata (its shard's `<key>.json`, canopy/tiles.py) into
 the values a conditioned model sees, and a `sample.condition` request into the condition of

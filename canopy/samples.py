@@ -1,4 +1,4 @@
-"""The samples folder that `canopy sample` writes and evaluate reads (README "Files",
+"""The samples folder that `canopy sample` writes and evaluate reads (docs/contract.md,
 `data/samples/`): `000000.png ...`, `grid.png` and manifest.json.
 
 Only the numbered images are samples: evaluate ignores grid.png and any other file, so a

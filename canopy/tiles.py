@@ -1,4 +1,4 @@
-"""The tiles folder that `canopy etl` writes and train and evaluate read (README "Files",
+"""The tiles folder that `canopy etl` writes and train and evaluate read (docs/contract.md,
 `data/tiles/`): WebDataset-style tar shards of `<key>.png` + `<key>.json` per split, and
 manifest.json.
 

@@ -1,4 +1,4 @@
-"""The weights that `canopy train` writes under models/ and `canopy sample` reads (README "Files",
+"""The weights that `canopy train` writes under models/ and `canopy sample` reads (docs/contract.md,
 `models/`): safetensors files, so nothing is unpickled.
 
     models/ema.safetensors                          the export: EMA weights, with safetensors

@@ -1,4 +1,4 @@
-"""The `etl` section of params.yaml (documented key by key in README.md)."""
+"""The `etl` section of params.yaml (every key: `canopy params show etl`, docs/params.md)."""
 
 from __future__ import annotations
 
@@ -161,11 +161,11 @@ class EtlParams(StrictModel):
     shard_size: int = Field(1000, ge=1)  # tiles per tar shard
     min_valid_fraction: float = Field(0.9, ge=0.0, le=1.0)  # 0 disables the filter
     min_vegetation_fraction: float = Field(0.5, ge=0.0, le=1.0)  # 0 disables the filter
-    # Vegetation tests (see README "Vegetation"): NDVI > ndvi_threshold when a NIR band is
+    # Vegetation tests (docs/commands.md "canopy etl"): NDVI > ndvi_threshold when a NIR band is
     # given, else the RGB Green Leaf Index GLI = (2G - R - B) / (2G + R + B) > gli_threshold.
     ndvi_threshold: float = Field(0.3, ge=-1.0, le=1.0)
     gli_threshold: float = Field(0.02, ge=-1.0, le=1.0)  # GLI above which a pixel is vegetation
-    # Scaling to 8-bit (see README "Scaling"). reflectance_range is in the data's own units
+    # Scaling to 8-bit (docs/data.md "Scaling to 8-bit"). reflectance_range is in the data's own units
     # (e.g. [0, 3000] for Sentinel-2 L2A stored as uint16 x 10000).
     reflectance_range: tuple[float, float] = (0.0, 0.3)
     gamma: float = Field(1.0, gt=0.0, le=5.0)  # applied after the linear map: out = x ** (1/gamma)

@@ -1,6 +1,6 @@
 """The images evaluate compares, as uint8 arrays of shape (N, H, W, 3): which tiles, in which
 order, and how they are collected. The files themselves are read by canopy/tiles.py and
-canopy/samples.py (formats in README "Files"), so evaluate never imports etl or sample.
+canopy/samples.py (formats in docs/contract.md), so evaluate never imports etl or sample.
 """
 
 from __future__ import annotations

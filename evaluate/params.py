@@ -69,7 +69,7 @@ class EvaluateParams(StrictModel):
     verify_shards: Literal["size", "sha256"] = "size"
     # Conditioned samples (a region condition in the samples manifest): the optimiser steps
     # (batches of 64) of the classifier that names each image's region, trained on the train
-    # tiles; it scores condition_accuracy (README "Conditioned generation").
+    # tiles; it scores condition_accuracy (docs/conditioning.md).
     condition_steps: int = Field(400, ge=1, le=100_000)
 
     @model_validator(mode="after")

@@ -1,6 +1,6 @@
 """The evaluate stage: data/samples/ and data/tiles/ -> metrics/evaluate.json (+ _details.json).
 
-What is compared with what (README "Files", metrics/):
+What is compared with what (docs/contract.md, metrics/):
   - the samples (first `max_samples` NNNNNN.png) against the held-out val tiles (a seeded subset
     of `max_real`): `swd`, `fid`, `kid`, with counts `n_samples`, `n_real`;
   - the real-vs-real floor, `*_floor`: as many train tiles as there are samples (a seeded

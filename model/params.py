@@ -29,7 +29,7 @@ class ModelParams(StrictModel):
     # Side of each ConvNeXt block's depthwise conv: 7 in the paper. 3 and 5 train faster on CPUs,
     # where the fp32 depthwise 7x7 weight gradient is slow, but cost the demo its layout.
     kernel_size: Literal[3, 5, 7, 9] = 7
-    # What the model is conditioned on (README "Conditioned generation"), from each tile's
+    # What the model is conditioned on (docs/conditioning.md), from each tile's
     # metadata: region (a class: the AOI, local entry or synthetic kind), month (cyclic),
     # lat, lon, gsd (metres per pixel), tree_cover (0..1). [] = unconditioned (the default:
     # such a model is built, trained and exported exactly as before the key existed).

@@ -1,5 +1,5 @@
 """The network and diffusion that `canopy train` exported, rebuilt for sampling (the files:
-canopy/weights.py and README "Files", models/)."""
+canopy/weights.py and docs/contract.md, models/)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ class SampleParams(StrictModel):
     steps: int = Field(50, ge=1)  # ddim and dpmpp2m; ddpm always takes every timestep
     eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim only: 0 deterministic, 1 DDPM-like noise
     # Timesteps of ddim and dpmpp2m, both from T-1: quadratic = dense at low noise, down to
-    # t = 0 (Song et al. 2021, D.2), sharper fine detail (measured: README "canopy sample");
+    # t = 0 (Song et al. 2021, D.2), sharper fine detail (measured: docs/benchmarks.md "sample");
     # trailing = evenly spaced (Lin et al. 2024), the last update from t = T/steps - 1.
     # karras: EDM's noise levels (rho = 7), the only spacing of a continuous process (edm).
     spacing: Literal["quadratic", "trailing", "karras"] = "quadratic"

@@ -1,5 +1,5 @@
 """`canopy sample`: EMA weights in models/ -> data/samples/ (PNGs, manifest, grid; the files:
-canopy/samples.py and README "Files").
+canopy/samples.py and docs/contract.md).
 
 Under torchrun (canopy/distributed.py) rank r of W draws images r, r + W, r + 2W, ... into
 the staging folder rank 0 made (and holds the lock of); rank 0 then writes the grid and the

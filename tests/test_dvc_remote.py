@@ -1,4 +1,4 @@
-"""Sharing data and models through a DVC remote (README "Sharing data and models with a team"):
+"""Sharing data and models through a DVC remote (docs/team.md):
 push from a workspace, lose the cache and the outputs, pull them back byte for byte. Against a
 folder remote, and against S3 through moto's stand-in server on 127.0.0.1 (nothing leaves
 the machine).

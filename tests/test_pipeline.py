@@ -79,6 +79,7 @@ def test_repro_then_experiment(project):
     first = run(["dvc", "repro"], root, env)
     for stage in ("etl", "train", "sample", "evaluate"):
         assert f"Running stage '{stage}'" in first
+    assert "is empty" not in first  # DVC warns of every empty file among the deps
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert {"swd", "swd_floor", "memorised_fraction", "n_samples", "n_real"} <= set(metrics)
     assert metrics["n_samples"] == 4

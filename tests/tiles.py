@@ -1,4 +1,4 @@
-"""Tile folders (README "Files", data/tiles/) for the train and evaluate tests.
+"""Tile folders (docs/contract.md, data/tiles/) for the train and evaluate tests.
 
 Stages talk through files, so their tests write the files with the format's own writer
 (canopy/tiles.py) instead of running the etl stage.

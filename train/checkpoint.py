@@ -1,4 +1,4 @@
-"""What `canopy train` writes under paths.models (default models/; README "Files"):
+"""What `canopy train` writes under paths.models (default models/; docs/contract.md):
 
     models/ema.safetensors              EMA weights (fp32) for `canopy sample`: the export,
                                         whose format canopy/weights.py writes and reads

@@ -1,4 +1,4 @@
-"""Training tiles from the etl shards (README "Files", data/tiles/), as a stream of uint8 batches.
+"""Training tiles from the etl shards (docs/contract.md, data/tiles/), as a stream of uint8 batches.
 
 The stream is a pure function of (seed, batch number): batch b holds tiles b*B .. (b+1)*B - 1 of
 an endless sequence of epochs, each a seeded permutation of every train tile, with a seeded

@@ -1,4 +1,4 @@
-"""The `train` section of params.yaml (documented key by key in README.md); the `model` and
+"""The `train` section of params.yaml (every key: `canopy params show etl`, docs/params.md); the `model` and
 `diffusion` sections are in model/params.py.
 
 The top-level keys `schedule` (linear | cosine | sigmoid) and `seed` live in canopy/params.py.
@@ -26,7 +26,7 @@ class TrainParams(StrictModel):
     adam_beta2: float = Field(0.999, gt=0.0, lt=1.0)  # AdamW's beta2 (EDM2: 0.99); beta1 0.9
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)  # AdamW decoupled weight decay
     grad_clip: float = Field(1.0, gt=0.0)  # max global grad norm
-    # Which symmetries of the square training tiles are drawn under (README "Augmentation"):
+    # Which symmetries of the square training tiles are drawn under (docs/benchmarks.md "Augmentation"):
     # none; transpose (the identity or the flip about the main diagonal, which keeps a light
     # from the upper left where it is); all (the 8 flips and quarter turns, for imagery
     # without a light direction). The booleans of earlier params still work: true = all,

@@ -2,7 +2,7 @@
 
 A source is a function `scenes(params, workdir, *, progress) -> list[SceneSpec]`: `workdir` is
 a temporary folder that lasts as long as the run (synthetic scenes are rendered there) and
-`progress` says whether a long download may draw a progress bar. README.md describes the
+`progress` says whether a long download may draw a progress bar. docs/data.md describes the
 sources and their params.
 """
 

@@ -1,4 +1,4 @@
-"""Small synthetic forest-like images, and the folders evaluate reads (README "Files") written
+"""Small synthetic forest-like images, and the folders evaluate reads (docs/contract.md) written
 with the formats' own writers.
 
 `forest_images` draws canopy-like textures (a green base colour per image, blobs of crowns at

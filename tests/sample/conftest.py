@@ -1,4 +1,4 @@
-"""A tiny checkpoint written with the export writer `canopy train` uses (README "Files",
+"""A tiny checkpoint written with the export writer `canopy train` uses (docs/contract.md,
 models/), and its params."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tiny etl outputs (README "Files", data/tiles/), written with the tiles writer so the train
+"""Tiny etl outputs (docs/contract.md, data/tiles/), written with the tiles writer so the train
 tests need no etl run."""
 
 from __future__ import annotations
