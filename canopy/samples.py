@@ -43,6 +43,9 @@ def image_name(index: int) -> str:
 class ImageRecord:
     file: str
     sha256: str
+    # A conditioned model's request for this image ({kind: value}, canopy/conditions.py);
+    # None (not written) for unconditioned samples
+    condition: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,10 @@ class SamplesManifest:
     precision: str
     channels_last: bool
     images: list[ImageRecord]
+    # Conditioned models only (left out of the file otherwise): classifier-free guidance and
+    # the sample.condition request
+    guidance: float | None = None
+    condition: dict[str, Any] | None = None
 
 
 def encode_image(image: np.ndarray) -> bytes:
@@ -78,22 +85,56 @@ def encode_image(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_image(folder: Path, index: int, image: np.ndarray) -> ImageRecord:
+def write_image(folder: Path, index: int, image: np.ndarray,
+                condition: dict[str, Any] | None = None) -> ImageRecord:
     """Sample `index`, an (H, W, 3) uint8 array, as `folder/NNNNNN.png`."""
     data = encode_image(image)
     name = image_name(index)
     (folder / name).write_bytes(data)
-    return ImageRecord(name, sha256_bytes(data))
+    return ImageRecord(name, sha256_bytes(data), condition)
 
 
-def write_grid(folder: Path, count: int) -> None:
-    """grid.png: a contact sheet of the first `count` samples already in `folder`."""
-    images = [np.asarray(Image.open(folder / image_name(i)).convert("RGB")) for i in range(count)]
-    Image.fromarray(contact_sheet(images)).save(folder / GRID_FILE, format="PNG")
+def write_grid(folder: Path, count: int, conditions: list[dict[str, Any] | None] | None = None
+               ) -> None:
+    """grid.png: a contact sheet of the first `count` samples already in `folder`; with
+    `conditions` (each image's), one row per condition, about `count` images in all."""
+    if not conditions or all(c is None for c in conditions):
+        images = [_read(folder, i) for i in range(count)]
+        Image.fromarray(contact_sheet(images)).save(folder / GRID_FILE, format="PNG")
+        return
+    groups: dict[str, list[int]] = {}
+    for index, condition in enumerate(conditions):
+        groups.setdefault(json.dumps(condition, sort_keys=True), []).append(index)
+    per_row = max(1, -(-count // len(groups)))
+    rows = [[_read(folder, i) for i in indices[:per_row]] for indices in groups.values()]
+    Image.fromarray(_rows_sheet(rows, per_row)).save(folder / GRID_FILE, format="PNG")
+
+
+def _read(folder: Path, index: int) -> np.ndarray:
+    return np.asarray(Image.open(folder / image_name(index)).convert("RGB"))
+
+
+def _rows_sheet(rows: list[list[np.ndarray]], cols: int, pad: int = 2) -> np.ndarray:
+    """One row of tiles per list, left-aligned, `pad` white pixels between them."""
+    height, width, channels = rows[0][0].shape
+    sheet = np.full((len(rows) * (height + pad) + pad, cols * (width + pad) + pad, channels),
+                    255, dtype=np.uint8)
+    for r, images in enumerate(rows):
+        for c, image in enumerate(images):
+            y, x = pad + r * (height + pad), pad + c * (width + pad)
+            sheet[y:y + height, x:x + width] = image
+    return sheet
 
 
 def write_manifest(folder: Path, manifest: SamplesManifest) -> None:
     content = {"format_version": FORMAT_VERSION, **asdict(manifest)}
+    # Conditioned runs alone carry the condition keys: unconditioned manifests stay as they were
+    for key in ("guidance", "condition"):
+        if content[key] is None:
+            del content[key]
+    for record in content["images"]:
+        if record["condition"] is None:
+            del record["condition"]
     (folder / MANIFEST_FILE).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 

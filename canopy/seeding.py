@@ -22,6 +22,7 @@ class Stream(IntEnum):
     TRAIN_ORDER = 2       # train: the tile permutation of epoch `index`
     TRAIN_AUGMENT = 3     # train: the flips/rotations of batch `index`
     TRAIN_CROP = 4        # train: crop training's crop size and positions of batch `index`
+    TRAIN_CONDITION = 5   # train: the conditions dropped (classifier-free guidance) at step `index`
     TRAIN_NOISE = 11      # train: timesteps and noise of step `index`
     PREVIEW_NOISE = 12    # train: the starting noise of the preview grids
     SAMPLE_NOISE = 20     # sample: the starting noise (and DDPM noise) of image `index`
@@ -32,6 +33,7 @@ class Stream(IntEnum):
     EVAL_C2ST = 35        # evaluate: C2ST subsets, folds, weights, batches (index: the use)
     EVAL_BOOTSTRAP = 36   # evaluate: the images resampled for the intervals (index: the use)
     EVAL_FID_INF = 37     # evaluate: the subsets FID is extrapolated from (index: the set)
+    EVAL_CONDITION = 38   # evaluate: the condition classifier's tiles, weights, batches
     JUDGE_BOOTSTRAP = 41  # judge report: the judges resampled for the intervals
     SWD_PATCHES = 101     # evaluate: patches of (set, pyramid level)
     SWD_DIRECTIONS = 102  # evaluate: projection directions of pyramid level `index`

@@ -411,6 +411,55 @@ def _check_count(shard: Path, entry: dict[str, Any], found: int) -> None:
                         f"{listed}; {_FIX}")
 
 
+# The most bytes a tile's .json member may take: a few hundred in practice.
+MAX_METADATA_BYTES = 1 * 2**20
+
+
+def read_metadata(locations: Iterable[TileLocation]) -> list[dict[str, Any]]:
+    """The `<key>.json` member of each tile (its metadata: README "Files"), in the order of
+    `locations`. Each shard's tar headers are read once; a tile without its .json member, or
+    with one that is not a JSON object, is refused."""
+    locations = list(locations)
+    by_shard: dict[Path, list[int]] = {}
+    for i, location in enumerate(locations):
+        by_shard.setdefault(location.shard, []).append(i)
+    out: list[dict[str, Any] | None] = [None] * len(locations)
+    for shard, indices in by_shard.items():
+        members = _json_members(shard)
+        for i in indices:
+            key = locations[i].key
+            if key not in members:
+                raise UserError(f"tile {key} in {shard} has no {key}.json metadata; {_FIX}")
+            out[i] = _parse_metadata(TileLocation(key, shard, *members[key]).read(), key, shard)
+    return out  # type: ignore[return-value]
+
+
+def _json_members(shard: Path) -> dict[str, tuple[int, int]]:
+    """{key: (offset, size)} of the .json members of a shard, from its tar headers."""
+    try:
+        with open(shard, "rb") as handle, \
+                tarfile.open(fileobj=_BoundedFile(handle), mode="r:") as tar:
+            size = os.fstat(handle.fileno()).st_size
+            found = {}
+            for member in tar:
+                if member.isfile() and member.name.endswith(".json"):
+                    _check_member_size(shard, size, member, MAX_METADATA_BYTES)
+                    found[member.name[: -len(".json")]] = (member.offset_data, member.size)
+            return found
+    except (tarfile.TarError, OSError) as err:
+        raise UserError(f"{shard} is not a readable tar shard ({err}); {_FIX}") from None
+
+
+def _parse_metadata(data: bytes, key: str, shard: Path) -> dict[str, Any]:
+    try:
+        metadata = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{key}.json in {shard} is not valid JSON ({err}); {_FIX}") from None
+    if not isinstance(metadata, dict):
+        raise UserError(f"{key}.json in {shard} is not a JSON object; {_FIX}")
+    return metadata
+
+
 def decode_tile(data: bytes, tile_size: int, name: str) -> np.ndarray:
     """A tile's PNG bytes -> (tile_size, tile_size, 3) uint8; a UserError for anything else."""
     array = decode_rgb_png(data, name, _FIX)

@@ -31,7 +31,10 @@ from canopy.hashing import sha256_bytes
 # canopy.model/2 added the noise process and data statistics to the config (model/process.py
 # build fills the defaults of keys a /1 config lacks: those exports rebuild as they were).
 EXPORT_FORMAT = "canopy.model/2"
-READ_FORMATS = ("canopy.model/1", EXPORT_FORMAT)
+# canopy.model/3: a conditioned model (its config's model holds `condition`), which a canopy
+# older than conditions cannot build; unconditioned exports stay /2, byte for byte.
+CONDITIONED_FORMAT = "canopy.model/3"
+READ_FORMATS = ("canopy.model/1", EXPORT_FORMAT, CONDITIONED_FORMAT)
 EXPORT_FILE = "ema.safetensors"
 STATE_DIR = "state"
 STEP_DIR_PREFIX = "step-"
@@ -68,7 +71,9 @@ def write_export(path: Path, state: dict[str, torch.Tensor], config: dict[str, A
     tensors = cpu_tensors(state)
     # The checksum covers the tensor bytes, which do not depend on the metadata it joins.
     data = save_canonical(tensors)
-    metadata = {"format": EXPORT_FORMAT, "config": json.dumps(config, sort_keys=True),
+    conditioned = bool(config.get("model", {}).get("condition"))
+    metadata = {"format": CONDITIONED_FORMAT if conditioned else EXPORT_FORMAT,
+                "config": json.dumps(config, sort_keys=True),
                 CHECKSUM_KEY: sha256_bytes(_tensor_bytes(data))}
     atomic_write_bytes(path, save_canonical(tensors, metadata=metadata))
 

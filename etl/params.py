@@ -30,7 +30,7 @@ class LocalEntry(StrictModel):
     # Metres per pixel of these files: needed for a raster without a georeference (a plain
     # PNG) when etl.local.target_gsd is set; a georeferenced raster's own GSD is used otherwise.
     gsd: float | None = Field(None, gt=0.0)
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")  # the tiles' `region`
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")  # the tiles' `region` (a class for model.condition)
 
     @field_validator("bands")
     @classmethod
@@ -197,6 +197,18 @@ class SyntheticParams(StrictModel):
     scenes: int = Field(2, ge=1, le=1000)  # number of scenes (the demo: 4)
     width: int = Field(1024, ge=16, le=20000)  # scene width in pixels
     height: int = Field(1024, ge=16, le=20000)  # scene height in pixels
+    # Scene i is of kind i mod the kinds, and its tiles' region (a class for model.condition):
+    # mixed (the demo's scenes), broadleaf (large round bright crowns), conifer (small dark
+    # conical crowns), open (scattered crowns over grass).
+    kinds: list[Literal["mixed", "broadleaf", "conifer", "open"]] = Field(
+        default_factory=lambda: ["mixed"], min_length=1)
+
+    @field_validator("kinds")
+    @classmethod
+    def _distinct_kinds(cls, kinds: list[str]) -> list[str]:
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"etl.synthetic.kinds repeats a kind: {kinds}")
+        return kinds
 
 
 class EtlParams(StrictModel):

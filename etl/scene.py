@@ -83,7 +83,8 @@ class SceneSpec:
     # temporary folder, so they name themselves instead).
     origin: tuple[str, ...] | None = None
     extra: dict = field(default_factory=dict, hash=False, compare=False)
-    # Tile metadata (docs/contract.md): the AOI, local entry or synthetic kind the scene is of;
+    # Tile metadata (docs/contract.md): the AOI, local entry or synthetic kind the scene is of (a class for
+    # model.condition);
     # a STAC scene's item id and processing baseline; the GSD of a raster that has no
     # georeference to tell it (metres per pixel).
     region: str | None = None

@@ -67,6 +67,10 @@ class EvaluateParams(StrictModel):
     # How the tile shards are checked against data/tiles/manifest.json before reading: size
     # (size and tile count, instant) or sha256 (also each shard's hash, as train.verify_shards)
     verify_shards: Literal["size", "sha256"] = "size"
+    # Conditioned samples (a region condition in the samples manifest): the optimiser steps
+    # (batches of 64) of the classifier that names each image's region, trained on the train
+    # tiles; it scores condition_accuracy (docs/conditioning.md).
+    condition_steps: int = Field(400, ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _patches_fit(self) -> EvaluateParams:

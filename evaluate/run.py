@@ -93,7 +93,7 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
         raise UserError(f"the tiles are {tile_size}px, smaller than evaluate.swd_patch_size "
                         f"({ev.swd_patch_size}); lower it or use larger tiles")
     sample_paths = samples_io.list_samples(samples_dir)
-    samples_io.read_manifest(samples_dir)  # refuses another format version; none is fine
+    samples_manifest = samples_io.read_manifest(samples_dir)  # another format version: refused
     val_refs = images_io.tiles_by_key(tiles_dir, "val", ev.verify_shards)
     if not val_refs:
         raise UserError(f"no val tiles in {tiles_dir / 'val'}: evaluate compares samples with "
@@ -220,6 +220,12 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
 
     # --- C2ST ------------------------------------------------------------------------------
     details["c2st"] = _c2st(params, samples, val, train_floor, used_samples, progress, metrics)
+
+    # --- per condition (conditioned samples only) -----------------------------------------
+    asked = _asked_regions(samples_manifest, used_samples)
+    if asked is not None:
+        details["conditioned"] = _conditioned(params, samples, asked, used_val, val, train_refs,
+                                              tile_size, progress, metrics, note)
 
     # --- FID and KID ----------------------------------------------------------------------
     inception_details, omitted = _fid_kid(params, weights, no_weights_why, device, samples,
@@ -456,6 +462,118 @@ def _c2st(params: CanopyParams, samples: np.ndarray, val: np.ndarray, train_floo
             {"sample": sample_paths[i].name, "index": i, "held_out_probability": sig(p)}
             for i, p in zip(result.most_sure_a, result.most_sure_probability)],
     }
+
+
+def _asked_regions(manifest: dict[str, Any] | None, used: list[Path]) -> list[str | None] | None:
+    """The region each used sample was asked for (samples manifest), None for a sample asked
+    for none; None when no sample was asked for a region (unconditioned samples)."""
+    if manifest is None:
+        return None
+    by_file = {record.get("file"): (record.get("condition") or {}).get("region")
+               for record in manifest.get("images", []) if isinstance(record, dict)}
+    asked = [by_file.get(path.name) for path in used]
+    return asked if any(isinstance(region, str) for region in asked) else None
+
+
+def _conditioned(params: CanopyParams, samples: np.ndarray, asked: list[str | None],
+                 used_val: list[tiles.TileLocation], val: np.ndarray,
+                 train_refs: list[tiles.TileLocation], tile_size: int, progress: bool,
+                 metrics: dict[str, float | int], note: Callable[[str], None]) -> dict[str, Any]:
+    """condition_accuracy (and floor, ratio), and per region swd_region_<r> (with its floor)
+    and c2st_accuracy_region_<r> (evaluate/conditioned.py)."""
+    from canopy.evaluate import conditioned as cond_mod
+
+    ev, seed = params.evaluate, params.seed
+    train_regions = cond_mod.regions_of(train_refs)
+    names = sorted(set(train_regions))
+    index = {name: k for k, name in enumerate(names)}
+    unknown = sorted({r for r in asked if r is not None and r not in index})
+    if unknown:
+        raise UserError(f"samples were asked for region {unknown[0]!r}, which no train tile "
+                        f"has (regions: {', '.join(names)}): the samples and the tiles are "
+                        "of different runs; re-run `canopy sample`")
+    keep = np.array([r is not None for r in asked])
+    labels = np.array([index[r] if r is not None else -1 for r in asked])
+    val_regions = cond_mod.regions_of(used_val)
+    val_labels = np.array([index.get(r, -1) for r in val_regions])
+    config = cond_mod.ClassifierConfig(steps=ev.condition_steps)
+    train_labels = np.array([index[r] for r in train_regions])
+    pick = cond_mod._balanced(train_labels, len(names), config.max_per_class,
+                              numpy_rng(seed, Stream.EVAL_CONDITION, 0))
+    with _bar(progress, len(pick), "read train tiles by region") as tick:
+        train = images_io.stack(_ticked(tiles.read_tiles([train_refs[i] for i in pick],
+                                                         tile_size), tick), len(pick), tile_size)
+    picked_labels = train_labels[pick]
+    with _bar(progress, config.steps, "condition classifier") as tick:
+        classifier = cond_mod.ConditionClassifier(
+            train, picked_labels, len(names),
+            cond_mod.ClassifierConfig(steps=config.steps, max_per_class=len(train)), seed, tick)
+    known_val = val_labels >= 0
+    result = cond_mod.condition_accuracy(classifier, names, samples[keep], labels[keep],
+                                         val[known_val], val_labels[known_val])
+    metrics["condition_accuracy"] = sig(result.accuracy)
+    metrics["condition_accuracy_floor"] = sig(result.floor)
+    metrics["condition_accuracy_ratio"] = sig(result.accuracy / result.floor) if result.floor else 0.0
+    if ev.bootstrap_replicates:
+        rng = numpy_rng(seed, Stream.EVAL_BOOTSTRAP, 5)
+        _put_interval(metrics, "condition_accuracy", cond_mod.balanced_interval(
+            result.correct, labels[keep], rng, ev.bootstrap_replicates))
+        _put_interval(metrics, "condition_accuracy_floor", cond_mod.balanced_interval(
+            result.correct_floor, val_labels[known_val], rng, ev.bootstrap_replicates))
+    per_region = _per_region(params, names, samples, labels, val, val_labels, train,
+                             picked_labels, metrics, note)
+    return {
+        "definition": "a CNN (evaluate/c2st.py's, one output per region) trained on the train "
+                      "tiles by region names each sample's region; condition_accuracy = share "
+                      "named as the region asked for, balanced (the mean over regions), its "
+                      "floor the same on the val tiles, ratio = accuracy / floor",
+        "regions": names, "classifier_steps": config.steps,
+        "train_tiles_per_region": {n: int((picked_labels == k).sum()) for k, n in enumerate(names)},
+        "accuracy_per_region": {k: sig(v) for k, v in result.per_class.items()},
+        "accuracy_per_region_floor": {k: sig(v) for k, v in result.per_class_floor.items()},
+        "confusion": {"rows": "region asked for", "columns": "region named", "names": names,
+                      "counts": result.confusion},
+        "per_region": per_region,
+    }
+
+
+def _per_region(params: CanopyParams, names: list[str], samples: np.ndarray, labels: np.ndarray,
+                val: np.ndarray, val_labels: np.ndarray, train: np.ndarray,
+                train_labels: np.ndarray, metrics: dict[str, float | int],
+                note: Callable[[str], None]) -> dict[str, Any]:
+    """SWD (and floor: as many train tiles of the region) and C2ST of each region's samples
+    against its val tiles."""
+    from canopy.evaluate import c2st as c2st_mod
+
+    ev, seed = params.evaluate, params.seed
+    config = swd_mod.SwdConfig(ev.swd_patch_size, ev.swd_patches_per_image, ev.swd_projections,
+                               ev.swd_repeats, ev.swd_min_resolution)
+    out: dict[str, Any] = {}
+    for k, name in enumerate(names):
+        mine, real = samples[labels == k], val[val_labels == k]
+        floor = train[train_labels == k][: len(mine)]
+        if min(len(mine), len(real), len(floor)) < 2:
+            out[name] = {"omitted": f"it needs 2 images per set (samples {len(mine)}, val "
+                                    f"{len(real)}, train {len(floor)})"}
+            continue
+        per_level = swd_mod.swd([mine, floor], real, config, seed).per_level
+        metrics[f"swd_region_{name}"] = sig(swd_mod.mean_over_levels(per_level[0]))
+        metrics[f"swd_region_{name}_floor"] = sig(swd_mod.mean_over_levels(per_level[1]))
+        entry: dict[str, Any] = {"n_samples": len(mine), "n_real": len(real)}
+        if ev.c2st:
+            c2st_config = c2st_mod.C2stConfig(folds=ev.c2st_folds, steps=ev.c2st_steps,
+                                              max_images=ev.c2st_max_images)
+            result = c2st_mod.c2st(mine, real, c2st_config, seed)
+            metrics[f"c2st_accuracy_region_{name}"] = sig(result.accuracy)
+            entry["c2st_n"] = result.n
+        if min(len(mine), len(real)) < ev.trust_min_images:
+            entry["trusted"] = False
+        out[name] = entry
+    untrusted = [n for n, e in out.items() if e.get("trusted") is False or "omitted" in e]
+    if untrusted:
+        note(f"per-region figures from few images ({', '.join(untrusted)}): below "
+             f"evaluate.trust_min_images ({ev.trust_min_images}); read them as rough")
+    return out
 
 
 def _ticked(items, tick: Callable[[int], None]):

@@ -189,12 +189,15 @@ class GaussianDiffusion(nn.Module):
         return clipped / snr if self.objective == "eps" else clipped / (snr + 1.0)
 
     def loss(
-        self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+        self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+        cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean over the batch of the (weighted) per-image l2 or l1 error on the target.
         `t` holds one timestep per image: a batch covers many noise levels at once."""
         x_t = self.q_sample(x0, t, noise)
-        prediction = model(x_t, t).float()  # the error is computed in fp32 under autocast
+        # The condition rows only for a conditioned network (model/condition.py); the error
+        # is computed in fp32 under autocast.
+        prediction = (model(x_t, t) if cond is None else model(x_t, t, cond)).float()
         target = self.target(x0, t, noise)
         if self.loss_type == "l2":
             per_pixel = F.mse_loss(prediction, target, reduction="none")

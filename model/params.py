@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from canopy.model.condition import ConditionKind, ordered_kinds
 from canopy.model.shape import validate_config
 from canopy.schema import StrictModel
 
@@ -28,6 +29,19 @@ class ModelParams(StrictModel):
     # Side of each ConvNeXt block's depthwise conv: 7 in the paper. 3 and 5 train faster on CPUs,
     # where the fp32 depthwise 7x7 weight gradient is slow, but cost the demo its layout.
     kernel_size: Literal[3, 5, 7, 9] = 7
+    # What the model is conditioned on (docs/conditioning.md), from each tile's
+    # metadata: region (a class: the AOI, local entry or synthetic kind), month (cyclic),
+    # lat, lon, gsd (metres per pixel), tree_cover (0..1). [] = unconditioned (the default:
+    # such a model is built, trained and exported exactly as before the key existed).
+    condition: list[ConditionKind] = Field(default_factory=list)
+
+    @field_validator("condition")
+    @classmethod
+    def _condition(cls, kinds: list[str]) -> list[str]:
+        repeated = sorted({kind for kind in kinds if kinds.count(kind) > 1})
+        if repeated:
+            raise ValueError(f"model.condition names {repeated[0]!r} twice")
+        return ordered_kinds(kinds)
 
     @field_validator("dim_mults")
     @classmethod
@@ -52,6 +66,7 @@ class ModelParams(StrictModel):
         left out at its default 7, which weights written before the key existed were built
         with: those weights still load and resume, and their files stay byte-identical."""
         kwargs = self.model_dump(mode="json")
+        del kwargs["condition"]  # train adds the kinds with their classes, from the tiles
         if kwargs["kernel_size"] == type(self).model_fields["kernel_size"].default:
             del kwargs["kernel_size"]
         return kwargs

@@ -154,12 +154,14 @@ class EDMProcess(nn.Module):
         c_noise = EDM_NOISE_SCALE * s.log() / 4
         return tuple(c.float() for c in (c_skip, c_out, c_in, c_noise))
 
-    def denoise(self, net: nn.Module, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def denoise(self, net: nn.Module, x: torch.Tensor, sigma: torch.Tensor,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
         """D(x; sigma): the network's estimate of x_0. `sigma` is one level per image (B,) or
-        one for the whole batch ((), (1,)), which the network embeds once and broadcasts."""
+        one for the whole batch ((), (1,)), which the network embeds once and broadcasts;
+        `cond` the condition rows of a conditioned network (model/condition.py)."""
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma.reshape(-1))
         shape = (-1, 1, 1, 1)
-        f = net((c_in.reshape(shape) * x).to(x.dtype), c_noise).float()
+        f = call_network(net, (c_in.reshape(shape) * x).to(x.dtype), c_noise, cond).float()
         return c_skip.reshape(shape) * x.float() + c_out.reshape(shape) * f
 
     def denoiser(self, net: nn.Module) -> nn.Module:
@@ -174,14 +176,14 @@ class EDMProcess(nn.Module):
         z = torch.randn(batch, generator=generator, device=device)
         return (self.lognormal_mean + self.lognormal_std * z).exp()
 
-    def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
-             ) -> torch.Tensor:
+    def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+             cond: torch.Tensor | None = None) -> torch.Tensor:
         """EDMLoss: lambda(sigma) ||D(x_0 + sigma n) - x_0||^2 with lambda = 1 / c_out^2,
         computed as ||F - (x_0 - c_skip x) / c_out||^2 (the same, better conditioned); the
         mean over pixels, then over the batch."""
         c_skip, c_out, c_in, c_noise = (c.reshape(-1, 1, 1, 1) for c in self.coefficients(t))
         x = x0 + t.reshape(-1, 1, 1, 1).to(x0.dtype) * noise
-        prediction = model((c_in * x).to(x0.dtype), c_noise.reshape(-1)).float()
+        prediction = call_network(model, (c_in * x).to(x0.dtype), c_noise.reshape(-1), cond).float()
         target = (x0.float() - c_skip * x.float()) / c_out
         return F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3)).mean()
 
@@ -209,8 +211,16 @@ class EDMDenoiser(nn.Module):
         self.process = process
         self.channels = getattr(net, "channels", None)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.process.denoise(self.net, x, t)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        return self.process.denoise(self.net, x, t, cond)
+
+
+def call_network(net: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                 cond: torch.Tensor | None) -> torch.Tensor:
+    """net(x, t), with the condition only where there is one: an unconditioned network (and
+    any network written before conditions existed) is called exactly as before."""
+    return net(x, t) if cond is None else net(x, t, cond)
 
 
 # --- the one builder ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from canopy.model.condition_embedding import guided
 from canopy.model.images import to_uint8
 from canopy.model.scheduler import Scheduler
 
@@ -43,11 +44,16 @@ def sample_images(
     channels_last: bool = False,
     on_step: Callable[[], object] | None = None,
     refuse_non_finite: bool = False,
+    conditions: torch.Tensor | None = None,
+    guidance: float = 1.0,
 ) -> torch.Tensor:
     """One image per seed, as a uint8 tensor (B, H, W, C) on the CPU. With `channels_last` the
     network sees NHWC inputs (convert its weights too: `net.to(memory_format=...)`).
     `on_step` is called after each step (a progress bar). `refuse_non_finite`: raise
-    NonFiniteImages instead of returning images whose values were NaN or infinite."""
+    NonFiniteImages instead of returning images whose values were NaN or infinite.
+    `conditions` (a conditioned network only): one condition row per seed
+    (model/condition.py), with classifier-free `guidance` (0 unconditional, 1 conditional,
+    > 1 guided)."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
 
@@ -59,6 +65,8 @@ def sample_images(
         x = x * scheduler.init_noise_sigma
     scheduler.reset()  # the same scheduler runs batch after batch
     forward = _batch_invariant_forward(net, device, amp_dtype)
+    if conditions is not None:
+        forward = _guided_forward(forward, conditions.to(device), guidance)
     with torch.inference_mode(), _batch_invariant_kernels(device):
         for t, t_prev in scheduler.pairs():
             t_row = torch.tensor([t], device=device)  # one row: embedded once, broadcast
@@ -82,8 +90,45 @@ def _batch_invariant_forward(net: torch.nn.Module, device: torch.device,
     """The network as sampling calls it: in fp32 on CPU one image per call (oneDNN's bits depend
     on the batch size, not on which image), elsewhere the whole batch."""
     if device.type == "cpu" and amp_dtype is None:
-        return lambda x, t: torch.cat([net(image[None], t) for image in x])
+        return lambda x, t, *cond: torch.cat([net(image[None], t, *cond) for image in x])
     return net
+
+
+def _guided_forward(forward: Callable, conditions: torch.Tensor, guidance: float) -> Callable:
+    """The network under classifier-free guidance: out = u + w (c - u), u unconditional
+    (NaN rows), c conditional. Images are grouped by condition and each group's condition is
+    one row, broadcast like the timestep, so an image's output does not depend on which other
+    conditions share its batch. w = 0 and w = 1 need one call, other w two."""
+    absent = torch.full_like(conditions[:1], float("nan"))
+    if guidance == 0:
+        return lambda x, t: forward(x, t, absent)
+    groups = _condition_groups(conditions)
+
+    def guided_forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = None
+        for rows, cond in groups:
+            part = x[rows]
+            result = forward(part, t, cond)
+            if guidance != 1:
+                result = guided(forward(part, t, absent).float(), result.float(), guidance)
+            if out is None:
+                out = torch.empty((x.shape[0], *result.shape[1:]), dtype=result.dtype,
+                                  device=result.device)
+            out[rows] = result.to(out.dtype)
+        return out
+
+    return guided_forward
+
+
+def _condition_groups(conditions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(image indices, the one condition row they share) for each distinct row, in order of
+    first appearance (NaN rows compare equal: they are all "no condition")."""
+    keys: dict[bytes, list[int]] = {}
+    for i, row in enumerate(conditions.nan_to_num(float("inf")).cpu().numpy()):
+        keys.setdefault(row.tobytes(), []).append(i)
+    device = conditions.device
+    return [(torch.tensor(rows, device=device), conditions[rows[0]:rows[0] + 1])
+            for rows in keys.values()]
 
 
 @contextlib.contextmanager

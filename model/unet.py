@@ -12,13 +12,14 @@ No attention layers: the reference shape (dim 64, dim_mults (1, 2, 4, 8), 3 chan
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from canopy.model.condition_embedding import ConditionEmbedding
 from canopy.model.shape import block_widths, level_widths, validate_config
 
 
@@ -187,6 +188,7 @@ class Unet(nn.Module):
         norm: str = "group",
         norm_groups: int = 1,
         kernel_size: int = 7,
+        condition: Mapping[str, Sequence[str] | None] | None = None,
     ) -> None:
         super().__init__()
         validate_config(dim, init_dim, dim_mults, channels, convnext_mult, norm, norm_groups,
@@ -226,16 +228,30 @@ class Unet(nn.Module):
             ]))
         self.final_block = block(*next(widths))
         self.final_conv = nn.Conv2d(dim, channels, 1)
+        # Built last, and only for a conditioned model: an unconditioned one draws its initial
+        # weights exactly as before and has the same state_dict keys.
+        self.condition = None
+        if condition:
+            self.condition = ConditionEmbedding(condition, 4 * dim)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """x: (B, channels, H, W); t: (B,) integer timesteps, or one timestep for the batch
         (shape () or (1,)) whose embedding is computed once and broadcast, so every image of a
-        batch gets bit-identical conditioning whatever the batch size."""
+        batch gets bit-identical conditioning whatever the batch size. `cond` (conditioned
+        models only): (B, kinds) condition rows (model/condition.py), or one row for the
+        batch, broadcast like t; NaN or None = unconditional."""
         self._check_input(x)
         # One timestep for the batch stays one row through every time MLP and is broadcast
         # when added to the feature maps: a GEMM over B identical rows would give results
         # that differ in the last bits with B, breaking batch-size-independent sampling.
         t_emb = self.time_mlp(t.reshape(-1))
+        if self.condition is not None:
+            if cond is None:
+                cond = torch.full((1, len(self.condition.kinds)), float("nan"), device=x.device)
+            t_emb = t_emb + self.condition(cond).to(t_emb.dtype)
+        elif cond is not None:
+            raise ValueError("this network is not conditioned (model.condition is empty)")
 
         x = self.init_conv(x)
         stem = x

@@ -30,6 +30,11 @@ class Checkpoint:
     sha256: str
 
     @property
+    def condition(self) -> dict[str, list[str] | None]:
+        """A conditioned model's kinds with their classes (model/condition.py); {} if none."""
+        return dict(self.config["model"].get("condition") or {})
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         size = int(self.config["tile_size"])
         return (int(self.config["model"].get("channels", 3)), size, size)

@@ -34,20 +34,29 @@ def sample(
     ema_std: float = typer.Option(None, "--ema-std",
                                   help="Override sample.ema_std: the post-hoc EMA of this "
                                        "relative std (from models/phema/)."),
+    guidance: float = typer.Option(None, "--guidance",
+                                   help="Override sample.guidance (conditioned models): 0 "
+                                        "unconditional, 1 conditional, > 1 guided."),
+    region: str = typer.Option(None, "--region",
+                               help="Override sample.condition.region (conditioned models): "
+                                    "a region's name, or `each` for an equal share of each."),
     models: Path = typer.Option(None, "--models", help="Override paths.models (train's output)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Generate sample.n forest tiles from the EMA weights that `canopy train` wrote.
 
-    Image i depends only on (seed, i, checkpoint, sampler settings): not on the batch size or
-    on how many images are asked for, and the same command writes byte-identical files.
-    Writes OUT/000000.png ..., OUT/manifest.json (sha256 of each image, settings, checkpoint
-    hash) and OUT/grid.png.
+    Image i depends only on (seed, i, its condition, checkpoint, sampler settings): not on the
+    batch size or on how many images are asked for, and the same command writes byte-identical
+    files. Writes OUT/000000.png ..., OUT/manifest.json (sha256 of each image, settings,
+    checkpoint hash, each image's condition) and OUT/grid.png (one row per condition).
     """
     with user_errors("sample"):
         loaded = load_params(params, PARAMS_SECTIONS)
         overrides = {"n": n, "sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing,
-                     "batch_size": batch_size, "weights": weights, "ema_std": ema_std}
+                     "batch_size": batch_size, "weights": weights, "ema_std": ema_std,
+                     "guidance": guidance,
+                     "condition": {**loaded.sample.condition, "region": region}
+                     if region is not None else None}
         loaded = with_overrides(loaded, "sample", overrides)
         loaded = with_overrides(loaded, "paths", {"samples": str(samples) if samples else None,
                                                   "models": str(models) if models else None})

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from canopy.model.condition import CLASS_KINDS, ConditionKind
 from canopy.model.registry import SCHEDULERS
 from canopy.schema import Auto, StrictModel
 
@@ -38,6 +39,28 @@ class SampleParams(StrictModel):
     channels_last: Auto = "auto"  # as train.channels_last: auto = on for CUDA and CPU
     grid_images: int = Field(64, ge=0, le=1024)  # images in grid.png
     dist_timeout_s: int = Field(120, ge=1, le=86_400)  # under torchrun, as train.dist_timeout_s
+    # A conditioned model (model.condition) only. Classifier-free guidance (Ho & Salimans
+    # 2022): 0 = unconditional, 1 = conditional, > 1 = guided (stronger adherence to the
+    # condition, less diversity; 0 and 1 cost one network call a step, others two).
+    guidance: float = Field(1.0, ge=0.0, le=20.0)
+    # What to ask for, one value per kind the model is conditioned on: region a class name,
+    # a list of them or `each` (image i takes class i mod the classes: an equal share, and the
+    # grid one row per condition); month 1..12, lat and lon in degrees, gsd in metres, tree_cover 0..1.
+    condition: dict[ConditionKind, str | float | list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _condition_values(self) -> SampleParams:
+        for kind, value in self.condition.items():
+            if kind in CLASS_KINDS:
+                if isinstance(value, float) or value == []:
+                    raise ValueError(f"sample.condition.{kind}: give a class name, a list of "
+                                     f"them or each, got {value!r}")
+            elif not isinstance(value, float):
+                raise ValueError(f"sample.condition.{kind}: give a number, got {value!r}")
+        month = self.condition.get("month")
+        if month is not None and not (1 <= month <= 12 and month == int(month)):
+            raise ValueError(f"sample.condition.month: give a month 1..12, got {month!r}")
+        return self
 
     @model_validator(mode="after")
     def _ema_std_fits(self) -> SampleParams:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from canopy import distributed, samples
+from canopy import conditions, distributed, samples
 from canopy.accelerator import (
     pick_channels_last,
     pick_device,
@@ -26,6 +26,7 @@ from canopy.accelerator import (
 )
 from canopy.errors import UserError
 from canopy.fsutil import atomic_dir, check_replaceable, output_lock
+from canopy.model.condition import ordered_kinds
 from canopy.model.registry import make_scheduler
 from canopy.model.scheduler import Scheduler
 from canopy.params import CanopyParams
@@ -50,6 +51,7 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
     # fits them holds for the checkpoint too.
     checkpoint = load_checkpoint(models, settings.weights, settings.ema_std,
                                  check=params_check(params))
+    check_condition(checkpoint, params)
     device = pick_device(settings.device, "sample.device")
     distributed.check_devices(dist, device, "sample.device")
     device = dist.device(device)
@@ -85,10 +87,12 @@ def _sample_all(params: CanopyParams, dist: distributed.Dist, out: Path, net: to
         bar = tqdm(total=len(mine), desc="images", unit="img", disable=not progress)
         for first in range(0, len(mine), settings.batch_size):
             indices = mine[first:first + settings.batch_size]
+            asked, rows = _conditions(checkpoint, settings, indices)
             images = generate(net, sampler, indices, params.seed, checkpoint.image_shape, device,
-                              amp_dtype, progress, channels_last)
-            for index, image in zip(indices, images.numpy()):
-                records.append(samples.write_image(staging, index, image))
+                              amp_dtype, progress, channels_last, rows, settings.guidance)
+            for index, image, condition in zip(indices, images.numpy(), asked):
+                record = samples.write_image(staging, index, image)
+                records.append(replace(record, condition=condition) if condition else record)
             bar.update(len(indices))
         bar.close()
         # Every rank's images are in the folder once every rank has sent its records.
@@ -96,10 +100,39 @@ def _sample_all(params: CanopyParams, dist: distributed.Dist, out: Path, net: to
                          key=lambda record: record.file)
         if dist.is_main:
             if settings.grid_images:
-                samples.write_grid(staging, min(settings.grid_images, settings.n))
+                samples.write_grid(staging, min(settings.grid_images, settings.n),
+                                   [record.condition for record in records])
             _write_manifest(staging, params, checkpoint, sampler, device, amp_dtype,
                             channels_last, records)
     return records
+
+
+def _conditions(checkpoint: Checkpoint, settings, indices: list[int]
+                ) -> tuple[list[dict | None], torch.Tensor | None]:
+    """(each image's requested condition, the condition rows the network takes) for images
+    `indices`: (Nones, None) for an unconditioned model; under guidance 0 the model's own
+    unconditional mode (rows of NaN, no condition recorded)."""
+    condition = checkpoint.condition
+    if not condition:
+        return [None] * len(indices), None
+    if settings.guidance == 0:
+        return [None] * len(indices), torch.full((len(indices), len(condition)), float("nan"))
+    asked = conditions.requested(condition, settings.condition, indices)
+    return asked, torch.from_numpy(conditions.condition_rows(condition, asked))
+
+
+def check_condition(checkpoint: Checkpoint, params: CanopyParams) -> None:
+    """Refuse a condition or guidance the checkpoint cannot honour, before any image."""
+    settings = params.sample
+    condition = checkpoint.condition
+    if not condition:
+        if settings.condition or settings.guidance not in (0.0, 1.0):
+            raise UserError(f"{checkpoint.path} is not conditioned (model.condition was empty "
+                            "when it was trained): remove sample.condition and set "
+                            "sample.guidance to 1, or train with model.condition")
+        return
+    if settings.guidance != 0:
+        conditions.requested(condition, settings.condition, [0])  # names what is wrong
 
 
 @contextlib.contextmanager
@@ -107,11 +140,6 @@ def _locked_staging(out: Path) -> Iterator[Path]:
     with output_lock(out, "canopy sample"), \
             atomic_dir(out, samples.SAMPLES_OUTPUT) as staging:
         yield staging
-
-
-def check_matches_params(checkpoint: Checkpoint, params: CanopyParams) -> None:
-    """Refuse a checkpoint that params.yaml no longer describes (a stale models/)."""
-    check_config_matches_params(checkpoint.config, checkpoint.path, params)
 
 
 def params_check(params: CanopyParams) -> Callable[[dict, Path], None]:
@@ -123,7 +151,10 @@ def check_config_matches_params(config: dict, path: Path, params: CanopyParams) 
     wanted = {"model": params.model.unet_kwargs(), "schedule": params.schedule,
               "timesteps": params.diffusion.timesteps, "objective": params.diffusion.objective,
               "process": params.diffusion.process}
-    found = {"model": config["model"], "schedule": config.get("schedule"),
+    wanted["condition"] = params.model.condition
+    found = {"model": {k: v for k, v in config["model"].items() if k != "condition"},
+             "condition": ordered_kinds(list(config["model"].get("condition") or {})),
+             "schedule": config.get("schedule"),
              "timesteps": config["diffusion"].get("timesteps"),
              "objective": config["diffusion"].get("objective"),
              "process": config["diffusion"].get("process", "vp")}
@@ -152,4 +183,6 @@ def _write_manifest(folder: Path, params: CanopyParams, checkpoint: Checkpoint, 
         precision=precision_name(amp_dtype),
         channels_last=channels_last,
         images=records,
+        guidance=settings.guidance if checkpoint.condition else None,
+        condition=dict(settings.condition) if checkpoint.condition else None,
     ))

@@ -22,17 +22,19 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def write_tiles(root: Path, train: np.ndarray, val: np.ndarray, shard_size: int = 1000,
-                stats: bool = True) -> Path:
+                stats: bool = True, metadata: dict[str, list[dict]] | None = None) -> Path:
     """manifest.json and train/, val/ tar shards of `<key>.png` + `<key>.json` for (N, H, W, 3)
     uint8 arrays; keys are `test_<split>_<index>`. `stats`: the train tiles' channel stats in
-    the manifest, as etl writes them (False: a manifest of before etl measured them)."""
+    the manifest, as etl writes them (False: a manifest of before etl measured them).
+    `metadata`: per split, more keys for each tile's .json (e.g. its region)."""
     root.mkdir(parents=True, exist_ok=True)
     shards = []
     for split, images in (("train", train), ("val", val)):
         writer = tiles.ShardWriter(root, split, shard_size)
+        extra = (metadata or {}).get(split) or [{}] * len(images)
         for i, image in enumerate(images):
             key = f"test_{split}_{i:04d}"
-            writer.add(key, png_bytes(image), {"source": "test", "key": key})
+            writer.add(key, png_bytes(image), {"source": "test", "key": key, **extra[i]})
         shards += writer.close()
     tile_size = int(train.shape[1])
     measured = tiles.ChannelStats()

@@ -37,6 +37,8 @@ class TileIndex:
 
     locations: tuple[tiles.TileLocation, ...]
     tile_size: int
+    # A conditioned model's condition row of each tile (canopy/conditions.py), else None
+    conditions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.locations)
@@ -163,7 +165,10 @@ class BatchStream(torch.utils.data.IterableDataset):
         b = self.start + worker
         while True:
             try:
-                yield {"batch": b, "images": self.batch(b)}
+                item = {"batch": b, "images": self.batch(b)}
+                if self.index.conditions is not None:
+                    item["conditions"] = self.batch_conditions(b)
+                yield item
             except UserError as err:
                 yield {"batch": b, "error": str(err)}
                 return
@@ -205,6 +210,16 @@ class BatchStream(torch.utils.data.IterableDataset):
         for j, (i, k) in enumerate(zip(ids, ks)):
             out[j] = dihedral(tiles.read_tile(self.index.locations[i], size), int(k))
         return torch.from_numpy(out).permute(0, 3, 1, 2)  # a channels_last view, no copy
+
+    def batch_conditions(self, b: int) -> torch.Tensor:
+        """The condition rows of batch b's images (each crop its tile's), float32."""
+        assert self.index.conditions is not None
+        lo, hi = self.part
+        rows = self.index.conditions[self.tile_ids(b)[lo:hi]]
+        if self.crop is not None:
+            d, _ = self.crop.draw(self.seed, b, self.batch_size, self.index.tile_size)
+            rows = np.repeat(rows, d * d, axis=0)
+        return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
 
     def _crops(self, ids: np.ndarray, ks: np.ndarray, offsets: np.ndarray, side: int) -> torch.Tensor:
         """The crops of each tile (after its flip), tile by tile: (len(ids) * d^2, 3, side, side)."""

@@ -7,7 +7,7 @@ step on a GPU machine that has torch but not the rest of Canopy's dependencies.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,6 +36,17 @@ def _adamw(model: torch.nn.Module, lr: float, weight_decay: float, device: torch
     return torch.optim.AdamW(model.parameters(), **kw)
 
 
+def network_config(params: CanopyParams, condition: dict[str, list[str] | None] | None
+                   ) -> dict[str, Any]:
+    """The U-Net's keyword arguments as the export records them: model params, and for a
+    conditioned model its kinds with their classes (absent for an unconditioned one, whose
+    config is as it was before conditions existed)."""
+    kwargs = params.model.unet_kwargs()
+    if condition:
+        kwargs["condition"] = dict(condition)
+    return kwargs
+
+
 class Trainer:
     """Under torchrun (`dist` of several ranks) each rank trains on its slice of every global
     batch through DistributedDataParallel, which averages the gradients: the same update as
@@ -43,7 +54,8 @@ class Trainer:
     gradient clipping use it, with the same keys as one process); `forward` runs the step."""
 
     def __init__(self, params: CanopyParams, runtime: Runtime, dist: Dist = SINGLE,
-                 process_config: dict | None = None) -> None:
+                 process_config: dict | None = None,
+                 condition: dict[str, list[str] | None] | None = None) -> None:
         self.params = params
         self.runtime = runtime
         self.dist = dist
@@ -53,7 +65,11 @@ class Trainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv once
         torch.manual_seed(params.seed)  # the initial weights
-        self.model = build_network(params.model.unet_kwargs()).to(device, memory_format=fmt)
+        # `condition`: a conditioned model's kinds with their classes (train/loop.py reads
+        # them from the tiles; canopy/conditions.py model_condition)
+        self.condition = condition or None
+        self.model = build_network(network_config(params, self.condition)).to(
+            device, memory_format=fmt)
         self.ema = EMA(self.model, tp.ema_decay, tp.ema_warmup_steps, tp.ema_every)
         # Post-hoc EMA profiles (None when train.phema_stds is empty)
         self.phema = PowerFunctionEMA(self.model, tp.phema_stds) if tp.phema_stds else None
@@ -97,18 +113,25 @@ class Trainer:
                 scale = min(scale, max(0.0, left))
         return tp.lr * scale
 
-    def step(self, images: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on a uint8 batch; `step` counts from 0. Returns the loss and the
-        gradient norm before clipping, as tensors (no device sync here)."""
+    def step(self, images: torch.Tensor, step: int, conditions: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a uint8 batch (and, for a conditioned model, its condition
+        rows); `step` counts from 0. Returns the loss and the gradient norm before clipping,
+        as tensors (no device sync here)."""
         rt = self.runtime
         x0 = to_model_input(images, rt.device, rt.channels_last)
         if self.diffusion.data_space is not None:  # standardised data (diffusion.standardize)
             x0 = self.diffusion.data_space.encode(x0)
         t, noise = self._draw_t_and_noise(x0, step)
+        cond = None
+        if self.condition is not None:
+            if conditions is None:
+                raise ValueError("a conditioned model trains on batches with their conditions")
+            cond = self._drop_conditions(conditions, step).to(rt.device)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
         with rt.autocast():
-            loss = self.diffusion.loss(self.forward, x0, t, noise)
+            loss = self.diffusion.loss(self.forward, x0, t, noise, cond)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.params.train.grad_clip)
@@ -119,6 +142,19 @@ class Trainer:
         if self.phema is not None:
             self.phema.update(self.model, step + 1)
         return loss.detach(), grad_norm.detach()
+
+    def _drop_conditions(self, conditions: torch.Tensor, step: int) -> torch.Tensor:
+        """Classifier-free guidance's condition dropout: each image's whole condition becomes
+        NaN ("none") with probability train.condition_dropout. Drawn on the CPU from its own
+        stream for the global batch (every rank the same; a rank keeps its slice), so it
+        changes no other draw."""
+        rate = self.params.train.condition_dropout
+        gen = torch.Generator().manual_seed(
+            torch_seed(self.params.seed, Stream.TRAIN_CONDITION, step))
+        total = conditions.shape[0] * self.dist.world
+        lo, hi = self.dist.shard(total) if self.dist.enabled else (0, total)
+        dropped = (torch.rand(total, generator=gen) < rate)[lo:hi]
+        return torch.where(dropped[:, None], float("nan"), conditions.float())
 
     def _draw_t_and_noise(self, x0: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The timesteps and noise of step `step` for this rank's images. Every rank draws

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from canopy import distributed, phema, tiles, weights
+from canopy import conditions, distributed, phema, tiles, weights
 from canopy.distributed import Dist
 from canopy.errors import UserError
 from canopy.fsutil import output_lock, remove_stale_temp_files
@@ -38,13 +38,14 @@ from canopy.train import checkpoint, live
 from canopy.train.data import (
     BatchStream,
     CropPlan,
+    TileIndex,
     build_index,
     data_hash,
     make_loader,
     read_manifest,
     train_shards,
 )
-from canopy.train.engine import Trainer
+from canopy.train.engine import Trainer, network_config
 from canopy.train.params import LATER_RESUME_TRAIN_KEYS, RESUME_TRAIN_KEYS, steps_shape_training
 from canopy.train.preview import sample_grid
 from canopy.train.runtime import Runtime, resolve_runtime
@@ -65,7 +66,8 @@ def resume_params(params: CanopyParams) -> dict[str, Any]:
         "format": checkpoint.STATE_FORMAT,
         "seed": dumped["seed"],
         "schedule": dumped["schedule"],
-        "model": params.model.unet_kwargs(),  # the weights' own record of the shape
+        "model": params.model.unet_kwargs()  # the weights' own record of the shape
+        | ({"condition": params.model.condition} if params.model.condition else {}),
         "diffusion": params.diffusion.config(),
         "train": {key: _as_before(key, dumped["train"][key]) for key in RESUME_TRAIN_KEYS}
         | {key: dumped["train"][key] for key, before in LATER_RESUME_TRAIN_KEYS.items()
@@ -145,7 +147,10 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
                                  tiles.train_stats(manifest, data_dir))
     except ValueError as err:
         raise UserError(str(err)) from None
-    trainer = Trainer(params, runtime, dist, process)
+    condition = None
+    if params.model.condition:
+        index, condition = _with_conditions(index, params.model.condition, say)
+    trainer = Trainer(params, runtime, dist, process, condition)
     expect = {"resume_params": resume_params(params), "data_hash": data_hash(data_dir, shards, manifest)}
     expect["params_hash"] = sha256_json(expect["resume_params"])
     expect["absent_means"] = {"train": LATER_RESUME_TRAIN_KEYS}
@@ -160,7 +165,7 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
     info = {k: expect[k] for k in ("params_hash", "data_hash", "resume_params")}
     if dist.enabled:  # not in the params hash: another world size may resume this state
         info["world_size"] = dist.world
-    config = _export_config(params, index.tile_size, expect, process)
+    config = _export_config(params, index.tile_size, expect, process, condition)
 
     curves = live.open_live(out / "live", start) if dist.is_main else live.NoLive()
     crop = CropPlan.from_params(tp.crop_fraction, tp.crop_sizes, tp.crop_full_final, tp.steps)
@@ -177,7 +182,7 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
             item = next(batches)
             if "error" in item:
                 raise UserError(item["error"])
-            loss, grad_norm = trainer.step(item["images"], step)
+            loss, grad_norm = trainer.step(item["images"], step, item.get("conditions"))
             step += 1
             meter.add(loss, grad_norm, len(item["images"]) * dist.world)
             bar.update(1)
@@ -302,12 +307,27 @@ def _export_is_current(path: Path, config: dict[str, Any]) -> bool:
     return found == json.loads(json.dumps(config))  # as stored: tuples come back as lists
 
 
+def _with_conditions(index: TileIndex, kinds: list[str], say: Callable[[str], None]
+                     ) -> tuple[TileIndex, dict[str, list[str] | None]]:
+    """The index with each train tile's condition row, and the model's condition (its kinds
+    with their classes), from the tiles' metadata (canopy/conditions.py)."""
+    values = conditions.tiles_values(tiles.read_metadata(index.locations))
+    condition = conditions.model_condition(kinds, values)
+    rows = conditions.condition_rows(condition, values)
+    classes = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in condition.items() if names)
+    absent = {k: n for k, n in conditions.absent_counts(rows, list(condition)).items() if n}
+    say(f"conditioned on {', '.join(condition)}" + (f" ({classes})" if classes else "")
+        + (f"; tiles without a value, trained as unconditioned for it: {absent}" if absent else ""))
+    return replace(index, conditions=rows), condition
+
+
 def _export_config(params: CanopyParams, tile_size: int, expect: dict,
-                   process: dict[str, Any]) -> dict[str, Any]:
+                   process: dict[str, Any], condition: dict | None = None) -> dict[str, Any]:
     """What rebuilds the network and its process (model/process.py build): `process` holds
-    the diffusion section (sigma_data resolved), the schedule and any data stats."""
+    the diffusion section (sigma_data resolved), the schedule and any data stats; the model's
+    keyword arguments hold a conditioned model's condition (kinds and classes)."""
     return {
-        "model": params.model.unet_kwargs(),
+        "model": network_config(params, condition),
         **process,
         "seed": params.seed,
         "tile_size": tile_size,

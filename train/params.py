@@ -75,6 +75,10 @@ class TrainParams(StrictModel):
     # shard's size and tile count, instant) or sha256 (also its hash: reads every shard once,
     # catching a changed byte that keeps the size). Not a resume key: it changes no weight.
     verify_shards: Literal["size", "sha256"] = "size"
+    # Classifier-free guidance (model.condition only): the share of training images whose
+    # condition is dropped, so that one network also learns the unconditional model that
+    # sample.guidance steers away from (Ho & Salimans 2022 use 0.1 to 0.2).
+    condition_dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
     @field_validator("augment", mode="before")
     @classmethod
@@ -139,6 +143,7 @@ LATER_RESUME_TRAIN_KEYS: dict[str, object] = {
     "crop_fraction": 0.0,
     "crop_sizes": [2, 4],
     "crop_full_final": 0.25,
+    "condition_dropout": 0.1,
 }
 
 

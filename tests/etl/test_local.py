@@ -91,3 +91,13 @@ def test_unknown_band_name_lists_the_names(tmp_path):
     path = write_raster(tmp_path / "n.tif", forest_rgb(16, 16), descriptions=["R", "G", "B"])
     with pytest.raises(UserError, match="no band named 'B8'.*band names: R, G, B"):
         scenes([str(path)], bands=["R", "G", "B8"])
+
+
+def test_an_entry_name_is_its_tiles_region(tmp_path):
+    for name in ("p1", "p2"):
+        write_raster(tmp_path / f"{name}.tif", forest_rgb(16, 16))
+    named, plain = scenes([{"files": str(tmp_path / "p*.tif"), "name": "HARV"},
+                           str(tmp_path / "p1.tif")])[:3:2]
+    assert named.region == "HARV" and plain.region is None  # the scene id then
+    with pytest.raises(Exception, match="name"):
+        scenes([{"files": str(tmp_path / "p1.tif"), "name": "bad name!"}])

@@ -420,6 +420,13 @@ def test_etl_command_tiles_sentinelhub_scenes(standin, creds, tmp_path, monkeypa
     with tarfile.open(shard) as tar:
         meta = json.loads(tar.extractfile(tar.getnames()[1]).read())
     assert meta["crs"].startswith("EPSG:326") and len(meta["bounds"]) == 4
+    assert meta["region"] == "berlin"  # the AOI: a class for model.condition
+    from canopy.conditions import tiles_values
+
+    values = tiles_values([meta])[0]
+    resolution = params["etl"]["sentinelhub"]["resolution"]
+    assert values["month"] == 6 and abs(values["gsd"] - resolution) < 1e-6
+    assert abs(values["lat"] - 52.5) < 1.0 and abs(values["lon"] - 13.4) < 1.0
 
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output

@@ -83,3 +83,42 @@ def test_scratch_files_stay_in_the_staging_folder(tmp_path, monkeypatch):
     assert list(system_tmp.iterdir()) == []
     assert not (out / ".work").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
         "out", "system-tmp"]
+
+
+def test_the_default_kind_renders_the_demo_scene_as_before():
+    from canopy.etl.sources.synthetic import KINDS
+
+    rng_a, rng_b = np.random.default_rng([3, 1]), np.random.default_rng([3, 1])
+    np.testing.assert_array_equal(render_forest(rng_a, 64, 64),
+                                  render_forest(rng_b, 64, 64, KINDS["mixed"]))
+
+
+def test_kinds_look_different_in_colour_and_cover():
+    from canopy.etl.sources.synthetic import KINDS
+
+    def rendered(kind):
+        return render_forest(np.random.default_rng(5), 256, 256, KINDS[kind]).astype(float)
+
+    broadleaf, conifer, open_ = rendered("broadleaf"), rendered("conifer"), rendered("open")
+    assert conifer.mean() < broadleaf.mean() - 20  # dark crowns against bright ones
+    assert broadleaf[..., 1].mean() > open_[..., 1].mean() - 20
+    # open woodland: mostly the grassy ground, little variation from crown to crown
+    assert open_.std(axis=(0, 1)).mean() < broadleaf.std(axis=(0, 1)).mean()
+
+
+def test_each_scene_is_one_kind_and_its_tiles_carry_it_as_region(tmp_path):
+    params = make_params(source="synthetic", tile_size=32, stride=32, min_vegetation_fraction=0,
+                         synthetic={"scenes": 3, "width": 64, "height": 64,
+                                    "kinds": ["conifer", "open"]})
+    run_etl(params, tmp_path / "out", progress=False)
+    regions = {}
+    for shard in (tmp_path / "out").rglob("*.tar"):
+        with tarfile.open(shard) as tar:
+            for name in tar.getnames():
+                if name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(name).read())
+                    regions[meta["scene"]] = meta["region"]
+    assert regions == {"synthetic-000": "conifer", "synthetic-001": "open",
+                       "synthetic-002": "conifer"}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [s["kind"] for s in manifest["sources"]] == ["conifer", "open", "conifer"]

@@ -42,13 +42,13 @@ def tiles(tmp_path: Path) -> Path:
 
 
 def tiny_params(tiles: Path, out: Path, diffusion: dict | None = None, sample: dict | None = None,
-                **train: Any) -> CanopyParams:
+                model: dict | None = None, **train: Any) -> CanopyParams:
     """A network of about 20 k parameters on 16 px tiles: CPU steps of a few ms."""
     raw = {
         "seed": 0,
         "schedule": "linear",
         "etl": {"tile_size": 16, "stride": 16},
-        "model": {"dim": 8, "dim_mults": [1, 2]},
+        "model": {"dim": 8, "dim_mults": [1, 2], **(model or {})},
         "diffusion": {"timesteps": 100, **(diffusion or {})},
         **({"sample": sample} if sample else {}),
         "train": {
