@@ -8,6 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
+# The tile sides (px) Canopy handles: etl.tile_size's range, which `canopy sample` also checks
+# an export's tile_size against (without loading etl's schema).
+TILE_SIZE_MIN, TILE_SIZE_MAX = 8, 4096
+
 # A switch whose `auto` the stage resolves for the device it runs on.
 Auto = Literal["auto", "on", "off"]
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from canopy.schema import StrictModel
+from canopy.schema import TILE_SIZE_MAX, TILE_SIZE_MIN, StrictModel
 
 BandRef = int | str  # 1-based band index, or a band name (GDAL description)
 
@@ -216,7 +216,8 @@ class EtlParams(StrictModel):
     # account: etl.stac), sentinelhub (Sentinel-2 L2A, an account), local (rasters on disk:
     # etl.local) or synthetic (drawn scenes for the offline demo, labelled as such).
     source: Literal["sentinelhub", "stac", "local", "synthetic"] = "synthetic"
-    tile_size: int = Field(128, ge=8, le=4096)  # tile side in pixels (the demo: 64)
+    # tile side in pixels (the demo: 64)
+    tile_size: int = Field(128, ge=TILE_SIZE_MIN, le=TILE_SIZE_MAX)
     stride: int = Field(128, ge=1)  # step between tiles: < tile_size overlaps them
     # Share of tiles held out for evaluation, chosen by hashing each tile's key.
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)

@@ -109,6 +109,8 @@ def check_export_config(config: dict[str, Any], path: Path) -> None:
         value = config.get(section)
         if not isinstance(value, dict):
             raise invalid(section, "missing or not a mapping")
+        if section == "model":
+            value = _as_model_params(value)
         try:
             schema.model_validate(value)
         except ValidationError as err:
@@ -126,19 +128,26 @@ def check_export_config(config: dict[str, Any], path: Path) -> None:
 
 
 def _check_tile_size(config: dict[str, Any], invalid: Callable[[str, str], UserError]) -> None:
-    from canopy.etl.params import EtlParams
     from canopy.model.params import ModelParams
+    from canopy.schema import TILE_SIZE_MAX, TILE_SIZE_MIN
 
     tile_size = config.get("tile_size")
-    field = EtlParams.model_fields["tile_size"]
-    low = next(m.ge for m in field.metadata if hasattr(m, "ge"))
-    high = next(m.le for m in field.metadata if hasattr(m, "le"))
-    if type(tile_size) is not int or not low <= tile_size <= high:
-        raise invalid("tile_size", f"{tile_size!r}, expected an integer in {low}..{high}")
-    factor = ModelParams.model_validate(config["model"]).downsample_factor
+    if type(tile_size) is not int or not TILE_SIZE_MIN <= tile_size <= TILE_SIZE_MAX:
+        raise invalid("tile_size", f"{tile_size!r}, expected an integer in "
+                                   f"{TILE_SIZE_MIN}..{TILE_SIZE_MAX}")
+    factor = ModelParams.model_validate(_as_model_params(config["model"])).downsample_factor
     if tile_size % factor:
         raise invalid("tile_size", f"{tile_size} is not a multiple of {factor}, the network's "
                                    "downsampling factor")
+
+
+def _as_model_params(model: dict[str, Any]) -> dict[str, Any]:
+    """The export's `model` as params.yaml spells it: a conditioned export records each kind
+    of model.condition with its class names, params list the kinds."""
+    condition = model.get("condition")
+    if isinstance(condition, dict):
+        return {**model, "condition": list(condition)}
+    return model
 
 
 def _finite_stats(stats: Any) -> bool:

@@ -98,6 +98,6 @@ def test_an_entry_name_is_its_tiles_region(tmp_path):
         write_raster(tmp_path / f"{name}.tif", forest_rgb(16, 16))
     named, plain = scenes([{"files": str(tmp_path / "p*.tif"), "name": "HARV"},
                            str(tmp_path / "p1.tif")])[:3:2]
-    assert named.region == "HARV" and plain.region is None  # the scene id then
+    assert named.region == "HARV" and plain.region == "p1"  # the file stem then
     with pytest.raises(Exception, match="name"):
         scenes([{"files": str(tmp_path / "p1.tif"), "name": "bad name!"}])

@@ -40,7 +40,7 @@ def test_synthetic_tiles_name_their_kind_and_have_no_gsd(tmp_path):
                          synthetic={"scenes": 1, "width": 128, "height": 128})
     run_etl(params, tmp_path / "tiles", progress=False)
     metas = all_metadata(tmp_path / "tiles")
-    assert metas and {m["region"] for m in metas} == {"synthetic-forest"}
+    assert metas and {m["region"] for m in metas} == {"mixed"}  # the scene kind
     assert {m["gsd"] for m in metas} == {None} and all(m["synthetic"] for m in metas)
 
 
