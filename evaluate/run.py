@@ -83,10 +83,68 @@ def _bar(progress: bool, total: int, desc: str) -> Iterator[Callable[[int], None
 def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: Path,
                  progress: bool = False, note: Callable[[str], None] = lambda s: None
                  ) -> EvaluateResult:
-    ev = params.evaluate
-    seed = params.seed
+    """The phases in order, each a function below: read the inputs, search the train tiles
+    (memorisation and the floor's subset), SWD, C2ST, per condition, FID and the Inception
+    metrics, trust; then write details, then metrics."""
+    inputs = _read_inputs(params, samples_dir, tiles_dir, progress)
+    search = _search_train_tiles(params, inputs, progress)
+    metrics: dict[str, float | int] = {}
+    details: dict[str, Any] = {"inputs": _inputs_details(params, inputs),
+                               "counts": _counts_details(params, inputs, search)}
+    details["swd"], resamples = _swd(params, inputs, search, progress, metrics)
+    details["memorisation"] = _memorisation(params, inputs, search, metrics)
+    details["c2st"] = _c2st(params, inputs.samples, inputs.val, search.train_floor,
+                            inputs.used_samples, progress, metrics)
+    asked = _asked_regions(inputs.samples_manifest, inputs.used_samples)
+    if asked is not None:  # conditioned samples only
+        details["conditioned"] = _conditioned(params, inputs.samples, asked, inputs.used_val,
+                                              inputs.val, inputs.train_refs, inputs.tile_size,
+                                              progress, metrics, note)
+    details["fid_kid"], omitted = _fid_kid(params, inputs.weights, inputs.no_weights_why,
+                                           inputs.device, inputs.samples, inputs.val,
+                                           search.train_floor, progress, metrics, resamples)
+    notes = []
+    if omitted:
+        notes.append(f"FID/KID omitted: {omitted}")
+        note(notes[-1])
+    details["trust"] = _trust(params.evaluate.trust_min_images, len(inputs.samples),
+                              len(inputs.val), metrics)
+    if not metrics["trusted"]:
+        notes.append(details["trust"]["why"])
+        note(notes[-1])
 
-    # --- inputs -------------------------------------------------------------------------
+    details_out = details_path(out)
+    # Details first: if the run dies between the two, the metrics file (what DVC reads) is
+    # still the previous, self-consistent one.
+    atomic_write_text(details_out, json.dumps(details, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return EvaluateResult(metrics, details, out, details_out, notes)
+
+
+@dataclass
+class _Inputs:
+    """What evaluate compares, read once: the samples, the val subset, the tile lists."""
+
+    manifest: dict[str, Any]
+    tile_size: int
+    samples_dir: Path
+    tiles_dir: Path
+    sample_paths: list[Path]
+    samples_manifest: dict[str, Any] | None
+    val_refs: list
+    train_refs: list
+    used_samples: list[Path]
+    samples: np.ndarray
+    used_val: list
+    val: np.ndarray
+    weights: Any
+    no_weights_why: str
+    device: str
+
+
+def _read_inputs(params: CanopyParams, samples_dir: Path, tiles_dir: Path,
+                 progress: bool) -> _Inputs:
+    ev, seed = params.evaluate, params.seed
     manifest = tiles.read_manifest(tiles_dir, point_at="--tiles")
     tile_size = manifest["tile_size"]
     if tile_size < ev.swd_patch_size:
@@ -117,16 +175,34 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
     with _bar(progress, len(used_val), "read val tiles") as tick:
         reads = tiles.read_tiles(used_val, tile_size)
         val = images_io.stack(_ticked(reads, tick), len(used_val), tile_size)
+    return _Inputs(manifest, tile_size, samples_dir, tiles_dir, sample_paths, samples_manifest,
+                   val_refs, train_refs, used_samples, samples, used_val, val, weights,
+                   no_weights_why, device)
 
-    # --- memorisation, and the floor's train subset, in one pass over the train tiles ----
-    floor_pick = images_io.seeded_subset(len(train_refs), len(samples),
-                                         numpy_rng(seed, Stream.EVAL_FLOOR_SUBSET))
+
+@dataclass
+class _TrainSearch:
+    """One pass over the train tiles: the floor's subset, and each sample's and val tile's
+    distance to its nearest train tile (memorisation)."""
+
+    train_floor: np.ndarray
+    size: int  # the side the images are compared at
+    sample_dist: np.ndarray
+    val_dist: np.ndarray
+    sample_nearest: np.ndarray  # the index of each sample's nearest train tile
+
+
+def _search_train_tiles(params: CanopyParams, inputs: _Inputs, progress: bool) -> _TrainSearch:
+    ev, tile_size, train_refs = params.evaluate, inputs.tile_size, inputs.train_refs
+    floor_pick = images_io.seeded_subset(len(train_refs), len(inputs.samples),
+                                         numpy_rng(params.seed, Stream.EVAL_FLOOR_SUBSET))
     floor_set = set(floor_pick.tolist())
     train_floor = np.empty((len(floor_pick), tile_size, tile_size, 3), dtype=np.uint8)
     size = min(ev.memorisation_size, tile_size)
     sample_search = mem.NearestNeighbours(
-        mem.query_features(samples, size, ev.memorisation_dihedral))
-    val_search = mem.NearestNeighbours(mem.query_features(val, size, ev.memorisation_dihedral))
+        mem.query_features(inputs.samples, size, ev.memorisation_dihedral))
+    val_search = mem.NearestNeighbours(
+        mem.query_features(inputs.val, size, ev.memorisation_dihedral))
     kept = 0
     with _bar(progress, len(train_refs), "search train tiles") as tick:
         for start in range(0, len(train_refs), _TRAIN_BLOCK):
@@ -140,112 +216,98 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
             sample_search.update(features)
             val_search.update(features)
             tick(len(block))
-    sample_dist, val_dist = sample_search.distances(), val_search.distances()
+    return _TrainSearch(train_floor, size, sample_search.distances(), val_search.distances(),
+                        sample_search.best_index)
 
-    # --- SWD ------------------------------------------------------------------------------
+
+def _swd(params: CanopyParams, inputs: _Inputs, search: _TrainSearch, progress: bool,
+         metrics: dict[str, float | int]) -> tuple[dict[str, Any], Any]:
+    """SWD and its floor into `metrics`; its details, and the bootstrap resamples that FID's
+    intervals share."""
+    ev, samples, val, train_floor = params.evaluate, inputs.samples, inputs.val, search.train_floor
     n_samples, n_real, n_floor = len(samples), len(val), len(train_floor)
-    resamples = bootstrap.draws(numpy_rng(seed, Stream.EVAL_BOOTSTRAP, 0),
+    resamples = bootstrap.draws(numpy_rng(params.seed, Stream.EVAL_BOOTSTRAP, 0),
                                 {"real": n_real, "fake0": n_samples, "fake1": n_floor},
                                 ev.bootstrap_replicates)
     config = swd_mod.SwdConfig(ev.swd_patch_size, ev.swd_patches_per_image, ev.swd_projections,
                                ev.swd_repeats, ev.swd_min_resolution)
-    levels = len(swd_mod.pyramid_resolutions(tile_size, config.min_resolution))
-    total = levels * (len(val) + len(samples) + len(train_floor))
+    levels = len(swd_mod.pyramid_resolutions(inputs.tile_size, config.min_resolution))
+    total = levels * (n_real + n_samples + n_floor)
     with _bar(progress, total, "SWD patches") as tick:
-        swd_result = swd_mod.swd([samples, train_floor], val, config, seed, tick, resamples)
-    swd_samples, swd_floor = swd_result.per_level
-
-    metrics: dict[str, float | int] = {}
+        result = swd_mod.swd([samples, train_floor], val, config, params.seed, tick, resamples)
+    swd_samples, swd_floor = result.per_level
     _record(metrics, "swd", swd_mod.mean_over_levels(swd_samples),
-            swd_mod.mean_over_levels(swd_floor), *swd_result.replicates, ratio=True)
-    metrics.update({
-        "memorised_fraction": sig(mem.memorised_fraction(sample_dist, ev.memorisation_threshold)),
-        "memorised_fraction_floor": sig(mem.memorised_fraction(val_dist,
-                                                               ev.memorisation_threshold)),
-        "n_samples": n_samples,
-        "n_real": n_real,
-        "n_samples_floor": n_floor,
-        "n_real_floor": n_real,
-        "n_train": len(train_refs),
-    })
-    details: dict[str, Any] = {
-        "inputs": {
-            "samples": str(samples_dir),
-            "samples_found": len(sample_paths),
-            "samples_manifest_sha256": _sha_if_file(samples_dir / samples_io.MANIFEST_FILE),
-            "tiles": str(tiles_dir),
-            "tiles_params_hash": manifest.get("params_hash"),
-            "tile_size": tile_size,
-            "val_found": len(val_refs),
-            "train_found": len(train_refs),
-            "seed": seed,
-        },
-        "counts": {
-            "n_samples": f"the first {n_samples} of {len(sample_paths)} sample images "
-                         f"(evaluate.max_samples {ev.max_samples})",
-            "n_real": f"{n_real} of {len(val_refs)} val tiles (seeded subset when over "
-                      f"evaluate.max_real {ev.max_real})",
-            "n_samples_floor": f"{n_floor} train tiles (seeded subset, as many as samples) "
-                               "in the samples' place for the floor",
-            "n_train": f"all {len(train_refs)} train tiles, searched for near-copies",
-        },
-        "swd": {
-            "definition": "sliced Wasserstein distance of 7x7 Laplacian-pyramid patches "
-                          "(Karras et al. 2018), x1e3 per level; swd = mean over levels; "
-                          "normalised by the val set's per-channel statistics",
-            "per_level_x1e3": {str(r): sig(v) for r, v in swd_samples.items()},
-            "interval": f"{ev.bootstrap_replicates} bootstrap resamples of the images, on "
-                        f"{swd_mod.BOOTSTRAP_PATCHES} patches per image and level and "
-                        f"{swd_mod.BOOTSTRAP_DIRECTIONS} directions, shifted to the full "
-                        "estimate",
-            "floor_per_level_x1e3": {str(r): sig(v) for r, v in swd_floor.items()},
-            "n_samples": n_samples, "n_real": n_real, "n_samples_floor": n_floor,
-            "patch_size": config.patch_size,
-            "patches_per_image_per_level": config.patches_per_image,
-            "projections": config.projections * config.repeats,
-            "repeats": config.repeats,
-        },
-        "memorisation": {
-            "definition": f"RMS difference (0..1 of the 0..255 range) of {size}x{size} px "
-                          "box-downscaled images to the nearest train tile"
-                          + (" over the 8 flips/rotations" if ev.memorisation_dihedral else ""),
-            "threshold": ev.memorisation_threshold,
-            "samples_nearest_distance": _quantiles(sample_dist),
-            "val_nearest_distance_floor": _quantiles(val_dist),
-            "near_copies": _near_copies(sample_dist, sample_search.best_index, used_samples,
-                                        train_refs, ev.memorisation_threshold),
-            "n_samples": n_samples, "n_real_floor_queries": n_real, "n_train": len(train_refs),
-        },
+            swd_mod.mean_over_levels(swd_floor), *result.replicates, ratio=True)
+    metrics.update({"n_samples": n_samples, "n_real": n_real, "n_samples_floor": n_floor,
+                    "n_real_floor": n_real, "n_train": len(inputs.train_refs)})
+    details = {
+        "definition": "sliced Wasserstein distance of 7x7 Laplacian-pyramid patches "
+                      "(Karras et al. 2018), x1e3 per level; swd = mean over levels; "
+                      "normalised by the val set's per-channel statistics",
+        "per_level_x1e3": {str(r): sig(v) for r, v in swd_samples.items()},
+        "interval": f"{ev.bootstrap_replicates} bootstrap resamples of the images, on "
+                    f"{swd_mod.BOOTSTRAP_PATCHES} patches per image and level and "
+                    f"{swd_mod.BOOTSTRAP_DIRECTIONS} directions, shifted to the full "
+                    "estimate",
+        "floor_per_level_x1e3": {str(r): sig(v) for r, v in swd_floor.items()},
+        "n_samples": n_samples, "n_real": n_real, "n_samples_floor": n_floor,
+        "patch_size": config.patch_size,
+        "patches_per_image_per_level": config.patches_per_image,
+        "projections": config.projections * config.repeats,
+        "repeats": config.repeats,
+    }
+    return details, resamples
+
+
+def _memorisation(params: CanopyParams, inputs: _Inputs, search: _TrainSearch,
+                  metrics: dict[str, float | int]) -> dict[str, Any]:
+    ev = params.evaluate
+    metrics["memorised_fraction"] = sig(mem.memorised_fraction(search.sample_dist,
+                                                               ev.memorisation_threshold))
+    metrics["memorised_fraction_floor"] = sig(mem.memorised_fraction(search.val_dist,
+                                                                     ev.memorisation_threshold))
+    return {
+        "definition": f"RMS difference (0..1 of the 0..255 range) of {search.size}x{search.size}"
+                      " px box-downscaled images to the nearest train tile"
+                      + (" over the 8 flips/rotations" if ev.memorisation_dihedral else ""),
+        "threshold": ev.memorisation_threshold,
+        "samples_nearest_distance": _quantiles(search.sample_dist),
+        "val_nearest_distance_floor": _quantiles(search.val_dist),
+        "near_copies": _near_copies(search.sample_dist, search.sample_nearest,
+                                    inputs.used_samples, inputs.train_refs,
+                                    ev.memorisation_threshold),
+        "n_samples": len(inputs.samples), "n_real_floor_queries": len(inputs.val),
+        "n_train": len(inputs.train_refs),
     }
 
-    # --- C2ST ------------------------------------------------------------------------------
-    details["c2st"] = _c2st(params, samples, val, train_floor, used_samples, progress, metrics)
 
-    # --- per condition (conditioned samples only) -----------------------------------------
-    asked = _asked_regions(samples_manifest, used_samples)
-    if asked is not None:
-        details["conditioned"] = _conditioned(params, samples, asked, used_val, val, train_refs,
-                                              tile_size, progress, metrics, note)
+def _inputs_details(params: CanopyParams, inputs: _Inputs) -> dict[str, Any]:
+    return {
+        "samples": str(inputs.samples_dir),
+        "samples_found": len(inputs.sample_paths),
+        "samples_manifest_sha256": _sha_if_file(inputs.samples_dir / samples_io.MANIFEST_FILE),
+        "tiles": str(inputs.tiles_dir),
+        "tiles_params_hash": inputs.manifest.get("params_hash"),
+        "tile_size": inputs.tile_size,
+        "val_found": len(inputs.val_refs),
+        "train_found": len(inputs.train_refs),
+        "seed": params.seed,
+    }
 
-    # --- FID and KID ----------------------------------------------------------------------
-    inception_details, omitted = _fid_kid(params, weights, no_weights_why, device, samples,
-                                          val, train_floor, progress, metrics, resamples)
-    details["fid_kid"] = inception_details
-    notes = []
-    if omitted:
-        notes.append(f"FID/KID omitted: {omitted}")
-        note(notes[-1])
-    details["trust"] = _trust(ev.trust_min_images, n_samples, n_real, metrics)
-    if not metrics["trusted"]:
-        notes.append(details["trust"]["why"])
-        note(notes[-1])
 
-    details_out = details_path(out)
-    # Details first: if the run dies between the two, the metrics file (what DVC reads) is
-    # still the previous, self-consistent one.
-    atomic_write_text(details_out, json.dumps(details, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    return EvaluateResult(metrics, details, out, details_out, notes)
+def _counts_details(params: CanopyParams, inputs: _Inputs, search: _TrainSearch
+                    ) -> dict[str, str]:
+    ev = params.evaluate
+    n_samples, n_real, n_floor = len(inputs.samples), len(inputs.val), len(search.train_floor)
+    return {
+        "n_samples": f"the first {n_samples} of {len(inputs.sample_paths)} sample images "
+                     f"(evaluate.max_samples {ev.max_samples})",
+        "n_real": f"{n_real} of {len(inputs.val_refs)} val tiles (seeded subset when over "
+                  f"evaluate.max_real {ev.max_real})",
+        "n_samples_floor": f"{n_floor} train tiles (seeded subset, as many as samples) "
+                           "in the samples' place for the floor",
+        "n_train": f"all {len(inputs.train_refs)} train tiles, searched for near-copies",
+    }
 
 
 def _locate_weights(params: CanopyParams):
