@@ -23,6 +23,7 @@ step (written after the checkpoint by a run that was killed).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from safetensors.torch import load_file
 
 from canopy import weights
 from canopy.errors import UserError
-from canopy.fsutil import atomic_write_bytes
+from canopy.fsutil import atomic_write_bytes, atomic_write_text
 
 SNAPSHOT_FORMAT = "canopy.phema-snapshot/1"
 FOLDER = "phema"
@@ -100,6 +101,22 @@ def check_std(std: float, what: str) -> None:
 
 def snapshot_name(step: int) -> str:
     return f"{PREFIX}{step:08d}.safetensors"
+
+
+# Written in models/phema/ when train.phema_stds is empty: DVC warns of an empty output folder
+# at every run, and the note says why there are no snapshots.
+OFF_NOTE = "NONE.txt"
+
+
+def mark_folder(folder: Path, stds: Sequence[float]) -> None:
+    """Keep the note in `folder` exactly when no profiles are kept (snapshots never start with
+    it, so readers skip it)."""
+    note = folder / OFF_NOTE
+    if stds:
+        note.unlink(missing_ok=True)
+    elif not note.is_file():
+        atomic_write_text(note, "No post-hoc EMA snapshots: train.phema_stds was empty when this "
+                                "model was trained (sample.ema_std needs them).\n")
 
 
 def snapshot_files(folder: Path) -> list[tuple[int, Path]]:

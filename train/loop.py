@@ -265,7 +265,8 @@ def _resume(trainer: Trainer, state_root: Path, expect: dict, max_step: int, dis
             where = (f"; the old state is kept in {kept} (move it back to resume it, or delete "
                      "it; `--fresh` starts over without keeping it)" if kept else "")
             _say_always(f"starting fresh: {resume.reason}{where}")
-        snapshots.mkdir(parents=True, exist_ok=True)  # a DVC output, even when empty
+        snapshots.mkdir(parents=True, exist_ok=True)  # a DVC output, even when off
+        phema.mark_folder(snapshots, trainer.phema.stds if trainer.phema is not None else ())
         # Snapshots past the resumed step were written after the last checkpoint of a killed
         # run (or belong to no state at all when starting fresh).
         phema.drop_after(snapshots, resume.step)

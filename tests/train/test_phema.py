@@ -213,3 +213,17 @@ def test_ema_sweep_scores_each_std_and_names_the_best(tiles, tmp_path):
     assert len({row["swd"] for row in out["swd"]}) == 3  # the stds give other weights
     bad = CliRunner().invoke(app, ["ema", "sweep", "-q", "-p", str(path), "--stds", "0.5"])
     assert bad.exit_code == 2 and "between 0 and" in bad.output
+
+
+def test_without_profiles_the_snapshot_folder_says_so(tmp_path):
+    """DVC warns of an empty output folder at every run: with phema off the folder holds a
+    note instead, which readers skip, and which goes once profiles are kept."""
+    from canopy import phema
+
+    folder = tmp_path / phema.FOLDER
+    folder.mkdir()
+    phema.mark_folder(folder, [])
+    assert [p.name for p in folder.iterdir()] == [phema.OFF_NOTE]
+    assert phema.snapshot_files(folder) == []
+    phema.mark_folder(folder, [0.05, 0.1])
+    assert not any(folder.iterdir())
