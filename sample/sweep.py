@@ -94,6 +94,9 @@ def sweep(params: CanopyParams, stds: list[float], n: int, models: Path, tiles_d
                                    eta=settings.eta, spacing=settings.spacing)
         net = checkpoint.net.to(device, memory_format=layout)
         checkpoint.diffusion.to(device)
+        # As `canopy sample` does: the process's preconditioning around the network (edm),
+        # or the network itself (vp). Without it an edm model's samples were noise.
+        net = checkpoint.diffusion.denoiser(net)
         parts = []
         for first in range(0, n, settings.batch_size):
             indices = list(range(first, min(n, first + settings.batch_size)))

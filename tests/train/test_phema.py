@@ -227,3 +227,35 @@ def test_without_profiles_the_snapshot_folder_says_so(tmp_path):
     assert phema.snapshot_files(folder) == []
     phema.mark_folder(folder, [0.05, 0.1])
     assert not any(folder.iterdir())
+
+
+def test_the_sweep_samples_an_edm_model_as_canopy_sample_does(tiles, tmp_path, monkeypatch):
+    """The sweep's export row is scored on the images `canopy sample` writes: under edm the
+    preconditioning wraps the network (without it the sweep scored noise)."""
+    import numpy as np
+    from PIL import Image
+
+    from canopy.params import parse_params
+    from canopy.sample import sweep as sweep_module
+    from canopy.sample.run import run_sample
+
+    models = tmp_path / "models"
+    edm = {"process": "edm", "objective": "v", "timestep_sampling": "lognormal"}
+    params = tiny_params(tiles, models, diffusion=edm, sample={"spacing": "karras"}, steps=4,
+                         phema_stds=[0.05, 0.1], phema_every=2)
+    train(params, quiet=True)
+    raw = params.model_dump(mode="json")
+    raw["sample"] = {"n": 4, "batch_size": 4, "steps": 3, "spacing": "karras",
+                     "device": "cpu", "precision": "fp32", "grid_images": 0}
+    raw["evaluate"] = {"swd_min_resolution": 8, "swd_patches_per_image": 8,
+                       "swd_projections": 8, "swd_repeats": 1}
+    chosen = parse_params(raw)
+    drawn = []
+    real_generate = sweep_module.generate
+    monkeypatch.setattr(sweep_module, "generate",
+                        lambda *a, **k: drawn.append(real_generate(*a, **k)) or drawn[-1])
+    sweep_module.sweep(chosen, [0.05], 4, models, tiles)
+    run_sample(chosen, tmp_path / "samples", models, progress=False)
+    written = np.stack([np.asarray(Image.open(tmp_path / "samples" / f"{i:06d}.png"))
+                        for i in range(4)])
+    assert np.array_equal(drawn[0].numpy(), written)
