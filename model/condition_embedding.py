@@ -52,6 +52,12 @@ class ConditionEmbedding(nn.Module):
                 if not names:
                     raise ValueError(f"condition {kind!r} needs its class names")
                 self.classes[kind] = nn.Embedding(len(names) + 1, width)  # last row: absent
+                # "absent" starts as no offset, as the continuous kinds' does: the unconditional
+                # model then starts as the plain network rather than under a random shift that
+                # only the few dropped images can train away (guidance 0 came closer to an
+                # unconditioned model's SWD: docs/benchmarks.md "Conditioned generation")
+                with torch.no_grad():
+                    self.classes[kind].weight[-1].zero_()
             else:
                 self.register_buffer(f"freq_{kind}", _frequencies(kind), persistent=False)
                 self.fourier[kind] = nn.Linear(2 * FOURIER_FREQUENCIES, width)

@@ -32,6 +32,19 @@ def test_an_unconditioned_network_is_built_as_before():
     assert list(Unet(**SHAPE, condition={}).state_dict()) == list(plain)
 
 
+def test_a_new_conditioned_network_without_a_condition_is_the_plain_network():
+    """Every kind's "absent" embedding starts at zero, so the unconditional model (guidance 0)
+    starts as the unconditioned network does, not under a random offset."""
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10.0, 500.0])
+    torch.manual_seed(0)
+    plain = Unet(**SHAPE).eval()
+    torch.manual_seed(0)
+    conditioned = Unet(**SHAPE, condition=CONDITION).eval()
+    with torch.no_grad():
+        assert torch.equal(conditioned(x, t), plain(x, t))
+        assert not torch.equal(conditioned(x, t, torch.tensor([[0.0, NAN, NAN]])), plain(x, t))
+
+
 def test_the_condition_changes_the_output_and_nan_means_none():
     torch.manual_seed(0)
     net = Unet(**SHAPE, condition=CONDITION).eval()
