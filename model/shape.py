@@ -15,6 +15,7 @@ def validate_config(
     norm: str = "group",
     norm_groups: int = 1,
     kernel_size: int = 7,
+    mlp_kernel_size: int = 3,
 ) -> None:
     """Raise ValueError, naming the setting, for a shape the network cannot be built with."""
     init_dim = init_dim or dim
@@ -25,6 +26,8 @@ def validate_config(
         raise ValueError(
             f"kernel_size must be odd and positive (a centred kernel), got {kernel_size}"
         )
+    if mlp_kernel_size not in (1, 3):
+        raise ValueError(f"mlp_kernel_size must be 1 or 3, got {mlp_kernel_size}")
     if norm not in ("group", "layer"):
         raise ValueError(f"norm must be 'group' or 'layer', got {norm!r}")
     if norm == "group":

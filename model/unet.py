@@ -133,22 +133,25 @@ def make_norm(kind: str, groups: int, channels: int) -> nn.Module:
 
 
 class ConvNextBlock(nn.Module):
-    """x -> dwconv kxk (+ time MLP) -> norm -> conv3x3 (out*mult) -> GELU -> norm -> conv3x3 (out),
-    plus a 1x1 residual conv when the width changes. k = 7 in the ConvNeXt paper."""
+    """x -> dwconv kxk (+ time MLP) -> norm -> conv mxm (out*mult) -> GELU -> norm -> conv mxm (out),
+    plus a 1x1 residual conv when the width changes. k = 7 in the ConvNeXt paper; m = 3 in the
+    annotated diffusion model, 1 in the ConvNeXt paper (a per-pixel MLP: the depthwise conv
+    alone mixes neighbouring pixels)."""
 
     def __init__(
         self, dim: int, dim_out: int, time_dim: int, mult: int, norm: str, groups: int,
-        kernel_size: int = 7,
+        kernel_size: int = 7, mlp_kernel_size: int = 3,
     ) -> None:
         super().__init__()
         self.time_mlp = nn.Sequential(nn.GELU(), nn.Linear(time_dim, dim))
         self.ds_conv = DepthwiseConv2d(dim, kernel_size)
+        pad = mlp_kernel_size // 2
         self.net = nn.Sequential(
             make_norm(norm, groups, dim),
-            nn.Conv2d(dim, dim_out * mult, 3, padding=1),
+            nn.Conv2d(dim, dim_out * mult, mlp_kernel_size, padding=pad),
             nn.GELU(),
             make_norm(norm, groups, dim_out * mult),
-            nn.Conv2d(dim_out * mult, dim_out, 3, padding=1),
+            nn.Conv2d(dim_out * mult, dim_out, mlp_kernel_size, padding=pad),
         )
         self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
 
@@ -188,15 +191,17 @@ class Unet(nn.Module):
         norm: str = "group",
         norm_groups: int = 1,
         kernel_size: int = 7,
+        mlp_kernel_size: int = 3,
         condition: Mapping[str, Sequence[str] | None] | None = None,
     ) -> None:
         super().__init__()
         validate_config(dim, init_dim, dim_mults, channels, convnext_mult, norm, norm_groups,
-                        kernel_size)
+                        kernel_size, mlp_kernel_size)
         init_dim = init_dim or dim
         self.channels = channels
         self.downsample_factor = 2 ** (len(dim_mults) - 1)
-        block = _block_factory(convnext_mult, norm, norm_groups, 4 * dim, kernel_size)
+        block = _block_factory(convnext_mult, norm, norm_groups, 4 * dim, kernel_size,
+                               mlp_kernel_size)
 
         self.init_conv = nn.Conv2d(channels, init_dim, 7, padding=3)
         self.time_mlp = nn.Sequential(
@@ -284,9 +289,11 @@ class Unet(nn.Module):
             )
 
 
-def _block_factory(mult: int, norm: str, groups: int, time_dim: int, kernel_size: int):
+def _block_factory(mult: int, norm: str, groups: int, time_dim: int, kernel_size: int,
+                   mlp_kernel_size: int):
     def block(d_in: int, d_out: int) -> ConvNextBlock:
-        return ConvNextBlock(d_in, d_out, time_dim, mult, norm, groups, kernel_size)
+        return ConvNextBlock(d_in, d_out, time_dim, mult, norm, groups, kernel_size,
+                             mlp_kernel_size)
 
     return block
 

@@ -15,6 +15,7 @@ from canopy.model.unet import Unet, count_parameters
         ({"dim": 8, "dim_mults": (1, 2), "norm_groups": 4}, 16),
         ({"dim": 8, "dim_mults": (1, 2), "channels": 1}, 16),
         ({"dim": 8, "dim_mults": (1, 2), "kernel_size": 3}, 16),
+        ({"dim": 8, "dim_mults": (1, 2), "mlp_kernel_size": 1}, 16),
     ],
 )
 def test_output_keeps_the_input_shape(kwargs, size):
@@ -41,6 +42,17 @@ def test_kernel_size_sets_every_depthwise_conv():
     assert count_parameters(Unet(dim=8, kernel_size=3)) < count_parameters(Unet(dim=8))
 
 
+def test_mlp_kernel_size_sets_every_dense_conv_inside_the_blocks():
+    def dense_kernels(net):
+        return {conv.kernel_size for m in net.modules() if hasattr(m, "ds_conv")
+                for conv in (m.net[1], m.net[4])}
+
+    assert dense_kernels(Unet(dim=8, dim_mults=(1, 2))) == {(3, 3)}
+    pointwise = Unet(dim=8, dim_mults=(1, 2), mlp_kernel_size=1)
+    assert dense_kernels(pointwise) == {(1, 1)}
+    assert count_parameters(pointwise) < count_parameters(Unet(dim=8, dim_mults=(1, 2))) / 2
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -49,6 +61,7 @@ def test_kernel_size_sets_every_depthwise_conv():
         ({"dim": 8, "dim_mults": ()}, "dim_mults must be positive"),
         ({"dim": 8, "norm": "batch"}, "norm must be 'group' or 'layer'"),
         ({"dim": 8, "kernel_size": 4}, "kernel_size must be odd"),
+        ({"dim": 8, "mlp_kernel_size": 5}, "mlp_kernel_size must be 1 or 3"),
     ],
 )
 def test_bad_shapes_are_rejected_clearly(kwargs, message):

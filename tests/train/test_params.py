@@ -14,6 +14,7 @@ from canopy.params import parse_params
         ({"diffusion": {"objective": "x0"}}, "diffusion.objective: Input should be 'eps' or 'v'"),
         ({"train": {"precision": "fp8"}}, "train.precision"),
         ({"model": {"kernel_size": 4}}, "model.kernel_size: Input should be 3, 5, 7 or 9"),
+        ({"model": {"mlp_kernel_size": 5}}, "model.mlp_kernel_size: Input should be 1 or 3"),
         ({"train": {"num_workers": -1}}, "num_workers must be 'auto' or 0..64"),
         ({"train": {"ema_decay": 1.0}}, "train.ema_decay"),
         ({"train": {"bach_size": 8}}, "train.bach_size: unknown key; did you mean 'batch_size'?"),
@@ -40,3 +41,6 @@ def test_kernel_size_is_recorded_only_away_from_its_default():
     # matching (sample's shape check, the resume hash), and any other size must be recorded.
     assert "kernel_size" not in parse_params({"model": {"kernel_size": 7}}).model.unet_kwargs()
     assert parse_params({"model": {"kernel_size": 3}}).model.unet_kwargs()["kernel_size"] == 3
+    assert "mlp_kernel_size" not in parse_params({}).model.unet_kwargs()
+    assert parse_params({"model": {"mlp_kernel_size": 1}}).model.unet_kwargs()[
+        "mlp_kernel_size"] == 1
