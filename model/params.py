@@ -31,7 +31,8 @@ class ModelParams(StrictModel):
     kernel_size: Literal[3, 5, 7, 9] = 7
     # The two dense convs inside each ConvNeXt block: 3 (3x3, the annotated diffusion model's)
     # or 1 (the ConvNeXt paper's per-pixel MLP; the depthwise conv still mixes neighbours).
-    # 1 has a quarter of the parameters and trains 1.6-1.8x faster per image on a CPU.
+    # 1 has a quarter of the parameters and trains 1.6-1.8x faster per image on a CPU; on the
+    # demo, 1.8x the steps in the same time did not beat 3x3 (docs/benchmarks.md).
     mlp_kernel_size: Literal[1, 3] = 3
     # What the model is conditioned on (docs/conditioning.md), from each tile's
     # metadata: region (a class: the AOI, local entry or synthetic kind), month (cyclic),
