@@ -101,6 +101,11 @@ class DiffusionParams(StrictModel):
     sigma_data: float | Literal["auto"] = "auto"
     sigma_min: float = Field(0.002, gt=0.0, le=10.0)  # edm: the lowest noise level sampled
     sigma_max: float = Field(80.0, gt=0.0, le=10_000.0)  # edm: the highest, where sampling starts
+    # edm: how the noise levels' losses are weighted. fixed: EDM's lambda(sigma) alone;
+    # learned: EDM2's uncertainty weighting, a tiny network u(sigma) trained beside the U-Net,
+    # each image's loss L / exp(u) + u, so every noise level weighs about the same
+    # (model/uncertainty.py). Training only: exports and sampling are unchanged.
+    loss_weighting: Literal["fixed", "learned"] = "fixed"
 
     @field_validator("sigma_data")
     @classmethod
@@ -118,6 +123,8 @@ class DiffusionParams(StrictModel):
             if self.timestep_sampling != "lognormal" or self.loss != "l2" or self.min_snr_gamma:
                 raise ValueError("process edm trains with timestep_sampling lognormal, loss l2 and "
                                  "no min_snr_gamma (its own loss weighting)")
+        elif self.loss_weighting != "fixed":
+            raise ValueError("loss_weighting learned needs process edm")
         return self
 
     def config(self) -> dict[str, Any]:
@@ -133,4 +140,5 @@ class DiffusionParams(StrictModel):
 
 # The diffusion keys newer than the first exports: absent from their configs, where the
 # defaults hold (canopy/weights.py fills them on read).
-ADDED_KEYS = ("process", "standardize", "sigma_data", "sigma_min", "sigma_max")
+ADDED_KEYS = ("process", "standardize", "sigma_data", "sigma_min", "sigma_max",
+              "loss_weighting")

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canopy.model.diffusion import GaussianDiffusion, make_betas
+from canopy.model.uncertainty import weighted
 
 PROCESSES = ("vp", "edm")
 # c_noise = EDM_NOISE_SCALE * ln(sigma) / 4: EDM's c_noise in the range of timesteps that the
@@ -177,15 +178,20 @@ class EDMProcess(nn.Module):
         return (self.lognormal_mean + self.lognormal_std * z).exp()
 
     def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-             cond: torch.Tensor | None = None) -> torch.Tensor:
+             cond: torch.Tensor | None = None, uncertainty: nn.Module | None = None
+             ) -> torch.Tensor:
         """EDMLoss: lambda(sigma) ||D(x_0 + sigma n) - x_0||^2 with lambda = 1 / c_out^2,
         computed as ||F - (x_0 - c_skip x) / c_out||^2 (the same, better conditioned); the
-        mean over pixels, then over the batch."""
+        mean over pixels, then over the batch. With `uncertainty` (model/uncertainty.py,
+        diffusion.loss_weighting: learned) each image's loss is L / exp(u) + u."""
         c_skip, c_out, c_in, c_noise = (c.reshape(-1, 1, 1, 1) for c in self.coefficients(t))
         x = x0 + t.reshape(-1, 1, 1, 1).to(x0.dtype) * noise
         prediction = call_network(model, (c_in * x).to(x0.dtype), c_noise.reshape(-1), cond).float()
         target = (x0.float() - c_skip * x.float()) / c_out
-        return F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3)).mean()
+        per_image = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
+        if uncertainty is not None:
+            per_image = weighted(per_image, uncertainty(c_noise.reshape(-1)))
+        return per_image.mean()
 
     # --- what the samplers share with the discrete process ---------------------------------
     def predict_x0_eps(self, x_t: torch.Tensor, t: float, model_output: torch.Tensor
@@ -238,7 +244,7 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
     "timesteps": 1000, "objective": "eps", "loss": "l2", "min_snr_gamma": None,
     "timestep_sampling": "uniform", "lognormal_mean": -1.2, "lognormal_std": 1.2,
     "process": "vp", "standardize": False, "sigma_data": "auto", "sigma_min": 0.002,
-    "sigma_max": 80.0,
+    "sigma_max": 80.0, "loss_weighting": "fixed",
 }
 
 

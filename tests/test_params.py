@@ -190,6 +190,9 @@ def test_an_unknown_augment_names_the_choices():
     ({"diffusion": {"procss": "edm"}}, "diffusion.procss: unknown key; did you mean 'process'?"),
     ({"diffusion": {"sigma_data": 0}}, "sigma_data must be 'auto' or in (0, 100]"),
     ({"diffusion": {"process": "flow"}}, "diffusion.process: Input should be 'vp' or 'edm'"),
+    ({"diffusion": {"loss_weighting": "learned"}}, "loss_weighting learned needs process edm"),
+    ({"diffusion": {"loss_weighting": "adaptive"}},
+     "diffusion.loss_weighting: Input should be 'fixed' or 'learned'"),
 ])
 def test_process_settings_that_do_not_fit_are_refused(raw, expected):
     assert expected in error_of(raw)

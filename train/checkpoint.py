@@ -143,11 +143,13 @@ class OptimizerState:
 
 
 def parts_of(model: torch.nn.Module, ema: Any, optimizer: torch.optim.Optimizer,
-             phema: Any = None) -> dict[str, Any]:
+             phema: Any = None, uncertainty: torch.nn.Module | None = None) -> dict[str, Any]:
     """The named parts of a training state, in the order they are written."""
     parts: dict[str, Any] = {"model": model, "ema": ema, "optimizer": OptimizerState(optimizer)}
     if phema is not None:
         parts["phema"] = phema
+    if uncertainty is not None:
+        parts["uncertainty"] = uncertainty
     return parts
 
 

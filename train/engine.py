@@ -14,6 +14,7 @@ import torch
 from canopy.distributed import SINGLE, Dist
 from canopy.model.process import DIFFUSION_DEFAULTS, build_network, build_process
 from canopy.model.process import process_config as make_process_config
+from canopy.model.uncertainty import NoiseLevelUncertainty
 from canopy.seeding import Stream, torch_seed
 from canopy.train.data import to_model_input
 from canopy.train.ema import EMA, PowerFunctionEMA
@@ -23,17 +24,19 @@ if TYPE_CHECKING:
     from canopy.params import CanopyParams
 
 
-def _adamw(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,
-           beta2: float = 0.999):
+def _adamw(modules: list[torch.nn.Module], lr: float, weight_decay: float,
+           device: torch.device, beta2: float = 0.999):
     """Fused AdamW (one kernel for all parameters, not a loop) where this torch has it: CUDA,
-    and CPU from torch 2.4; the foreach version elsewhere."""
+    and CPU from torch 2.4; the foreach version elsewhere. The parameters of `modules` in
+    order (the network's first, so its parameter indices in the saved state never move)."""
     kw = {"lr": lr, "weight_decay": weight_decay, "betas": (0.9, beta2)}
+    params = [p for module in modules for p in module.parameters()]
     if device.type in ("cuda", "cpu"):
         try:
-            return torch.optim.AdamW(model.parameters(), fused=True, **kw)
+            return torch.optim.AdamW(params, fused=True, **kw)
         except RuntimeError:
             pass
-    return torch.optim.AdamW(model.parameters(), **kw)
+    return torch.optim.AdamW(params, **kw)
 
 
 def network_config(params: CanopyParams, condition: dict[str, list[str] | None] | None
@@ -80,7 +83,12 @@ class Trainer:
                  if hasattr(params.diffusion, key)}
             process_config = make_process_config(d, params.schedule, None)
         self.diffusion = build_process(process_config).to(device)
-        self.optimizer = _adamw(self.model, tp.lr, tp.weight_decay, device, tp.adam_beta2)
+        # EDM2's learned loss weight per noise level (diffusion.loss_weighting: learned): a
+        # training device only, optimised with the network and saved in the training state.
+        self.uncertainty = (NoiseLevelUncertainty().to(device)
+                            if params.diffusion.loss_weighting == "learned" else None)
+        trained = [self.model] + ([self.uncertainty] if self.uncertainty is not None else [])
+        self.optimizer = _adamw(trained, tp.lr, tp.weight_decay, device, tp.adam_beta2)
         self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.grad_scaler)
         self.forward = self._forward_module()
 
@@ -131,8 +139,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
         with rt.autocast():
-            loss = self.diffusion.loss(self.forward, x0, t, noise, cond)
+            if self.uncertainty is None:
+                loss = self.diffusion.loss(self.forward, x0, t, noise, cond)
+            else:
+                loss = self.diffusion.loss(self.forward, x0, t, noise, cond, self.uncertainty)
         self.scaler.scale(loss).backward()
+        if self.uncertainty is not None and self.dist.enabled:
+            self._average_uncertainty_gradients()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.params.train.grad_clip)
         self.scaler.step(self.optimizer)
@@ -142,6 +155,15 @@ class Trainer:
         if self.phema is not None:
             self.phema.update(self.model, step + 1)
         return loss.detach(), grad_norm.detach()
+
+    def _average_uncertainty_gradients(self) -> None:
+        """u(sigma) lives outside DistributedDataParallel (it is not part of the network), so
+        its gradients are averaged over the ranks here, as DDP does the network's."""
+        import torch.distributed as td
+
+        for p in self.uncertainty.parameters():
+            td.all_reduce(p.grad, op=td.ReduceOp.SUM)
+            p.grad.div_(self.dist.world)
 
     def _drop_conditions(self, conditions: torch.Tensor, step: int) -> torch.Tensor:
         """Classifier-free guidance's condition dropout: each image's whole condition becomes

@@ -246,7 +246,8 @@ def _resume(trainer: Trainer, state_root: Path, expect: dict, max_step: int, dis
     """Load the newest state if it fits (checkpoint.try_resume). Under torchrun rank 0
     decides (and alone deletes or moves aside); then the other ranks load the same folder,
     and all check that they did."""
-    parts = checkpoint.parts_of(trainer.model, trainer.ema, trainer.optimizer, trainer.phema)
+    parts = checkpoint.parts_of(trainer.model, trainer.ema, trainer.optimizer, trainer.phema,
+                                trainer.uncertainty)
     args = (parts, trainer.scaler, max_step)
     resume = checkpoint.Resume(0, "")
     snapshots = state_root.parent / phema.FOLDER
@@ -289,7 +290,8 @@ def _resume(trainer: Trainer, state_root: Path, expect: dict, max_step: int, dis
 
 
 def _save(trainer: Trainer, state_root: Path, out: Path, step: int, info: dict, config: dict) -> None:
-    parts = checkpoint.parts_of(trainer.model, trainer.ema, trainer.optimizer, trainer.phema)
+    parts = checkpoint.parts_of(trainer.model, trainer.ema, trainer.optimizer, trainer.phema,
+                                trainer.uncertainty)
     checkpoint.save_state(state_root, step, parts, trainer.scaler, info)
     checkpoint.export_ema(out / "ema.safetensors", trainer.ema.model, config | {"step": step})
 

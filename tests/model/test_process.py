@@ -184,3 +184,34 @@ def test_an_old_config_builds_todays_discrete_process():
     assert not process.continuous and process.data_space is None
     assert process.timesteps == 50 and process.objective == "v"
     assert process.lognormal_mean == -0.5
+
+
+def test_learned_weighting_starts_as_the_fixed_loss_and_learns_the_log_loss_per_level():
+    from canopy.model.uncertainty import NoiseLevelUncertainty, weighted
+
+    u = NoiseLevelUncertainty()
+    c_noise = torch.linspace(-1.5, 1.0, 64)
+    assert torch.equal(u(c_noise), torch.zeros(64))  # L / e^0 + 0 = L: today's loss at step 0
+    # A loss that depends on the noise level (small at both ends, as EDM's does): minimising
+    # L / e^u + u over u alone must reach u = ln L at every level.
+    per_level = 0.02 + 0.5 * torch.exp(-4 * c_noise**2)
+    opt = torch.optim.Adam(u.parameters(), lr=0.02)
+    for _ in range(1500):
+        opt.zero_grad()
+        weighted(per_level, u(c_noise)).mean().backward()
+        opt.step()
+    assert torch.allclose(u(c_noise), per_level.log(), atol=0.1)
+
+
+def test_the_edm_loss_with_a_zero_uncertainty_equals_the_fixed_loss():
+    from canopy.model.uncertainty import NoiseLevelUncertainty
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 3, 3, padding=1)
+    process = EDMProcess(sigma_data=1.0)
+    x0, noise = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    sigma = torch.tensor([0.01, 0.3, 2.0, 40.0])
+    network = lambda x, t: net(x)  # noqa: E731 - the process calls net(x, c_noise)
+    fixed = process.loss(network, x0, sigma, noise)
+    assert torch.equal(process.loss(network, x0, sigma, noise, uncertainty=NoiseLevelUncertainty()),
+                       fixed)

@@ -286,7 +286,8 @@ def test_verify_sha256_stops_train_on_a_changed_byte_the_size_checks_miss(tiles,
 EDM = {"process": "edm", "standardize": True, "timestep_sampling": "lognormal"}
 
 
-@pytest.mark.parametrize("diffusion", [{"standardize": True}, EDM], ids=["vp-std", "edm-std"])
+@pytest.mark.parametrize("diffusion", [{"standardize": True}, EDM, {**EDM, "loss_weighting": "learned"}],
+                         ids=["vp-std", "edm-std", "edm-learned-weighting"])
 def test_resume_is_exact_for_the_new_processes(tiles, tmp_path, diffusion):
     straight = tiny_params(tiles, tmp_path / "straight", diffusion, {"spacing": "karras"}
                            if "process" in diffusion else None, steps=6, checkpoint_every=3)
@@ -297,6 +298,25 @@ def test_resume_is_exact_for_the_new_processes(tiles, tmp_path, diffusion):
           quiet=True)
     assert train(resumed, quiet=True).start == 3
     _assert_same_state(_state(tmp_path / "straight"), _state(tmp_path / "resumed"))
+    if diffusion.get("loss_weighting") == "learned":  # u(sigma) is saved by name and resumed
+        folders = [checkpoint.state_dirs(tmp_path / run / "state")[0] for run in ("straight", "resumed")]
+        a, b = (load_file(folder / "uncertainty.safetensors") for folder in folders)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert a["linear.weight"].abs().sum() > 0  # it trained
+
+
+def test_learned_weighting_changes_training_not_the_export_format(tiles, tmp_path):
+    fixed = tmp_path / "fixed"
+    learned = tmp_path / "learned"
+    train(tiny_params(tiles, fixed, EDM, {"spacing": "karras"}, steps=3), quiet=True)
+    train(tiny_params(tiles, learned, {**EDM, "loss_weighting": "learned"}, {"spacing": "karras"},
+                      steps=3), quiet=True)
+    a, config_a = read_export(fixed / EXPORT_FILE)
+    b, config_b = read_export(learned / EXPORT_FILE)
+    assert a.keys() == b.keys()  # u(sigma) is not in the export
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # but it changed the training
+    assert "loss_weighting" not in config_a["diffusion"]
+    assert config_b["diffusion"]["loss_weighting"] == "learned"
 
 
 def test_standardised_export_carries_the_stats_and_process(tiles, tmp_path):
