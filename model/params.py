@@ -86,8 +86,12 @@ class DiffusionParams(StrictModel):
     min_snr_gamma: float | None = Field(None, gt=0.0)  # min-SNR weighting, e.g. 5.0; null = off
     # Which timesteps training draws: uniform (DDPM), or lognormal (EDM: ln sigma ~ N(mean, std))
     timestep_sampling: Literal["uniform", "lognormal"] = "uniform"
-    lognormal_mean: float = Field(-1.2, ge=-10.0, le=10.0)  # EDM's P_mean (the demo: -0.5)
-    lognormal_std: float = Field(1.2, gt=0.0, le=10.0)  # EDM's P_std (the demo: 1.6)
+    lognormal_mean: float | list[float] = -1.2  # EDM's P_mean, in [-10, 10] (the demo: -0.5)
+    lognormal_std: float | list[float] = 1.2  # EDM's P_std, in (0, 10] (the demo: 1.6)
+    # edm: lists in lognormal_mean and lognormal_std draw ln sigma from a mixture of normals,
+    # one per entry, in these proportions (null: equal); e.g. mean [-0.5, 2.5], std [1.6, 1.0],
+    # weights [0.7, 0.3] adds the high noise levels where a tile's overall kind is decided.
+    lognormal_weights: list[float] | None = None
     # The noise process (model/process.py): vp, the discrete process above (timesteps,
     # schedule, objective); edm, EDM's continuous one with its preconditioning, trained on
     # ln sigma ~ N(lognormal_mean, lognormal_std^2) drawn continuously, sampled at karras
@@ -113,6 +117,40 @@ class DiffusionParams(StrictModel):
         if value != "auto" and not 0 < value <= 100:
             raise ValueError(f"sigma_data must be 'auto' or in (0, 100], got {value}")
         return value
+
+    @field_validator("lognormal_mean", "lognormal_std")
+    @classmethod
+    def _lognormal_ranges(cls, value: float | list[float], info) -> float | list[float]:
+        entries = value if isinstance(value, list) else [value]
+        if not entries:
+            raise ValueError("needs at least one entry")
+        if len(entries) == 1:
+            value = entries[0]  # a one-entry list is the plain lognormal
+        if info.field_name == "lognormal_mean" and not all(-10 <= v <= 10 for v in entries):
+            raise ValueError(f"must be in [-10, 10], got {value}")
+        if info.field_name == "lognormal_std" and not all(0 < v <= 10 for v in entries):
+            raise ValueError(f"must be in (0, 10], got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _mixture_fits(self) -> DiffusionParams:
+        means, stds = self.lognormal_mean, self.lognormal_std
+        mixture = isinstance(means, list) or isinstance(stds, list)
+        if not mixture:
+            if self.lognormal_weights is not None:
+                raise ValueError("lognormal_weights needs lists in lognormal_mean and lognormal_std")
+            return self
+        if self.process != "edm":
+            raise ValueError("a mixture of noise levels (lists in lognormal_mean, lognormal_std) "
+                             "needs process edm")
+        if not (isinstance(means, list) and isinstance(stds, list) and len(means) == len(stds)):
+            raise ValueError(f"lognormal_mean and lognormal_std need the same number of entries, "
+                             f"got {means} and {stds}")
+        weights = self.lognormal_weights
+        if weights is not None and (len(weights) != len(means) or not all(w > 0 for w in weights)):
+            raise ValueError(f"lognormal_weights needs one positive weight per entry of "
+                             f"lognormal_mean ({len(means)}), got {weights}")
+        return self
 
     @model_validator(mode="after")
     def _process_fits(self) -> DiffusionParams:
@@ -141,4 +179,4 @@ class DiffusionParams(StrictModel):
 # The diffusion keys newer than the first exports: absent from their configs, where the
 # defaults hold (canopy/weights.py fills them on read).
 ADDED_KEYS = ("process", "standardize", "sigma_data", "sigma_min", "sigma_max",
-              "loss_weighting")
+              "loss_weighting", "lognormal_weights")

@@ -113,19 +113,19 @@ class EDMProcess(nn.Module):
     def __init__(
         self,
         sigma_data: float = 0.5,
-        lognormal_mean: float = -1.2,
-        lognormal_std: float = 1.2,
+        lognormal_mean: float | Sequence[float] = -1.2,
+        lognormal_std: float | Sequence[float] = 1.2,
         sigma_min: float = 0.002,
         sigma_max: float = 80.0,
         data_space: DataSpace | None = None,
+        lognormal_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive, got {sigma_data}")
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        if lognormal_std <= 0:
-            raise ValueError(f"lognormal_std must be positive, got {lognormal_std}")
+        self.noise_levels = LogNormalMixture(lognormal_mean, lognormal_std, lognormal_weights)
         self.sigma_data = float(sigma_data)
         self.lognormal_mean = lognormal_mean
         self.lognormal_std = lognormal_std
@@ -173,9 +173,9 @@ class EDMProcess(nn.Module):
     def sample_timesteps(
         self, batch: int, generator: torch.Generator | None = None, device=None
     ) -> torch.Tensor:
-        """One noise level per image: ln(sigma) ~ N(P_mean, P_std^2), continuous (float32)."""
-        z = torch.randn(batch, generator=generator, device=device)
-        return (self.lognormal_mean + self.lognormal_std * z).exp()
+        """One noise level per image: ln(sigma) ~ N(P_mean, P_std^2), or a mixture of such
+        (LogNormalMixture), continuous (float32)."""
+        return self.noise_levels.draw_log_sigma(batch, generator, device).exp()
 
     def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
              cond: torch.Tensor | None = None, uncertainty: nn.Module | None = None
@@ -206,6 +206,49 @@ class EDMProcess(nn.Module):
 
     def to_image(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.data_space is None else self.data_space.decode(x)
+
+
+class LogNormalMixture:
+    """The noise levels training draws: ln(sigma) ~ N(mean, std^2) (EDM's P_mean, P_std), or,
+    with lists, a mixture of such normals with `weights` (equal where not given).
+
+    A 64 px tile's overall content (forest, meadow, water: its mean colour over 4,096 pixels)
+    is still readable through noise of sigma ~ 64 x its between-tile spread, so a tile's kind is
+    decided at noise levels a single lognormal centred near sigma_data rarely draws; a second
+    component there trains them without taking draws from the low levels that finish the
+    texture. The scalar form draws exactly as before (the same generator calls)."""
+
+    def __init__(self, mean: float | Sequence[float], std: float | Sequence[float],
+                 weights: Sequence[float] | None = None) -> None:
+        means = [float(m) for m in (mean if isinstance(mean, Sequence) else [mean])]
+        stds = [float(v) for v in (std if isinstance(std, Sequence) else [std])]
+        if len(means) != len(stds) or not means:
+            raise ValueError(f"lognormal_mean and lognormal_std need the same number of entries, "
+                             f"got {len(means)} and {len(stds)}")
+        if any(v <= 0 for v in stds):
+            raise ValueError(f"lognormal_std must be positive, got {std}")
+        weights = [1.0] * len(means) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(means) or any(w <= 0 for w in weights):
+            raise ValueError(f"lognormal_weights needs one positive weight per component, got "
+                             f"{weights}")
+        total = sum(weights)
+        self.means, self.stds = means, stds
+        self.mixture = isinstance(mean, Sequence)
+        # upper edges of each component's share of [0, 1)
+        self.edges = [sum(weights[: i + 1]) / total for i in range(len(weights) - 1)]
+
+    def draw_log_sigma(self, batch: int, generator: torch.Generator | None = None,
+                       device=None) -> torch.Tensor:
+        z = torch.randn(batch, generator=generator, device=device)
+        if not self.mixture:
+            return self.means[0] + self.stds[0] * z
+        # which component each image draws from: a uniform against the cumulative weights
+        # (searchsorted runs on any device, with the caller's generator)
+        u = torch.rand(batch, generator=generator, device=device)
+        component = torch.searchsorted(torch.tensor(self.edges, device=u.device), u, right=True)
+        means = torch.tensor(self.means, device=u.device)[component]
+        stds = torch.tensor(self.stds, device=u.device)[component]
+        return means + stds * z
 
 
 class EDMDenoiser(nn.Module):
@@ -244,7 +287,7 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
     "timesteps": 1000, "objective": "eps", "loss": "l2", "min_snr_gamma": None,
     "timestep_sampling": "uniform", "lognormal_mean": -1.2, "lognormal_std": 1.2,
     "process": "vp", "standardize": False, "sigma_data": "auto", "sigma_min": 0.002,
-    "sigma_max": 80.0, "loss_weighting": "fixed",
+    "sigma_max": 80.0, "loss_weighting": "fixed", "lognormal_weights": None,
 }
 
 
@@ -282,7 +325,7 @@ def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
     if process == "edm":
         sigma_data = resolve_sigma_data(d["sigma_data"], d["standardize"], config.get("data_stats"))
         return EDMProcess(sigma_data, d["lognormal_mean"], d["lognormal_std"],
-                          d["sigma_min"], d["sigma_max"], data_space)
+                          d["sigma_min"], d["sigma_max"], data_space, d["lognormal_weights"])
     raise ValueError(f"unknown process {process!r}: use one of {', '.join(PROCESSES)}")
 
 

@@ -215,3 +215,31 @@ def test_the_edm_loss_with_a_zero_uncertainty_equals_the_fixed_loss():
     fixed = process.loss(network, x0, sigma, noise)
     assert torch.equal(process.loss(network, x0, sigma, noise, uncertainty=NoiseLevelUncertainty()),
                        fixed)
+
+
+def test_a_plain_lognormal_draws_exactly_as_before():
+    process = EDMProcess(sigma_data=1.0, lognormal_mean=-0.5, lognormal_std=1.6)
+    gen_a, gen_b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    drawn = process.sample_timesteps(1000, generator=gen_a)
+    assert torch.equal(drawn, (-0.5 + 1.6 * torch.randn(1000, generator=gen_b)).exp())
+
+
+def test_a_mixture_of_noise_levels_draws_each_component_in_its_share():
+    process = EDMProcess(sigma_data=1.0, lognormal_mean=[-0.5, 3.0], lognormal_std=[0.3, 0.3],
+                         lognormal_weights=[0.7, 0.3])
+    log_sigma = process.sample_timesteps(20_000, generator=torch.Generator().manual_seed(0)).log()
+    high = log_sigma > 1.25  # halfway: the components are 12 stds apart
+    assert abs(high.float().mean().item() - 0.3) < 0.015
+    assert abs(log_sigma[high].mean().item() - 3.0) < 0.02
+    assert abs(log_sigma[~high].std().item() - 0.3) < 0.01
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"lognormal_mean": [0.0, 1.0], "lognormal_std": [1.0]}, "same number of entries"),
+    ({"lognormal_mean": [0.0, 1.0], "lognormal_std": [1.0, 1.0], "lognormal_weights": [1.0]},
+     "one positive weight per component"),
+    ({"lognormal_mean": [0.0, 1.0], "lognormal_std": [1.0, -1.0]}, "must be positive"),
+])
+def test_a_bad_mixture_is_refused(kw, message):
+    with pytest.raises(ValueError, match=message):
+        EDMProcess(sigma_data=1.0, **kw)
