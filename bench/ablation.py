@@ -42,11 +42,24 @@ def set_key(params: dict, dotted: str, value: str) -> None:
 def parse_variant(text: str) -> tuple[str, list[tuple[str, str]]]:
     name, _, rest = text.partition("=")
     overrides = []
-    if rest:
-        for item in rest.split(","):
-            key, _, value = item.partition("=")
-            overrides.append((key, value))
+    for item in _top_level_items(rest):
+        key, _, value = item.partition("=")
+        overrides.append((key, value))
     return name, overrides
+
+
+def _top_level_items(text: str) -> list[str]:
+    """`text` split at the commas outside brackets, so that a value may be a YAML list:
+    `diffusion.lognormal_mean=[-0.5,2.5],train.lr=0.002`."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    if text:
+        items.append(text[start:])
+    return items
 
 
 def run(cmd: list[str], log: Path) -> None:
