@@ -110,10 +110,6 @@ class DiffusionParams(StrictModel):
     # each image's loss L / exp(u) + u, so every noise level weighs about the same
     # (model/uncertainty.py). Training only: exports and sampling are unchanged.
     loss_weighting: Literal["fixed", "learned"] = "fixed"
-    # edm: the loss also at the error average-pooled 2x, 4x, ... (simple diffusion's
-    # multiscale loss): 1 = full resolution only; 4 adds 1/2, 1/4 and 1/8 of it. Weighs a
-    # tile's layout and overall colour, which decide its kind at high noise. Training only.
-    loss_scales: int = Field(1, ge=1, le=8)
 
     @field_validator("sigma_data")
     @classmethod
@@ -167,8 +163,6 @@ class DiffusionParams(StrictModel):
                                  "no min_snr_gamma (its own loss weighting)")
         elif self.loss_weighting != "fixed":
             raise ValueError("loss_weighting learned needs process edm")
-        elif self.loss_scales != 1:
-            raise ValueError("loss_scales above 1 needs process edm")
         return self
 
     def config(self) -> dict[str, Any]:
@@ -185,4 +179,4 @@ class DiffusionParams(StrictModel):
 # The diffusion keys newer than the first exports: absent from their configs, where the
 # defaults hold (canopy/weights.py fills them on read).
 ADDED_KEYS = ("process", "standardize", "sigma_data", "sigma_min", "sigma_max",
-              "loss_weighting", "lognormal_weights", "loss_scales")
+              "loss_weighting", "lognormal_weights")

@@ -119,17 +119,13 @@ class EDMProcess(nn.Module):
         sigma_max: float = 80.0,
         data_space: DataSpace | None = None,
         lognormal_weights: Sequence[float] | None = None,
-        loss_scales: int = 1,
     ) -> None:
         super().__init__()
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive, got {sigma_data}")
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        if loss_scales < 1:
-            raise ValueError(f"loss_scales must be >= 1, got {loss_scales}")
         self.noise_levels = LogNormalMixture(lognormal_mean, lognormal_std, lognormal_weights)
-        self.loss_scales = loss_scales
         self.sigma_data = float(sigma_data)
         self.lognormal_mean = lognormal_mean
         self.lognormal_std = lognormal_std
@@ -192,7 +188,7 @@ class EDMProcess(nn.Module):
         x = x0 + t.reshape(-1, 1, 1, 1).to(x0.dtype) * noise
         prediction = call_network(model, (c_in * x).to(x0.dtype), c_noise.reshape(-1), cond).float()
         target = (x0.float() - c_skip * x.float()) / c_out
-        per_image = multiscale_squared_error(prediction - target, self.loss_scales)
+        per_image = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
         if uncertainty is not None:
             per_image = weighted(per_image, uncertainty(c_noise.reshape(-1)))
         return per_image.mean()
@@ -210,22 +206,6 @@ class EDMProcess(nn.Module):
 
     def to_image(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.data_space is None else self.data_space.decode(x)
-
-
-def multiscale_squared_error(error: torch.Tensor, scales: int) -> torch.Tensor:
-    """The mean squared error per image at full resolution, plus (scales > 1) the same of
-    the error average-pooled 2x, 4x, ... (simple diffusion's multiscale loss, Hoogeboom et al.
-    2023, sec. 3.3). The pooling is linear, so pooling the error is pooling the prediction
-    and the target alike. At high noise most of the full-resolution error is texture that
-    cannot be predicted; the pooled terms weigh what can (a tile's layout and overall
-    colour) as much, so the network learns it from the same images."""
-    total = error.square().mean(dim=(1, 2, 3))
-    for _ in range(scales - 1):
-        if min(error.shape[-2:]) < 2:
-            break
-        error = F.avg_pool2d(error, 2)
-        total = total + error.square().mean(dim=(1, 2, 3))
-    return total
 
 
 class LogNormalMixture:
@@ -308,7 +288,6 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
     "timestep_sampling": "uniform", "lognormal_mean": -1.2, "lognormal_std": 1.2,
     "process": "vp", "standardize": False, "sigma_data": "auto", "sigma_min": 0.002,
     "sigma_max": 80.0, "loss_weighting": "fixed", "lognormal_weights": None,
-    "loss_scales": 1,
 }
 
 
@@ -346,8 +325,7 @@ def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
     if process == "edm":
         sigma_data = resolve_sigma_data(d["sigma_data"], d["standardize"], config.get("data_stats"))
         return EDMProcess(sigma_data, d["lognormal_mean"], d["lognormal_std"],
-                          d["sigma_min"], d["sigma_max"], data_space, d["lognormal_weights"],
-                          int(d["loss_scales"]))
+                          d["sigma_min"], d["sigma_max"], data_space, d["lognormal_weights"])
     raise ValueError(f"unknown process {process!r}: use one of {', '.join(PROCESSES)}")
 
 

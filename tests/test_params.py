@@ -191,8 +191,6 @@ def test_an_unknown_augment_names_the_choices():
     ({"diffusion": {"sigma_data": 0}}, "sigma_data must be 'auto' or in (0, 100]"),
     ({"diffusion": {"process": "flow"}}, "diffusion.process: Input should be 'vp' or 'edm'"),
     ({"diffusion": {"loss_weighting": "learned"}}, "loss_weighting learned needs process edm"),
-    ({"diffusion": {"loss_scales": 3}}, "loss_scales above 1 needs process edm"),
-    ({"diffusion": {"loss_scales": 0}}, "diffusion.loss_scales: Input should be greater than or equal to 1"),
     ({"diffusion": {"lognormal_mean": [-0.5, 2.5], "lognormal_std": [1.6, 1.0]}},
      "a mixture of noise levels (lists in lognormal_mean, lognormal_std) needs process edm"),
     ({"diffusion": {"process": "edm", "timestep_sampling": "lognormal", "lognormal_mean": [0, 2]},

@@ -243,18 +243,3 @@ def test_a_mixture_of_noise_levels_draws_each_component_in_its_share():
 def test_a_bad_mixture_is_refused(kw, message):
     with pytest.raises(ValueError, match=message):
         EDMProcess(sigma_data=1.0, **kw)
-
-
-def test_the_multiscale_loss_adds_the_pooled_errors_and_is_the_plain_one_at_one_scale():
-    from canopy.model.process import multiscale_squared_error
-
-    error = torch.randn(2, 3, 8, 8)
-    plain = error.square().mean(dim=(1, 2, 3))
-    assert torch.equal(multiscale_squared_error(error, 1), plain)
-    pooled = [torch.nn.functional.avg_pool2d(error, k).square().mean(dim=(1, 2, 3)) for k in (2, 4)]
-    assert torch.allclose(multiscale_squared_error(error, 3), plain + pooled[0] + pooled[1])
-    # an error constant over the tile (a wrong overall colour) counts once per scale
-    flat = torch.ones(1, 3, 8, 8)
-    assert torch.allclose(multiscale_squared_error(flat, 4), torch.tensor([4.0]))
-    # the pooling stops at one pixel
-    assert torch.allclose(multiscale_squared_error(flat, 8), torch.tensor([4.0]))
