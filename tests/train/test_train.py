@@ -286,8 +286,12 @@ def test_verify_sha256_stops_train_on_a_changed_byte_the_size_checks_miss(tiles,
 EDM = {"process": "edm", "standardize": True, "timestep_sampling": "lognormal"}
 
 
-@pytest.mark.parametrize("diffusion", [{"standardize": True}, EDM, {**EDM, "loss_weighting": "learned"}],
-                         ids=["vp-std", "edm-std", "edm-learned-weighting"])
+MIXTURE = {"lognormal_mean": [-0.5, 2.5], "lognormal_std": [1.6, 1.0], "lognormal_weights": [0.7, 0.3]}
+
+
+@pytest.mark.parametrize("diffusion", [{"standardize": True}, EDM, {**EDM, "loss_weighting": "learned"},
+                                       {**EDM, **MIXTURE}],
+                         ids=["vp-std", "edm-std", "edm-learned-weighting", "edm-mixture"])
 def test_resume_is_exact_for_the_new_processes(tiles, tmp_path, diffusion):
     straight = tiny_params(tiles, tmp_path / "straight", diffusion, {"spacing": "karras"}
                            if "process" in diffusion else None, steps=6, checkpoint_every=3)
