@@ -24,9 +24,7 @@ class ModelParams(StrictModel):
     convnext_mult: int = Field(2, ge=1, le=8)  # widening inside each ConvNeXt block
     # group: GroupNorm(norm_groups, C); norm_groups 1 (the reference) normalises over C, H, W.
     # layer: LayerNorm over the channels of each pixel (the ConvNeXt paper's norm).
-    # pixel: each pixel's channels divided by their root mean square, no mean taken out
-    # (EDM2's pixel norm, with a gain and bias): a tile's overall colour passes through.
-    norm: Literal["group", "layer", "pixel"] = "group"
+    norm: Literal["group", "layer"] = "group"
     norm_groups: int = Field(1, ge=1, le=64)  # groups of norm group; divides every width
     # Side of each ConvNeXt block's depthwise conv: 7 in the paper. 3 and 5 train faster on CPUs,
     # where the fp32 depthwise 7x7 weight gradient is slow, but cost the demo its layout.

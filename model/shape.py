@@ -28,8 +28,8 @@ def validate_config(
         )
     if mlp_kernel_size not in (1, 3):
         raise ValueError(f"mlp_kernel_size must be 1 or 3, got {mlp_kernel_size}")
-    if norm not in ("group", "layer", "pixel"):
-        raise ValueError(f"norm must be 'group', 'layer' or 'pixel', got {norm!r}")
+    if norm not in ("group", "layer"):
+        raise ValueError(f"norm must be 'group' or 'layer', got {norm!r}")
     if norm == "group":
         for width in sorted(_normed_widths(dim, init_dim, dim_mults, convnext_mult)):
             if width % norm_groups:

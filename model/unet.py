@@ -117,27 +117,9 @@ class ChannelLayerNorm(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-class ChannelRMSNorm(nn.Module):
-    """Each pixel's channels divided by their root mean square, then a gain and a bias: EDM2's
-    pixel norm (Karras et al. 2024). Unlike GroupNorm over C, H and W, it takes no mean out,
-    so what is constant over a tile (its overall colour, which at high noise is most of what
-    can be told about it) reaches the block's convs."""
-
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = torch.rsqrt(x.float().square().mean(dim=1, keepdim=True) + self.eps)
-        y = x * scale.to(x.dtype)
-        return y * self.weight.view(1, -1, 1, 1).to(x.dtype) + self.bias.view(1, -1, 1, 1).to(x.dtype)
-
-
 def make_norm(kind: str, groups: int, channels: int) -> nn.Module:
     """`group`: GroupNorm(groups, C) (groups=1, the reference, normalises over C, H and W);
-    `layer`: LayerNorm over C at each pixel; `pixel`: C scaled to unit RMS at each pixel."""
+    `layer`: LayerNorm over C at each pixel."""
     if kind == "group":
         if channels % groups:
             raise ValueError(
@@ -147,9 +129,7 @@ def make_norm(kind: str, groups: int, channels: int) -> nn.Module:
         return nn.GroupNorm(groups, channels)
     if kind == "layer":
         return ChannelLayerNorm(channels)
-    if kind == "pixel":
-        return ChannelRMSNorm(channels)
-    raise ValueError(f"unknown norm {kind!r}: use 'group', 'layer' or 'pixel'")
+    raise ValueError(f"unknown norm {kind!r}: use 'group' or 'layer'")
 
 
 class ConvNextBlock(nn.Module):

@@ -12,7 +12,6 @@ from canopy.model.unet import Unet, count_parameters
         ({"dim": 6, "init_dim": 5, "dim_mults": (1, 1, 2)}, 8),
         ({"dim": 8, "dim_mults": (2,), "convnext_mult": 1}, 12),
         ({"dim": 8, "dim_mults": (1, 2), "norm": "layer"}, 16),
-        ({"dim": 8, "dim_mults": (1, 2), "norm": "pixel"}, 16),
         ({"dim": 8, "dim_mults": (1, 2), "norm_groups": 4}, 16),
         ({"dim": 8, "dim_mults": (1, 2), "channels": 1}, 16),
         ({"dim": 8, "dim_mults": (1, 2), "kernel_size": 3}, 16),
@@ -34,24 +33,6 @@ def test_norm_choice_is_real():
     assert any(type(m).__name__ == "ChannelLayerNorm" for m in layer.modules())
     groups = {m.num_groups for m in group.modules() if isinstance(m, torch.nn.GroupNorm)}
     assert groups == {4}
-    pixel = Unet(dim=8, dim_mults=(1, 2), norm="pixel")
-    assert any(type(m).__name__ == "ChannelRMSNorm" for m in pixel.modules())
-    assert not any(isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)) for m in pixel.modules())
-
-
-def test_the_pixel_norm_keeps_what_is_constant_over_the_tile():
-    from canopy.model.unet import ChannelRMSNorm, make_norm
-
-    norm = ChannelRMSNorm(4)
-    x = torch.randn(2, 4, 8, 8) * 3 + torch.tensor([1.0, -2.0, 0.5, 4.0]).view(1, 4, 1, 1)
-    y = norm(x)
-    assert torch.allclose(y.square().mean(dim=1), torch.ones(2, 8, 8), atol=1e-4)  # unit RMS
-    assert torch.allclose(y, x / x.square().mean(dim=1, keepdim=True).sqrt(), atol=1e-5)
-    # GroupNorm(1, C) takes each image's mean out: two tiles that differ by a constant colour
-    # offset come out the same; the pixel norm tells them apart.
-    shifted = x + 5.0
-    assert torch.allclose(make_norm("group", 1, 4)(shifted), make_norm("group", 1, 4)(x), atol=1e-4)
-    assert not torch.allclose(norm(shifted), norm(x), atol=1e-2)
 
 
 def test_kernel_size_sets_every_depthwise_conv():
@@ -78,7 +59,7 @@ def test_mlp_kernel_size_sets_every_dense_conv_inside_the_blocks():
         ({"dim": 7}, "dim must be an even number"),
         ({"dim": 8, "norm_groups": 3}, "norm_groups=3 does not divide"),
         ({"dim": 8, "dim_mults": ()}, "dim_mults must be positive"),
-        ({"dim": 8, "norm": "batch"}, "norm must be 'group', 'layer' or 'pixel'"),
+        ({"dim": 8, "norm": "batch"}, "norm must be 'group' or 'layer'"),
         ({"dim": 8, "kernel_size": 4}, "kernel_size must be odd"),
         ({"dim": 8, "mlp_kernel_size": 5}, "mlp_kernel_size must be 1 or 3"),
     ],

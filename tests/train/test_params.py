@@ -10,7 +10,7 @@ from canopy.params import parse_params
         ({"train": {"lr": -1e-4}}, "train.lr: Input should be greater than 0"),
         ({"model": {"dim": 63}}, "dim must be an even number"),
         ({"model": {"dim": 64, "norm_groups": 3}}, "norm_groups=3 does not divide"),
-        ({"model": {"norm": "batch"}}, "model.norm: Input should be 'group', 'layer' or 'pixel'"),
+        ({"model": {"norm": "batch"}}, "model.norm: Input should be 'group' or 'layer'"),
         ({"diffusion": {"objective": "x0"}}, "diffusion.objective: Input should be 'eps' or 'v'"),
         ({"train": {"precision": "fp8"}}, "train.precision"),
         ({"model": {"kernel_size": 4}}, "model.kernel_size: Input should be 3, 5, 7 or 9"),
