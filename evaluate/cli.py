@@ -36,7 +36,9 @@ def evaluate(
     Reads the `evaluate` section of params.yaml (and `seed`). Writes flat scalar metrics to
     METRICS/evaluate.json: swd, fid, kid, and on the same Inception features (only with local
     weights) c2st_features_accuracy, precision and recall; c2st_accuracy (a pixel classifier's
-    held-out accuracy, 0.5 = indistinguishable), memorised_fraction, the counts n_samples and
+    held-out accuracy, 0.5 = indistinguishable), tile_spread (how much the samples differ from
+    each other in overall colour, over the val tiles' spread: 1 = as varied), memorised_fraction,
+    the counts n_samples and
     n_real, each again with a _floor suffix for train tiles against the same val tiles, and
     95% bootstrap intervals (_lo, _hi). Read a metric against its floor; `trusted` is 0 (and a
     line says so) when too few images were compared.
@@ -70,6 +72,8 @@ def evaluate(
             parts.append(f"kid {m['kid']:.4g} (floor {m['kid_floor']:.4g})")
         if "c2st_accuracy" in m:
             parts.append(f"c2st {m['c2st_accuracy']:.3f} (floor {m['c2st_accuracy_floor']:.3f})")
+        if "tile_spread" in m:
+            parts.append(f"tile spread {m['tile_spread']:.3g} (floor {m['tile_spread_floor']:.3g})")
         parts.append(f"memorised {m['memorised_fraction']:.1%} "
                      f"(floor {m['memorised_fraction_floor']:.1%})")
         print(f"evaluate: {', '.join(parts)}; {m['n_samples']} samples vs {m['n_real']} val "

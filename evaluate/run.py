@@ -43,6 +43,7 @@ from canopy.evaluate import bootstrap
 from canopy.evaluate import images as images_io
 from canopy.evaluate import memorisation as mem
 from canopy.evaluate import swd as swd_mod
+from canopy.evaluate import spread as spread_mod
 from canopy.fsutil import atomic_write_text, details_path
 from canopy.hashing import sha256_file
 from canopy.params import CanopyParams
@@ -93,6 +94,7 @@ def run_evaluate(params: CanopyParams, samples_dir: Path, tiles_dir: Path, out: 
                                "counts": _counts_details(params, inputs, search)}
     details["swd"], resamples = _swd(params, inputs, search, progress, metrics)
     details["memorisation"] = _memorisation(params, inputs, search, metrics)
+    details["tile_spread"] = _tile_spread(inputs, search, resamples, metrics)
     details["c2st"] = _c2st(params, inputs.samples, inputs.val, search.train_floor,
                             inputs.used_samples, progress, metrics)
     asked = _asked_regions(inputs.samples_manifest, inputs.used_samples)
@@ -278,6 +280,29 @@ def _memorisation(params: CanopyParams, inputs: _Inputs, search: _TrainSearch,
                                     ev.memorisation_threshold),
         "n_samples": len(inputs.samples), "n_real_floor_queries": len(inputs.val),
         "n_train": len(inputs.train_refs),
+    }
+
+
+def _tile_spread(inputs: _Inputs, search: _TrainSearch, resamples: list,
+                 metrics: dict[str, float | int]) -> dict[str, Any]:
+    """The samples' tile spread over the val tiles' (evaluate/spread.py), and the floor's (the
+    train tiles'), with intervals from the same paired resamples as SWD."""
+    if min(len(inputs.samples), len(inputs.val), len(search.train_floor)) < 2:
+        return {"omitted": "a spread needs at least 2 images in each set"}
+    samples, val, floor = (spread_mod.mean_colours(images) for images in
+                           (inputs.samples, inputs.val, search.train_floor))
+    value, value_floor = spread_mod.spread_ratio(samples, val), spread_mod.spread_ratio(floor, val)
+    reps = np.array([spread_mod.spread_ratio(samples[pick["fake0"]], val[pick["real"]])
+                     for pick in resamples])
+    reps_floor = np.array([spread_mod.spread_ratio(floor[pick["fake1"]], val[pick["real"]])
+                           for pick in resamples])
+    _record(metrics, "tile_spread", value, value_floor, reps, reps_floor)
+    return {
+        "definition": "standard deviation over the images of each image's mean colour (per "
+                      "channel, 0..1, averaged over channels), over the val tiles' own; 1 = as "
+                      "varied as the real tiles",
+        "samples": sig(spread_mod.spread(samples)), "val": sig(spread_mod.spread(val)),
+        "train_floor": sig(spread_mod.spread(floor)),
     }
 
 

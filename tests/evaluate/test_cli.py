@@ -15,7 +15,7 @@ from canopy.cli import app
 from canopy.evaluate import inception
 from tests.evaluate.synthetic import degrade, forest_images, write_samples, write_tiles
 
-METRIC_KEYS = {"swd", "memorised_fraction", "n_samples", "n_real"}
+METRIC_KEYS = {"swd", "memorised_fraction", "tile_spread", "n_samples", "n_real"}
 FLOOR_KEYS = {f"{key}_floor" for key in METRIC_KEYS}
 FAST = {"swd_patches_per_image": 32, "swd_projections": 32, "swd_repeats": 2, "c2st_steps": 10, "bootstrap_replicates": 20, "trust_min_images": 2,
         "memorisation_size": 8}
@@ -104,6 +104,7 @@ def test_a_single_sample_and_val_tile_still_give_honest_numbers(tmp_path):
     metrics = read_metrics(tmp_path)
     assert (metrics["n_samples"], metrics["n_real"], metrics["n_samples_floor"]) == (1, 1, 1)
     assert "fid" not in metrics  # a covariance needs 2 images: left out, never made up
+    assert "tile_spread" not in metrics  # so does a spread
     assert result.stderr.startswith("evaluate: FID/KID omitted: ")
 
 
@@ -234,7 +235,8 @@ def test_too_few_images_give_one_line_and_are_marked_in_the_metrics(workspace):
 def test_every_metric_and_its_floor_has_a_seeded_interval(workspace):
     assert invoke(workspace).exit_code == 0
     metrics = read_metrics(workspace)
-    for name in ("swd", "swd_floor", "swd_ratio", "c2st_accuracy", "c2st_accuracy_floor"):
+    for name in ("swd", "swd_floor", "swd_ratio", "c2st_accuracy", "c2st_accuracy_floor",
+                 "tile_spread", "tile_spread_floor"):
         low, high = metrics[f"{name}_lo"], metrics[f"{name}_hi"]
         assert low <= metrics[name] <= high and low < high, name
     assert invoke(workspace).exit_code == 0
@@ -275,3 +277,20 @@ def test_the_feature_metrics_are_computed_once_and_written_with_floors_and_inter
     assert "c2st on features" in result.stdout and "precision" in result.stdout
     details = read_metrics(workspace, "metrics/evaluate_details.json")
     assert details["fid_kid"]["precision_recall"]["k"] == 3  # the Inception section
+
+
+def test_tile_spread_tells_samples_that_are_all_alike_from_varied_ones(tmp_path):
+    train = forest_images(20, 32, seed=31)
+    val = forest_images(9, 32, seed=32)
+    write_tiles(tmp_path / "tiles", train, val)
+    # every sample the same tile, shifted a pixel at a time: patches vary, tiles do not
+    alike = np.stack([np.roll(train[0], k, axis=1) for k in range(10)])
+    write_samples(tmp_path / "samples", alike)
+    assert invoke(tmp_path).exit_code == 0
+    metrics = read_metrics(tmp_path)
+    assert metrics["tile_spread"] < 0.05
+    assert 0.5 < metrics["tile_spread_floor"] < 2.0  # train tiles vary as the val tiles do
+    varied = forest_images(10, 32, seed=33)
+    write_samples(tmp_path / "samples", varied)
+    assert invoke(tmp_path).exit_code == 0
+    assert 0.5 < read_metrics(tmp_path)["tile_spread"] < 2.0
