@@ -85,8 +85,9 @@ class Trainer:
         self.diffusion = build_process(process_config).to(device)
         # EDM2's learned loss weight per noise level (diffusion.loss_weighting: learned): a
         # training device only, optimised with the network and saved in the training state.
-        self.uncertainty = (NoiseLevelUncertainty().to(device)
-                            if params.diffusion.loss_weighting == "learned" else None)
+        # (getattr: bench/gpu_mfu.py passes a plain namespace of the params it needs)
+        learned = getattr(params.diffusion, "loss_weighting", "fixed") == "learned"
+        self.uncertainty = NoiseLevelUncertainty().to(device) if learned else None
         trained = [self.model] + ([self.uncertainty] if self.uncertainty is not None else [])
         self.optimizer = _adamw(trained, tp.lr, tp.weight_decay, device, tp.adam_beta2)
         self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.grad_scaler)
