@@ -42,8 +42,8 @@ from canopy.errors import UserError
 from canopy.evaluate import bootstrap
 from canopy.evaluate import images as images_io
 from canopy.evaluate import memorisation as mem
-from canopy.evaluate import swd as swd_mod
 from canopy.evaluate import spread as spread_mod
+from canopy.evaluate import swd as swd_mod
 from canopy.fsutil import atomic_write_text, details_path
 from canopy.hashing import sha256_file
 from canopy.params import CanopyParams
