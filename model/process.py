@@ -127,8 +127,6 @@ class EDMProcess(nn.Module):
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.noise_levels = LogNormalMixture(lognormal_mean, lognormal_std, lognormal_weights)
         self.sigma_data = float(sigma_data)
-        self.lognormal_mean = lognormal_mean
-        self.lognormal_std = lognormal_std
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.data_space = data_space
