@@ -94,10 +94,10 @@ def quarter_tiles(src: Path, dst: Path, shard_size: int = 1000) -> Path:
             locations = tiles.list_tiles(src, split, size)
             parents = tiles.read_tiles(locations, size)
             for location, tile in zip(locations, parents):
-                if split == "train":
-                    stats.add(tile)
                 quarters = [tile[r * half:(r + 1) * half, c * half:(c + 1) * half]
                             for r in range(2) for c in range(2)]
+                for quarter in quarters if split == "train" else []:
+                    stats.add(quarter)  # the quarters' power spectrum, at their size
                 for i, png in enumerate(pool.map(encode_png, quarters)):
                     writer.add(f"{location.key}-q{i}", png, {"parent": location.key, "quarter": i})
             shards.extend(writer.close())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import stat
 import tarfile
@@ -139,29 +140,98 @@ def split_counts(shards: Iterable[ShardInfo]) -> dict[str, int]:
 
 class ChannelStats:
     """Per-channel mean and std of uint8 RGB tiles, in the network's [-1, 1] units
-    (x = v / 127.5 - 1). Exact integer sums, so the result does not depend on the order the
-    tiles came in."""
+    (x = v / 127.5 - 1), and their radially averaged power spectrum in standardised units
+    (diffusion.preconditioning: spectral, model/spectral.py). The mean and std are exact
+    integer sums, so they do not depend on the order the tiles came in."""
 
     def __init__(self) -> None:
         self.pixels = 0
         self.sums = np.zeros(3, dtype=np.int64)
         self.squares = np.zeros(3, dtype=np.int64)  # 255^2 x 2^40 pixels still fits
+        self.tiles = 0
+        self.tile_size: int | None = None
+        self.tile_sum_squares = [0, 0, 0]  # sum over tiles of (tile's pixel sum)^2: Python ints
+        self.power: np.ndarray | None = None  # (3, bins): sums of |X_f|^2 by rounded radius
+        self.bin_counts: np.ndarray | None = None
 
     def add(self, rgb: np.ndarray) -> None:
         values = rgb.reshape(-1, 3).astype(np.int64)
         self.pixels += len(values)
-        self.sums += values.sum(axis=0)
+        tile_sums = values.sum(axis=0)
+        self.sums += tile_sums
         self.squares += (values * values).sum(axis=0)
+        if rgb.shape[0] == rgb.shape[1] and self.tile_size in (None, rgb.shape[0]):
+            self._add_spectrum(rgb, tile_sums)
+
+    def _add_spectrum(self, rgb: np.ndarray, tile_sums: np.ndarray) -> None:
+        n = rgb.shape[0]
+        if self.tile_size is None:
+            self.tile_size = n
+            self.bin_counts, bins, self._weight = _radial_bins(n)
+            # each channel's cells in its own run of bins, for one bincount over all three
+            self._channel_bins = (bins[None] + len(self.bin_counts)
+                                  * np.arange(3).reshape(3, 1, 1)).ravel()
+            self.power = np.zeros((3, len(self.bin_counts)))
+        # float32 channel planes: an eighth of the time of float64 over the last axis, and
+        # far finer than the six digits kept
+        planes = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 127.5
+        spectrum = np.fft.rfft2(planes, norm="ortho")
+        power = (spectrum.real**2 + spectrum.imag**2) * self._weight
+        bins = self.power.shape[1]
+        self.power += np.bincount(self._channel_bins, power.ravel(), minlength=3 * bins
+                                  ).reshape(3, bins)
+        for channel in range(3):
+            self.tile_sum_squares[channel] += int(tile_sums[channel]) ** 2
+        self.tiles += 1
 
     def to_json(self) -> dict[str, Any] | None:
-        """{"mean": [r, g, b], "std": [r, g, b]} in [-1, 1] units, None without pixels."""
+        """{"mean": [r, g, b], "std": [r, g, b]} in [-1, 1] units, with "spectrum" (the
+        tile size and, per channel, the mean power at each integer radius, DC first) where
+        the tiles were square; None without pixels."""
         if not self.pixels:
             return None
         n = self.pixels
         mean = self.sums / n  # in 0..255
         var = np.maximum(self.squares / n - mean**2, 0.0)
-        return {"mean": [round(float(m / 127.5 - 1), 6) for m in mean],
-                "std": [round(float(np.sqrt(v) / 127.5), 6) for v in var]}
+        stats: dict[str, Any] = {
+            "mean": [round(float(m / 127.5 - 1), 6) for m in mean],
+            "std": [round(float(np.sqrt(v) / 127.5), 6) for v in var]}
+        if self.tiles >= 2 and all(v > 0 for v in var):
+            stats["spectrum"] = self._spectrum_json(var)
+        return stats
+
+    def _spectrum_json(self, var: np.ndarray) -> dict[str, Any]:
+        """The power per radius of the standardised tiles: P(r) / s^2 for r >= 1, and at DC
+        N Var(tile mean) / s^2 (the standardisation removes the data's mean)."""
+        pixels = self.tile_size**2
+        radial = []
+        for channel in range(3):
+            scale = var[channel] / 127.5**2  # s^2 in [-1, 1] units
+            tile_means = self.sums[channel] / self.tiles / pixels
+            mean_square = self.tile_sum_squares[channel] / self.tiles / pixels**2
+            dc = pixels * max(mean_square - tile_means**2, 0.0) / 127.5**2 / scale
+            rest = self.power[channel, 1:] / self.bin_counts[1:] / self.tiles / scale
+            radial.append([_significant(max(v, 1e-9)) for v in [dc, *rest]])
+        return {"tile_size": self.tile_size, "radial": radial}
+
+
+def _radial_bins(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For an n x n rfft2 grid: (frequencies per rounded radius 0 .. n/sqrt(2), each
+    frequency of the full plane counted once; the radius bin of each grid cell; the weight of
+    each cell: 2 for the columns that stand for both half planes, else 1)."""
+    fy = np.fft.fftfreq(n, d=1 / n).reshape(-1, 1)
+    fx = np.fft.rfftfreq(n, d=1 / n).reshape(1, -1)
+    bins = np.rint(np.sqrt(fy**2 + fx**2)).astype(np.int64)
+    weight = np.full((n, n // 2 + 1), 2.0)
+    weight[:, 0] = 1.0
+    if n % 2 == 0:
+        weight[:, -1] = 1.0
+    counts = np.bincount(bins.ravel(), weight.ravel())
+    return counts, bins, weight
+
+
+def _significant(value: float) -> float:
+    return float(f"{value:.6g}")
 
 
 def write_manifest(root: Path, *, tile_size: int, stride: int, shards: list[ShardInfo],
@@ -236,8 +306,8 @@ def read_manifest(root: Path, point_at: str) -> dict[str, Any]:
 
 
 def train_stats(manifest: dict[str, Any], root: Path) -> dict[str, list[float]] | None:
-    """The train tiles' per-channel {"mean", "std"} ([-1, 1] units) from a manifest; None for
-    manifests written before etl measured them."""
+    """The train tiles' per-channel {"mean", "std"} ([-1, 1] units) and, where etl measured
+    it, their "spectrum" from a manifest; None for manifests written before etl measured them."""
     stats = manifest.get("train_stats")
     if stats is None:
         return None
@@ -249,7 +319,26 @@ def train_stats(manifest: dict[str, Any], root: Path) -> dict[str, list[float]] 
     if not ok:
         raise UserError(f"{root / MANIFEST_FILE}: train_stats is not three means and three "
                         f"positive stds; {_FIX}")
-    return {"mean": [float(v) for v in stats["mean"]], "std": [float(v) for v in stats["std"]]}
+    found: dict[str, Any] = {"mean": [float(v) for v in stats["mean"]],
+                             "std": [float(v) for v in stats["std"]]}
+    if "spectrum" in stats:
+        if not is_spectrum(stats["spectrum"]):
+            raise UserError(f"{root / MANIFEST_FILE}: train_stats.spectrum is not a tile size and "
+                            f"three lists of positive powers; {_FIX}")
+        found["spectrum"] = stats["spectrum"]
+    return found
+
+
+def is_spectrum(spectrum: Any) -> bool:
+    """Whether `spectrum` is {"tile_size": n, "radial": three equal lists of at least two
+    positive finite numbers} (ChannelStats; model/spectral.py reads it)."""
+    if not isinstance(spectrum, dict) or type(spectrum.get("tile_size")) is not int:
+        return False
+    radial = spectrum.get("radial")
+    return (spectrum["tile_size"] >= 2 and isinstance(radial, list) and len(radial) == 3
+            and all(isinstance(row, list) and len(row) == len(radial[0]) >= 2 for row in radial)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v) and v > 0 for row in radial for v in row))
 
 
 def _is_shard_list(shards: Any) -> bool:

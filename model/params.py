@@ -110,6 +110,12 @@ class DiffusionParams(StrictModel):
     # each image's loss L / exp(u) + u, so every noise level weighs about the same
     # (model/uncertainty.py). Training only: exports and sampling are unchanged.
     loss_weighting: Literal["fixed", "learned"] = "fixed"
+    # edm: the denoiser's skip connection. scalar: EDM's c_skip = sigma_data^2 / (sigma_data^2 +
+    # sigma^2); spectral: c_skip per spatial frequency, the Wiener filter of the train tiles'
+    # power spectrum (etl measures it), so a tile's overall colour and layout, which noise
+    # leaves readable long after its texture, pass through without the network relearning
+    # them (model/spectral.py). Needs standardize.
+    preconditioning: Literal["scalar", "spectral"] = "scalar"
 
     @field_validator("sigma_data")
     @classmethod
@@ -161,8 +167,13 @@ class DiffusionParams(StrictModel):
             if self.timestep_sampling != "lognormal" or self.loss != "l2" or self.min_snr_gamma:
                 raise ValueError("process edm trains with timestep_sampling lognormal, loss l2 and "
                                  "no min_snr_gamma (its own loss weighting)")
+            if self.preconditioning == "spectral" and not self.standardize:
+                raise ValueError("preconditioning spectral needs standardize: true (the spectrum "
+                                 "is measured on the standardised tiles)")
         elif self.loss_weighting != "fixed":
             raise ValueError("loss_weighting learned needs process edm")
+        elif self.preconditioning != "scalar":
+            raise ValueError("preconditioning spectral needs process edm")
         return self
 
     def config(self) -> dict[str, Any]:
@@ -179,4 +190,4 @@ class DiffusionParams(StrictModel):
 # The diffusion keys newer than the first exports: absent from their configs, where the
 # defaults hold (canopy/weights.py fills them on read).
 ADDED_KEYS = ("process", "standardize", "sigma_data", "sigma_min", "sigma_max",
-              "loss_weighting", "lognormal_weights")
+              "loss_weighting", "lognormal_weights", "preconditioning")

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canopy.model.diffusion import GaussianDiffusion, make_betas
+from canopy.model.spectral import SpectralSkip
 from canopy.model.uncertainty import weighted
 
 PROCESSES = ("vp", "edm")
@@ -119,6 +120,7 @@ class EDMProcess(nn.Module):
         sigma_max: float = 80.0,
         data_space: DataSpace | None = None,
         lognormal_weights: Sequence[float] | None = None,
+        spectral: SpectralSkip | None = None,
     ) -> None:
         super().__init__()
         if not sigma_data > 0:
@@ -130,6 +132,8 @@ class EDMProcess(nn.Module):
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.data_space = data_space
+        # diffusion.preconditioning: spectral: c_skip per frequency (model/spectral.py)
+        self.spectral = spectral
 
     # --- the process: x_t = alpha(t) x_0 + sigma(t) eps ---------------------------------
     def alpha(self, t: float | torch.Tensor) -> float | torch.Tensor:
@@ -153,15 +157,28 @@ class EDMProcess(nn.Module):
         c_noise = EDM_NOISE_SCALE * s.log() / 4
         return tuple(c.float() for c in (c_skip, c_out, c_in, c_noise))
 
+    def precondition(self, x: torch.Tensor, sigma: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c_skip x, c_out, c_in, c_noise) for x (B, C, H, W) at `sigma` (B or 1 levels), the
+        coefficients shaped to broadcast over x; c_skip x and c_out float32. Scalar c_skip
+        (EDM), or the spectral one: c_skip a filter, c_out its error (model/spectral.py)."""
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigma.reshape(-1))
+        shape = (-1, 1, 1, 1)
+        if self.spectral is None:
+            skipped = c_skip.reshape(shape) * x.float()
+        else:
+            skipped = self.spectral.skip(x, sigma)
+            c_out = self.spectral.c_out(sigma.reshape(-1), *x.shape[-2:]).float()
+        return skipped, c_out.reshape(shape).to(x.device), c_in.reshape(shape), c_noise
+
     def denoise(self, net: nn.Module, x: torch.Tensor, sigma: torch.Tensor,
                 cond: torch.Tensor | None = None) -> torch.Tensor:
         """D(x; sigma): the network's estimate of x_0. `sigma` is one level per image (B,) or
         one for the whole batch ((), (1,)), which the network embeds once and broadcasts;
         `cond` the condition rows of a conditioned network (model/condition.py)."""
-        c_skip, c_out, c_in, c_noise = self.coefficients(sigma.reshape(-1))
-        shape = (-1, 1, 1, 1)
-        f = call_network(net, (c_in.reshape(shape) * x).to(x.dtype), c_noise, cond).float()
-        return c_skip.reshape(shape) * x.float() + c_out.reshape(shape) * f
+        skipped, c_out, c_in, c_noise = self.precondition(x, sigma)
+        f = call_network(net, (c_in * x).to(x.dtype), c_noise, cond).float()
+        return skipped + c_out * f
 
     def denoiser(self, net: nn.Module) -> nn.Module:
         """The network as the samplers call it: (x_t, t) -> x_0 estimate."""
@@ -182,10 +199,10 @@ class EDMProcess(nn.Module):
         computed as ||F - (x_0 - c_skip x) / c_out||^2 (the same, better conditioned); the
         mean over pixels, then over the batch. With `uncertainty` (model/uncertainty.py,
         diffusion.loss_weighting: learned) each image's loss is L / exp(u) + u."""
-        c_skip, c_out, c_in, c_noise = (c.reshape(-1, 1, 1, 1) for c in self.coefficients(t))
         x = x0 + t.reshape(-1, 1, 1, 1).to(x0.dtype) * noise
+        skipped, c_out, c_in, c_noise = self.precondition(x, t)
         prediction = call_network(model, (c_in * x).to(x0.dtype), c_noise.reshape(-1), cond).float()
-        target = (x0.float() - c_skip * x.float()) / c_out
+        target = (x0.float() - skipped) / c_out
         per_image = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
         if uncertainty is not None:
             per_image = weighted(per_image, uncertainty(c_noise.reshape(-1)))
@@ -286,6 +303,7 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
     "timestep_sampling": "uniform", "lognormal_mean": -1.2, "lognormal_std": 1.2,
     "process": "vp", "standardize": False, "sigma_data": "auto", "sigma_min": 0.002,
     "sigma_max": 80.0, "loss_weighting": "fixed", "lognormal_weights": None,
+    "preconditioning": "scalar",
 }
 
 
@@ -304,6 +322,11 @@ def process_config(diffusion: Mapping[str, Any], schedule: str,
     config: dict[str, Any] = {"diffusion": d, "schedule": schedule}
     if full["standardize"]:
         config["data_stats"] = {"mean": list(stats["mean"]), "std": list(stats["std"])}
+    if full["preconditioning"] == "spectral":
+        if "spectrum" not in stats:
+            raise ValueError("diffusion.preconditioning spectral needs the train tiles' power "
+                             "spectrum, which this tiles manifest lacks: re-run `canopy etl`")
+        config["data_stats"]["spectrum"] = stats["spectrum"]
     return config
 
 
@@ -322,8 +345,12 @@ def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
         return diffusion
     if process == "edm":
         sigma_data = resolve_sigma_data(d["sigma_data"], d["standardize"], config.get("data_stats"))
+        spectral = None
+        if d["preconditioning"] == "spectral":
+            spectral = SpectralSkip.from_config(config["data_stats"]["spectrum"])
         return EDMProcess(sigma_data, d["lognormal_mean"], d["lognormal_std"],
-                          d["sigma_min"], d["sigma_max"], data_space, d["lognormal_weights"])
+                          d["sigma_min"], d["sigma_max"], data_space, d["lognormal_weights"],
+                          spectral)
     raise ValueError(f"unknown process {process!r}: use one of {', '.join(PROCESSES)}")
 
 

@@ -19,6 +19,7 @@ from canopy.hashing import sha256_bytes, sha256_file
 from canopy.model.diffusion import GaussianDiffusion
 from canopy.model.process import EDMProcess, build
 from canopy.model.unet import Unet
+from canopy.tiles import is_spectrum
 
 
 @dataclass
@@ -125,6 +126,10 @@ def check_export_config(config: dict[str, Any], path: Path) -> None:
     if stats is not None and not _finite_stats(stats):
         raise invalid("data_stats", "expected mean and std lists of three finite numbers, "
                                     "std positive")
+    if config["diffusion"].get("preconditioning") == "spectral" and not (
+            isinstance(stats, dict) and is_spectrum(stats.get("spectrum"))):
+        raise invalid("data_stats.spectrum", "preconditioning spectral needs the tile size and "
+                                             "three lists of positive powers")
 
 
 def _check_tile_size(config: dict[str, Any], invalid: Callable[[str, str], UserError]) -> None:

@@ -204,6 +204,12 @@ def test_an_unknown_augment_names_the_choices():
     ({"diffusion": {"lognormal_std": [1.0, 0]}}, "diffusion.lognormal_std: must be in (0, 10]"),
     ({"diffusion": {"loss_weighting": "adaptive"}},
      "diffusion.loss_weighting: Input should be 'fixed' or 'learned'"),
+    ({"diffusion": {"preconditioning": "spectral"}}, "preconditioning spectral needs process edm"),
+    ({"diffusion": {"process": "edm", "timestep_sampling": "lognormal",
+                    "preconditioning": "spectral"}, "sample": {"spacing": "karras"}},
+     "preconditioning spectral needs standardize: true"),
+    ({"diffusion": {"preconditioning": "wiener"}},
+     "diffusion.preconditioning: Input should be 'scalar' or 'spectral'"),
 ])
 def test_process_settings_that_do_not_fit_are_refused(raw, expected):
     assert expected in error_of(raw)

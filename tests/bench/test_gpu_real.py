@@ -55,7 +55,11 @@ def test_quarters_are_the_parents_four_corners_in_the_parents_split(tmp_path):
     assert manifest["tile_size"] == 8
     # the quarters hold the parents' train pixels: the same stats for standardising the data
     want_stats = tiles.ChannelStats()
-    want_stats.add(train)
+    for parent in train:
+        for r in range(2):
+            for c in range(2):
+                want_stats.add(parent[r * 8:(r + 1) * 8, c * 8:(c + 1) * 8])
+    assert tiles.train_stats(manifest, dst)["spectrum"]["tile_size"] == 8
     assert tiles.train_stats(manifest, dst) == want_stats.to_json()
     for split, parents in (("train", train), ("val", val)):
         got = gpu_real.read_split(dst, split)

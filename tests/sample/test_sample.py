@@ -305,13 +305,19 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_old_samples_are_kept(
     assert images(workspace / "samples") == before
 
 
-def _edm_workspace(tmp_path, **sample):
+SPECTRUM = {"tile_size": 16, "radial": [[400.0, 20.0, 6.0, 2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.1, 0.1,
+                                          0.1]] * 3}
+
+
+def _edm_workspace(tmp_path, preconditioning="scalar", **sample):
     """A tiny export of the continuous process on standardised data, and its params."""
     from tests.sample.conftest import DIFFUSION
 
     diffusion = {**DIFFUSION, "process": "edm", "standardize": True, "sigma_data": 1.0,
-                 "timestep_sampling": "lognormal"}
+                 "timestep_sampling": "lognormal", "preconditioning": preconditioning}
     stats = {"mean": [-0.4, -0.3, -0.6], "std": [0.3, 0.25, 0.2]}
+    if preconditioning == "spectral":
+        stats["spectrum"] = SPECTRUM
     write_checkpoint(tmp_path / "models", diffusion=diffusion, data_stats=stats)
     write_params(tmp_path, diffusion=diffusion, spacing="karras", **sample)
     return tmp_path
@@ -331,3 +337,25 @@ def test_the_continuous_process_samples_reproducibly_whatever_the_batch(tmp_path
     assert first == one_by_one == again and len(set(first.values())) == 4
     manifest = json.loads((workspace / "s-0-4-3" / "manifest.json").read_text())
     assert manifest["timestep_spacing"] == "karras" and manifest["sampler"] == sampler
+
+
+def test_a_spectral_export_samples_reproducibly_whatever_the_batch(tmp_path):
+    workspace = _edm_workspace(tmp_path, "spectral", sampler="dpmpp2m", precision="fp32")
+    runs = []
+    for batch in (3, 1):
+        out = workspace / f"s-{batch}"
+        result = sample(workspace, "--n", "4", "--batch-size", str(batch), "--samples", str(out))
+        assert result.exit_code == 0, result.output
+        runs.append(images(out))
+    assert runs[0] == runs[1] and len(set(runs[0].values())) == 4
+    scalar = _edm_workspace(tmp_path / "scalar", sampler="dpmpp2m", precision="fp32")
+    assert sample(scalar, "--n", "4", "--samples", str(scalar / "s")).exit_code == 0
+    assert images(scalar / "s") != runs[0]  # the same weights, another denoiser
+
+
+def test_a_spectral_export_without_its_spectrum_is_refused(tmp_path):
+    workspace = _edm_workspace(tmp_path, "spectral", sampler="dpmpp2m", precision="fp32")
+    _rewrite_export(workspace, data_stats={"mean": [-0.4, -0.3, -0.6], "std": [0.3, 0.25, 0.2]})
+    result = sample(workspace)
+    assert result.exit_code == 2
+    assert "its config is invalid (data_stats.spectrum: preconditioning spectral needs" in result.stderr

@@ -290,8 +290,9 @@ MIXTURE = {"lognormal_mean": [-0.5, 2.5], "lognormal_std": [1.6, 1.0], "lognorma
 
 
 @pytest.mark.parametrize("diffusion", [{"standardize": True}, EDM, {**EDM, "loss_weighting": "learned"},
-                                       {**EDM, **MIXTURE}],
-                         ids=["vp-std", "edm-std", "edm-learned-weighting", "edm-mixture"])
+                                       {**EDM, **MIXTURE}, {**EDM, "preconditioning": "spectral"}],
+                         ids=["vp-std", "edm-std", "edm-learned-weighting", "edm-mixture",
+                              "edm-spectral"])
 def test_resume_is_exact_for_the_new_processes(tiles, tmp_path, diffusion):
     straight = tiny_params(tiles, tmp_path / "straight", diffusion, {"spacing": "karras"}
                            if "process" in diffusion else None, steps=6, checkpoint_every=3)
@@ -331,7 +332,7 @@ def test_standardised_export_carries_the_stats_and_process(tiles, tmp_path):
     train(tiny_params(tiles, out, EDM, {"spacing": "karras"}, steps=2), quiet=True)
     _, config = read_export(out / EXPORT_FILE)
     stats = tiles_io.train_stats(tiles_io.read_manifest(tiles, "x"), tiles)
-    assert config["data_stats"] == stats
+    assert config["data_stats"] == {"mean": stats["mean"], "std": stats["std"]}
     assert config["diffusion"]["process"] == "edm" and config["diffusion"]["sigma_data"] == 1.0
     net, process = build(config)
     assert isinstance(process, EDMProcess) and process.data_space is not None
@@ -358,3 +359,31 @@ def test_standardize_without_stats_in_the_manifest_is_one_clear_error(tmp_path):
         train(tiny_params(old, tmp_path / "models", {"standardize": True}, steps=1), quiet=True)
     # without standardize an old manifest trains as before
     assert train(tiny_params(old, tmp_path / "models2", steps=1), quiet=True).step == 1
+
+
+def test_the_spectral_export_carries_the_spectrum_it_was_trained_with(tiles, tmp_path):
+    from canopy import tiles as tiles_io
+    from canopy.model.process import build
+
+    out = tmp_path / "models"
+    train(tiny_params(tiles, out, {**EDM, "preconditioning": "spectral"}, {"spacing": "karras"},
+                      steps=2), quiet=True)
+    _, config = read_export(out / EXPORT_FILE)
+    stats = tiles_io.train_stats(tiles_io.read_manifest(tiles, "x"), tiles)
+    assert config["data_stats"]["spectrum"] == stats["spectrum"]
+    assert config["diffusion"]["preconditioning"] == "spectral"
+    _, process = build(config)
+    assert process.spectral is not None and process.spectral.tile_size == 16
+
+
+def test_spectral_preconditioning_without_a_spectrum_in_the_manifest_is_one_clear_error(tiles,
+                                                                                        tmp_path):
+    manifest_path = tiles / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["train_stats"]["spectrum"]  # tiles of before etl measured it
+    manifest_path.write_text(json.dumps(manifest))
+    params = tiny_params(tiles, tmp_path / "models", {**EDM, "preconditioning": "spectral"},
+                         {"spacing": "karras"}, steps=1)
+    with pytest.raises(UserError, match="preconditioning spectral needs the train tiles' power "
+                                        "spectrum.*re-run `canopy etl`"):
+        train(params, quiet=True)
