@@ -140,8 +140,8 @@ def split_counts(shards: Iterable[ShardInfo]) -> dict[str, int]:
 
 class ChannelStats:
     """Per-channel mean and std of uint8 RGB tiles, in the network's [-1, 1] units
-    (x = v / 127.5 - 1), and their radially averaged power spectrum in standardised units
-    (diffusion.preconditioning: spectral, model/spectral.py). The mean and std are exact
+    (x = v / 127.5 - 1), and the radially averaged cross-power spectrum of the standardised
+    tiles (diffusion.preconditioning: spectral, model/spectral.py). The mean and std are exact
     integer sums, so they do not depend on the order the tiles came in."""
 
     def __init__(self) -> None:
@@ -150,8 +150,9 @@ class ChannelStats:
         self.squares = np.zeros(3, dtype=np.int64)  # 255^2 x 2^40 pixels still fits
         self.tiles = 0
         self.tile_size: int | None = None
-        self.tile_sum_squares = [0, 0, 0]  # sum over tiles of (tile's pixel sum)^2: Python ints
-        self.power: np.ndarray | None = None  # (3, bins): sums of |X_f|^2 by rounded radius
+        # sum over tiles of (tile's pixel sum in c) x (in d), per channel pair: Python ints
+        self.tile_sum_products = [0] * len(CHANNEL_PAIRS)
+        self.power: np.ndarray | None = None  # (pairs, bins): sums of Re X_c conj(X_d)
         self.bin_counts: np.ndarray | None = None
 
     def add(self, rgb: np.ndarray) -> None:
@@ -168,26 +169,27 @@ class ChannelStats:
         if self.tile_size is None:
             self.tile_size = n
             self.bin_counts, bins, self._weight = _radial_bins(n)
-            # each channel's cells in its own run of bins, for one bincount over all three
-            self._channel_bins = (bins[None] + len(self.bin_counts)
-                                  * np.arange(3).reshape(3, 1, 1)).ravel()
-            self.power = np.zeros((3, len(self.bin_counts)))
+            # each channel pair's cells in its own run of bins, for one bincount over all
+            self._pair_bins = (bins[None] + len(self.bin_counts)
+                               * np.arange(len(CHANNEL_PAIRS)).reshape(-1, 1, 1)).ravel()
+            self.power = np.zeros((len(CHANNEL_PAIRS), len(self.bin_counts)))
         # float32 channel planes: an eighth of the time of float64 over the last axis, and
         # far finer than the six digits kept
         planes = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 127.5
         spectrum = np.fft.rfft2(planes, norm="ortho")
-        power = (spectrum.real**2 + spectrum.imag**2) * self._weight
+        re, im = spectrum.real, spectrum.imag
+        cross = np.stack([re[c] * re[d] + im[c] * im[d] for c, d in CHANNEL_PAIRS]) * self._weight
         bins = self.power.shape[1]
-        self.power += np.bincount(self._channel_bins, power.ravel(), minlength=3 * bins
-                                  ).reshape(3, bins)
-        for channel in range(3):
-            self.tile_sum_squares[channel] += int(tile_sums[channel]) ** 2
+        self.power += np.bincount(self._pair_bins, cross.ravel(),
+                                  minlength=len(CHANNEL_PAIRS) * bins).reshape(-1, bins)
+        for i, (c, d) in enumerate(CHANNEL_PAIRS):
+            self.tile_sum_products[i] += int(tile_sums[c]) * int(tile_sums[d])
         self.tiles += 1
 
     def to_json(self) -> dict[str, Any] | None:
         """{"mean": [r, g, b], "std": [r, g, b]} in [-1, 1] units, with "spectrum" (the
-        tile size and, per channel, the mean power at each integer radius, DC first) where
-        the tiles were square; None without pixels."""
+        tile size and the 3 x 3 cross-power matrix at each integer radius, DC first) where the
+        tiles were square; None without pixels."""
         if not self.pixels:
             return None
         n = self.pixels
@@ -197,22 +199,29 @@ class ChannelStats:
             "mean": [round(float(m / 127.5 - 1), 6) for m in mean],
             "std": [round(float(np.sqrt(v) / 127.5), 6) for v in var]}
         if self.tiles >= 2 and all(v > 0 for v in var):
-            stats["spectrum"] = self._spectrum_json(var)
+            stats["spectrum"] = self._spectrum_json(np.sqrt(var) / 127.5)
         return stats
 
-    def _spectrum_json(self, var: np.ndarray) -> dict[str, Any]:
-        """The power per radius of the standardised tiles: P(r) / s^2 for r >= 1, and at DC
-        N Var(tile mean) / s^2 (the standardisation removes the data's mean)."""
+    def _spectrum_json(self, std: np.ndarray) -> dict[str, Any]:
+        """The cross-power of the standardised tiles per radius: Re E[X_c conj(X_d)] / (s_c s_d)
+        for r >= 1, and at DC N Cov(tile mean c, tile mean d) / (s_c s_d) (the
+        standardisation removes the data's mean)."""
         pixels = self.tile_size**2
-        radial = []
-        for channel in range(3):
-            scale = var[channel] / 127.5**2  # s^2 in [-1, 1] units
-            tile_means = self.sums[channel] / self.tiles / pixels
-            mean_square = self.tile_sum_squares[channel] / self.tiles / pixels**2
-            dc = pixels * max(mean_square - tile_means**2, 0.0) / 127.5**2 / scale
-            rest = self.power[channel, 1:] / self.bin_counts[1:] / self.tiles / scale
-            radial.append([_significant(max(v, 1e-9)) for v in [dc, *rest]])
-        return {"tile_size": self.tile_size, "radial": radial}
+        bins = self.power.shape[1]
+        matrices = np.zeros((bins, 3, 3))
+        for i, (c, d) in enumerate(CHANNEL_PAIRS):
+            scale = std[c] * std[d]
+            mean_c, mean_d = (self.sums[k] / self.tiles / pixels / 127.5 for k in (c, d))
+            product = self.tile_sum_products[i] / self.tiles / pixels**2 / 127.5**2
+            dc = pixels * (product - mean_c * mean_d) / scale
+            rest = self.power[i, 1:] / self.bin_counts[1:] / self.tiles / scale
+            matrices[:, c, d] = matrices[:, d, c] = [dc, *rest]
+        return {"tile_size": self.tile_size,
+                "radial": [[[_significant(v) for v in row] for row in m] for m in matrices]}
+
+
+# the channel pairs (c, d), c <= d, of a symmetric 3 x 3 cross-power matrix
+CHANNEL_PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
 
 
 def _radial_bins(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -324,21 +333,30 @@ def train_stats(manifest: dict[str, Any], root: Path) -> dict[str, list[float]] 
     if "spectrum" in stats:
         if not is_spectrum(stats["spectrum"]):
             raise UserError(f"{root / MANIFEST_FILE}: train_stats.spectrum is not a tile size and "
-                            f"three lists of positive powers; {_FIX}")
+                            f"symmetric 3 x 3 cross-power matrices; {_FIX}")
         found["spectrum"] = stats["spectrum"]
     return found
 
 
 def is_spectrum(spectrum: Any) -> bool:
-    """Whether `spectrum` is {"tile_size": n, "radial": three equal lists of at least two
-    positive finite numbers} (ChannelStats; model/spectral.py reads it)."""
+    """Whether `spectrum` is {"tile_size": n, "radial": at least two symmetric 3 x 3 matrices
+    of finite numbers with a positive diagonal} (ChannelStats; model/spectral.py reads it)."""
     if not isinstance(spectrum, dict) or type(spectrum.get("tile_size")) is not int:
         return False
     radial = spectrum.get("radial")
-    return (spectrum["tile_size"] >= 2 and isinstance(radial, list) and len(radial) == 3
-            and all(isinstance(row, list) and len(row) == len(radial[0]) >= 2 for row in radial)
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                    and math.isfinite(v) and v > 0 for row in radial for v in row))
+    if spectrum["tile_size"] < 2 or not isinstance(radial, list) or len(radial) < 2:
+        return False
+    for matrix in radial:
+        if not (isinstance(matrix, list) and len(matrix) == 3
+                and all(isinstance(row, list) and len(row) == 3 for row in matrix)):
+            return False
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   for row in matrix for v in row):
+            return False
+        if any(matrix[c][c] <= 0 for c in range(3)) or any(
+                matrix[c][d] != matrix[d][c] for c in range(3) for d in range(c)):
+            return False
+    return True
 
 
 def _is_shard_list(shards: Any) -> bool:

@@ -168,8 +168,8 @@ class EDMProcess(nn.Module):
             skipped = c_skip.reshape(shape) * x.float()
         else:
             skipped = self.spectral.skip(x, sigma)
-            c_out = self.spectral.c_out(sigma.reshape(-1), *x.shape[-2:]).float()
-        return skipped, c_out.reshape(shape).to(x.device), c_in.reshape(shape), c_noise
+            c_out = self.spectral.c_out(sigma.reshape(-1), *x.shape[-2:])
+        return skipped, c_out.reshape(shape), c_in.reshape(shape), c_noise
 
     def denoise(self, net: nn.Module, x: torch.Tensor, sigma: torch.Tensor,
                 cond: torch.Tensor | None = None) -> torch.Tensor:

@@ -11,16 +11,23 @@ layout through on its own, at noise levels that training rarely draws; it learns
 of it and pulls every tile towards the average one (docs/benchmarks.md, "Why every sample looks
 alike").
 
-Here the skip is the Wiener filter of a stationary Gaussian with the train tiles' power spectrum
-P(f) (per channel, radially averaged, in the standardised units where the mean of P is 1):
+Here the skip is the Wiener filter of a stationary Gaussian with the train tiles' cross-power
+spectrum P(f), a 3 x 3 matrix over the colour channels at each frequency (radially averaged, in
+the standardised units where each channel's power averages 1 over the frequencies):
 
-    c_skip(f) = P(f) / (P(f) + sigma^2)                 applied in the Fourier domain
-    c_out^2   = mean_f P(f) sigma^2 / (P(f) + sigma^2)   the Wiener estimate's error per pixel
-    c_in      = 1 / sqrt(1 + sigma^2)                    as EDM with sigma_data = 1
+    c_skip(f) = P(f) (P(f) + sigma^2 I)^-1                   applied in the Fourier domain
+    c_out^2   = mean_f tr(P(f) sigma^2 (P(f) + sigma^2 I)^-1) / 3
+                                                             the Wiener estimate's error per pixel
+    c_in      = 1 / sqrt(1 + sigma^2)                        as EDM with sigma_data = 1
+
+computed in each frequency's eigenbasis P = U diag(lambda) U^T, where c_skip is
+lambda / (lambda + sigma^2) per colour direction. The colour channels of imagery move together
+(a tile is brighter or darker in all three far more than it changes hue): a filter per channel
+would keep each channel's share of a tile's colour on its own and draw hues the tiles never have.
 
 so the network's target (x_0 - c_skip x) / c_out has unit variance at every noise level when the
 data is that Gaussian, and what the network learns is the part of the image that is not. With a
-flat spectrum (P = 1 everywhere) this is EDM's preconditioning with sigma_data = 1 exactly. The
+flat spectrum (P = I everywhere) this is EDM's preconditioning with sigma_data = 1 exactly. The
 loss weight stays lambda = 1 / c_out^2 (the squared error of F against its target).
 
 The spectrum is measured at the tile size n; an image of another size m (crop training) reads it
@@ -37,67 +44,86 @@ import torch
 
 
 class SpectralSkip:
-    """The Wiener filter of a radially averaged power spectrum, for images of any size.
+    """The Wiener filter of a radially averaged cross-power spectrum, for images of any size.
 
-    `radial[c][r]` is channel c's mean power at radius r (integer frequency units of the
+    `radial[r]` is the 3 x 3 cross-power matrix at radius r (integer frequency units of the
     `tile_size` px tiles; r = 0 is the DC coefficient), in standardised units."""
 
-    def __init__(self, tile_size: int, radial: Sequence[Sequence[float]]) -> None:
+    # eigenvalues below this are treated as this: a direction without power is filtered out
+    MIN_POWER = 1e-9
+
+    def __init__(self, tile_size: int, radial: Sequence[Sequence[Sequence[float]]]) -> None:
         if tile_size < 2:
             raise ValueError(f"tile_size must be at least 2, got {tile_size}")
-        profile = torch.tensor([list(map(float, row)) for row in radial], dtype=torch.float64)
-        if profile.ndim != 2 or profile.shape[1] < 2 or not bool((profile > 0).all()):
-            raise ValueError("the power spectrum needs, per channel, at least two positive "
-                             "radial bins")
+        matrices = torch.tensor(radial, dtype=torch.float64)
+        if matrices.ndim != 3 or matrices.shape[0] < 2 or matrices.shape[1] != matrices.shape[2]:
+            raise ValueError("the power spectrum needs at least two radial bins, each a square "
+                             "cross-power matrix over the channels")
+        if not torch.allclose(matrices, matrices.transpose(1, 2)):
+            raise ValueError("the cross-power matrices must be symmetric")
         self.tile_size = tile_size
-        self.radial = profile
-        self._grids: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.radial = matrices
+        self._grids: dict[tuple[int, int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._device_grids: dict[tuple[int, int, bool, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_config(cls, spectrum: Mapping[str, Any]) -> SpectralSkip:
         return cls(int(spectrum["tile_size"]), spectrum["radial"])
 
     # --- the spectrum on an image's frequency grid -----------------------------------------
-    def power(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(P on the rfft2 grid (C, H, W//2+1), P on the full fft2 grid (C, H, W)), float64."""
-        key = (height, width)
-        if key not in self._grids:
-            self._grids[key] = (self._power_on(height, width, half=True),
-                                self._power_on(height, width, half=False))
-        return self._grids[key]
-
-    def _power_on(self, height: int, width: int, half: bool) -> torch.Tensor:
+    def power(self, height: int, width: int, half: bool = True) -> torch.Tensor:
+        """P on the rfft2 grid (H, W//2+1, C, C), or with half=False the full fft2 grid."""
         fy = torch.fft.fftfreq(height, dtype=torch.float64).reshape(-1, 1)
         fx = (torch.fft.rfftfreq(width, dtype=torch.float64) if half
               else torch.fft.fftfreq(width, dtype=torch.float64)).reshape(1, -1)
         # radius in the tiles' frequency units (cycles per tile of tile_size px)
         radius = (fy**2 + fx**2).sqrt() * self.tile_size
-        last = self.radial.shape[1] - 1
+        last = self.radial.shape[0] - 1
         r = radius.clamp(max=last)
         lo = r.floor().long().clamp(max=last - 1)
-        frac = r - lo
-        power = self.radial[:, lo] * (1 - frac) + self.radial[:, lo + 1] * frac
-        # the DC coefficient is N x Var(image mean): scale the tiles' by the pixel count
-        dc = self.radial[:, 0] * (height * width) / self.tile_size**2
-        power[:, 0, 0] = dc
+        frac = (r - lo)[..., None, None]
+        power = self.radial[lo] * (1 - frac) + self.radial[lo + 1] * frac
+        # the DC coefficient is N x Cov(image mean): scale the tiles' by the pixel count
+        power[0, 0] = self.radial[0] * (height * width) / self.tile_size**2
         return power
+
+    def eigen(self, height: int, width: int, half: bool = True
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lambda (C, H, W'), U (H, W', C, C)) of P on the grid, float64, cached per size."""
+        key = (height, width, half)
+        if key not in self._grids:
+            values, vectors = torch.linalg.eigh(self.power(height, width, half))
+            self._grids[key] = (values.clamp(min=self.MIN_POWER).permute(2, 0, 1), vectors)
+        return self._grids[key]
+
+    def _on_device(self, height: int, width: int, device: torch.device, half: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The grid's (lambda float32, U complex64) on `device`, cached: moved once, not at
+        every network call."""
+        key = (height, width, half, str(device))
+        if key not in self._device_grids:
+            values, vectors = self.eigen(height, width, half)
+            self._device_grids[key] = (values.to(device=device, dtype=torch.float32),
+                                       vectors.to(device=device, dtype=torch.complex64))
+        return self._device_grids[key]
 
     # --- the preconditioning ---------------------------------------------------------------
     def c_out(self, sigma: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """sqrt(mean_f P sigma^2 / (P + sigma^2)) per level of `sigma` (1-D), float64."""
-        _, full = self.power(height, width)
-        s2 = sigma.double().reshape(-1, 1, 1, 1) ** 2
-        p = full.unsqueeze(0)
-        return (p * s2 / (p + s2)).mean(dim=(1, 2, 3)).sqrt()
+        """sqrt(mean_f tr(P sigma^2 (P + sigma^2)^-1) / C) per level of `sigma` (1-D), on
+        sigma's device, float32."""
+        values = self._on_device(height, width, sigma.device, half=False)[0]
+        s2 = sigma.float().reshape(-1, 1, 1, 1) ** 2
+        return (values * s2 / (values + s2)).mean(dim=(1, 2, 3)).sqrt()
 
     def skip(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """c_skip(f) applied to x (B, C, H, W) at one level per image (`sigma` of B or 1
         entries): the Wiener estimate of x_0, float32."""
         height, width = x.shape[-2:]
-        half, _ = self.power(height, width)
-        s2 = sigma.double().reshape(-1, 1, 1, 1) ** 2
-        p = half.unsqueeze(0)
-        gain = (p / (p + s2)).to(device=x.device, dtype=torch.float32)
+        values, basis = self._on_device(height, width, x.device, half=True)
+        s2 = sigma.to(device=x.device, dtype=torch.float32).reshape(-1, 1, 1, 1) ** 2
+        gain = values / (values + s2)
         spectrum = torch.fft.rfft2(x.float(), norm="ortho")
-        return torch.fft.irfft2(spectrum * gain, s=(height, width), norm="ortho")
-
+        # into each frequency's colour eigenbasis, scaled, and back
+        projected = torch.einsum("hwdc,bdhw->bchw", basis, spectrum) * gain
+        filtered = torch.einsum("hwdc,bchw->bdhw", basis, projected)
+        return torch.fft.irfft2(filtered, s=(height, width), norm="ortho")

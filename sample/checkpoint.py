@@ -129,7 +129,7 @@ def check_export_config(config: dict[str, Any], path: Path) -> None:
     if config["diffusion"].get("preconditioning") == "spectral" and not (
             isinstance(stats, dict) and is_spectrum(stats.get("spectrum"))):
         raise invalid("data_stats.spectrum", "preconditioning spectral needs the tile size and "
-                                             "three lists of positive powers")
+                                             "symmetric 3 x 3 cross-power matrices")
 
 
 def _check_tile_size(config: dict[str, Any], invalid: Callable[[str, str], UserError]) -> None:

@@ -297,43 +297,45 @@ def _spectrum_of(images):
     return stats.to_json()["spectrum"]
 
 
-def test_the_spectrum_of_white_noise_tiles_is_flat_at_one():
-    """Independent pixels: every frequency, the tile means' too, holds the pixel variance,
-    which is 1 in standardised units."""
+def test_the_spectrum_of_white_noise_tiles_is_flat_at_the_identity():
+    """Independent pixels and channels: every frequency, the tile means' too, holds the pixel
+    variance (1 in standardised units) in each channel and nothing across channels."""
     images = np.random.default_rng(0).integers(0, 256, (400, 16, 16, 3), dtype=np.uint8)
     spectrum = _spectrum_of(images)
     assert spectrum["tile_size"] == 16
     radial = np.array(spectrum["radial"])
-    assert radial.shape == (3, 12)  # radii 0 .. round(16 / sqrt(2)) = 11
-    assert np.allclose(radial[:, 1:], 1, atol=0.1)
-    assert np.allclose(radial[:, 0], 1, atol=0.25)  # one coefficient per tile: noisier
+    assert radial.shape == (12, 3, 3)  # radii 0 .. round(16 / sqrt(2)) = 11
+    assert np.allclose(radial[1:], np.eye(3), atol=0.1)
+    assert np.allclose(radial[0], np.eye(3), atol=0.25)  # one coefficient per tile: noisier
+    assert np.array_equal(radial, radial.transpose(0, 2, 1))
 
 
-def test_the_spectrum_holds_the_variance_of_the_standardised_tiles():
-    """Parseval: over the frequency plane the power sums to the pixels' (unit) variance, the
-    DC's share being the spread of the tiles' mean colours."""
+def test_the_spectrum_holds_the_covariance_of_the_standardised_tiles():
+    """Parseval: over the frequency plane the cross-power sums to the channels' pixel
+    covariance (1 on the diagonal), the DC's share being the covariance of the tiles' mean
+    colours."""
     rng = np.random.default_rng(1)
-    base = rng.integers(40, 200, (50, 1, 1, 3))
-    images = np.clip(base + rng.normal(0, 20, (50, 8, 8, 3)).cumsum(axis=1), 0, 255).astype(np.uint8)
-    spectrum = _spectrum_of(images)
+    base = rng.integers(40, 200, (50, 1, 1, 1)) + rng.integers(-20, 20, (50, 1, 1, 3))
+    walk = rng.normal(0, 20, (50, 8, 8, 1)).cumsum(axis=1) + rng.normal(0, 5, (50, 8, 8, 3))
+    images = np.clip(base + walk, 0, 255).astype(np.uint8)
+    radial = np.array(_spectrum_of(images)["radial"])
     counts, _, _ = tiles._radial_bins(8)
-    radial = np.array(spectrum["radial"])
-    assert np.allclose((radial * counts).sum(axis=1) / 64, 1, rtol=1e-4)
+    z = images.reshape(-1, 3) / 127.5 - 1
+    z = (z - z.mean(axis=0)) / z.std(axis=0)
+    plane = (radial * counts[:, None, None]).sum(axis=0) / 64
+    assert np.allclose(plane, z.T @ z / len(z), atol=1e-4)
+    assert plane[0, 1] > 0.5  # the channels move together, and the spectrum says so
     means = (images / 127.5 - 1).mean(axis=(1, 2))
-    stds = np.array(_stats_std(images))
-    assert np.allclose(radial[:, 0], 64 * means.var(axis=0) / stds**2, rtol=1e-4)
+    stds = (images.reshape(-1, 3) / 127.5 - 1).std(axis=0)
+    want_dc = 64 * np.cov(means.T, bias=True) / np.outer(stds, stds)
+    assert np.allclose(radial[0], want_dc, rtol=1e-4)
 
 
-def _stats_std(images):
-    stats = tiles.ChannelStats()
-    for image in images:
-        stats.add(image)
-    return stats.to_json()["std"]
-
-
-@pytest.mark.parametrize("spectrum", [{"tile_size": 8}, {"tile_size": 8, "radial": [[1, 1]] * 2},
-                                      {"tile_size": 8, "radial": [[1, 0]] * 3},
-                                      {"tile_size": "8", "radial": [[1, 1]] * 3}])
+@pytest.mark.parametrize("spectrum", [
+    {"tile_size": 8}, {"tile_size": 8, "radial": [np.eye(3).tolist()]},
+    {"tile_size": 8, "radial": [[[1, 0, 0], [0, 0, 0], [0, 0, 1]]] * 2},
+    {"tile_size": 8, "radial": [[[1, 0.5, 0], [0, 1, 0], [0, 0, 1]]] * 2},
+    {"tile_size": "8", "radial": [np.eye(3).tolist()] * 2}])
 def test_a_malformed_spectrum_is_refused(tmp_path, spectrum):
     stats = {"mean": [0, 0, 0], "std": [1, 1, 1], "spectrum": spectrum}
     with pytest.raises(UserError, match="train_stats.spectrum is not a tile size"):

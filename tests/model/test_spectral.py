@@ -1,5 +1,5 @@
 """The spectral preconditioning (model/spectral.py): EDM's with a flat spectrum, the Wiener
-filter's error as c_out says, and the spectrum read at other image sizes."""
+filter's error as c_out says, colours kept together, and the spectrum read at other sizes."""
 
 from __future__ import annotations
 
@@ -11,27 +11,31 @@ from canopy.model.spectral import SpectralSkip
 
 SIZE = 8
 BINS = 7  # radii 0 .. round(8 / sqrt(2)) = 6
+# the colour covariance of imagery: the channels move together
+COLOURS = torch.tensor([[1.0, 0.9, 0.8], [0.9, 1.0, 0.9], [0.8, 0.9, 1.0]], dtype=torch.float64)
 
 
-def _power_law(size: int = SIZE, bins: int = BINS) -> SpectralSkip:
-    """Most power at the low frequencies, as in images; a mean of 1 over the frequency plane
-    (unit variance per pixel, as standardised data)."""
-    raw = SpectralSkip(size, [[100.0 / (1 + r) ** 3 + 0.01 for r in range(bins)]] * 3)
-    mean = raw.power(size, size)[1].mean().item()
-    return SpectralSkip(size, (raw.radial / mean).tolist())
+def _spectrum(colours: torch.Tensor = COLOURS) -> SpectralSkip:
+    """Most power at the low frequencies, as in images, with one colour covariance at every
+    frequency; each channel's power averages 1 over the plane (unit variance per pixel, as
+    standardised data)."""
+    radial = torch.stack([(100.0 / (1 + r) ** 3 + 0.01) * colours for r in range(BINS)])
+    mean = SpectralSkip(SIZE, radial.tolist()).power(SIZE, SIZE, half=False)[..., 0, 0].mean()
+    return SpectralSkip(SIZE, (radial / mean).tolist())
 
 
 def _gaussian_field(skip: SpectralSkip, batch: int, generator: torch.Generator) -> torch.Tensor:
-    """Stationary Gaussian images with the power spectrum `skip` holds: white noise shaped by
-    sqrt(P) in the Fourier domain (orthonormal, so E|X_f|^2 = P(f))."""
-    half, _ = skip.power(SIZE, SIZE)
-    white = torch.randn(batch, 3, SIZE, SIZE, generator=generator, dtype=torch.float64)
-    shaped = torch.fft.rfft2(white, norm="ortho") * half.sqrt()
+    """Stationary Gaussian images of the cross-power spectrum `skip` holds: white noise shaped
+    by U sqrt(lambda) at each frequency (orthonormal DFT, so E[X_f X_f^H] = P(f))."""
+    values, vectors = skip.eigen(SIZE, SIZE)
+    white = torch.fft.rfft2(torch.randn(batch, 3, SIZE, SIZE, generator=generator,
+                                        dtype=torch.float64), norm="ortho")
+    shaped = torch.einsum("hwdc,bchw->bdhw", vectors.to(torch.complex128), white * values.sqrt())
     return torch.fft.irfft2(shaped, s=(SIZE, SIZE), norm="ortho").float()
 
 
 def test_a_flat_spectrum_is_edms_preconditioning_with_unit_sigma_data():
-    flat = EDMProcess(sigma_data=1.0, spectral=SpectralSkip(SIZE, [[1.0] * BINS] * 3))
+    flat = EDMProcess(sigma_data=1.0, spectral=SpectralSkip(SIZE, [torch.eye(3).tolist()] * BINS))
     scalar = EDMProcess(sigma_data=1.0)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 3, SIZE, SIZE, generator=g)
@@ -47,7 +51,7 @@ def test_a_flat_spectrum_is_edms_preconditioning_with_unit_sigma_data():
 
 
 def test_a_perfect_network_has_zero_loss_and_denoises_exactly():
-    p = EDMProcess(sigma_data=1.0, spectral=_power_law())
+    p = EDMProcess(sigma_data=1.0, spectral=_spectrum())
     g = torch.Generator().manual_seed(1)
     x0, noise = torch.randn(4, 3, SIZE, SIZE, generator=g), torch.randn(4, 3, SIZE, SIZE, generator=g)
     sigma = torch.tensor([0.05, 1.0, 10.0, 80.0])
@@ -65,34 +69,59 @@ def test_a_perfect_network_has_zero_loss_and_denoises_exactly():
 def test_the_wiener_skip_errs_by_c_out_and_beats_the_scalar_skip(sigma):
     """On Gaussian images of the spectrum, the skip alone (a network that outputs zero) has
     the error c_out^2 says, so the network's target has unit variance; the scalar skip errs
-    far more, most of all on the images' mean."""
-    skip = _power_law()
+    more, most of all on the images' mean colour."""
+    skip = _spectrum()
     g = torch.Generator().manual_seed(2)
     x0 = _gaussian_field(skip, 4000, g)
+    assert x0.var().item() == pytest.approx(1.0, rel=0.05)
     x = x0 + sigma * torch.randn(x0.shape, generator=g)
     level = torch.tensor([sigma])
-    error = (skip.skip(x, level) - x0).pow(2).mean().item()
-    predicted = skip.c_out(level, SIZE, SIZE).item() ** 2
-    assert error == pytest.approx(predicted, rel=0.05)
+    estimate = skip.skip(x, level)
+    error = (estimate - x0).pow(2).mean().item()
+    assert error == pytest.approx(skip.c_out(level, SIZE, SIZE).item() ** 2, rel=0.05)
     scalar = x / (1 + sigma**2)
     assert error < (scalar - x0).pow(2).mean().item()
-    mean_error = (skip.skip(x, level) - x0).mean(dim=(2, 3)).pow(2).mean().item()
+    mean_error = (estimate - x0).mean(dim=(2, 3)).pow(2).mean().item()
     assert mean_error < 0.7 * (scalar - x0).mean(dim=(2, 3)).pow(2).mean().item()
 
 
+def test_colours_that_move_together_are_estimated_together():
+    """Grey images (one value in all three channels): the cross-power filter returns grey
+    estimates through any noise, where a filter per channel would draw a hue from each
+    channel's own noise."""
+    grey = torch.ones(3, 3, dtype=torch.float64) + 1e-6 * torch.eye(3, dtype=torch.float64)
+    joint = _spectrum(grey)
+    per_channel = SpectralSkip(SIZE, [torch.diag(torch.diagonal(m)).tolist() for m in joint.radial])
+    g = torch.Generator().manual_seed(3)
+    x0 = _gaussian_field(joint, 500, g)
+    x = x0 + 5.0 * torch.randn(x0.shape, generator=g)
+    level = torch.tensor([5.0])
+
+    def hue(images):  # how far each pixel is from grey
+        return (images - images.mean(dim=1, keepdim=True)).pow(2).mean().item()
+
+    assert hue(x0) < 1e-4
+    assert hue(joint.skip(x, level)) < 1e-3
+    assert hue(per_channel.skip(x, level)) > 100 * hue(joint.skip(x, level))
+
+
 def test_the_spectrum_is_read_at_the_same_frequency_on_a_crop():
-    skip = _power_law()
-    half, full = skip.power(SIZE, SIZE)
-    assert torch.allclose(full[:, 0, 1], skip.radial[:, 1])  # the table at integer radii
-    assert torch.allclose(full[:, 2, 0], skip.radial[:, 2])
-    crop_half, crop_full = skip.power(SIZE // 2, SIZE // 2)
+    skip = _spectrum()
+    full = skip.power(SIZE, SIZE, half=False)
+    assert torch.allclose(full[0, 1], skip.radial[1])  # the table at integer radii
+    assert torch.allclose(full[2, 0], skip.radial[2])
+    crop = skip.power(SIZE // 2, SIZE // 2, half=False)
     # one cycle per 4 px crop is two per 8 px tile; the DC holds a quarter of the pixels
-    assert torch.allclose(crop_full[:, 0, 1], skip.radial[:, 2])
-    assert torch.allclose(crop_full[:, 0, 0], skip.radial[:, 0] / 4)
-    assert crop_half.shape == (3, SIZE // 2, SIZE // 4 + 1)
+    assert torch.allclose(crop[0, 1], skip.radial[2])
+    assert torch.allclose(crop[0, 0], skip.radial[0] / 4)
+    assert skip.power(SIZE // 2, SIZE // 2).shape == (SIZE // 2, SIZE // 4 + 1, 3, 3)
 
 
-@pytest.mark.parametrize("radial", [[[1.0]] * 3, [[1.0, 0.0, 1.0]] * 3, [[1.0, -1.0]] * 3])
-def test_a_bad_spectrum_is_refused(radial):
-    with pytest.raises(ValueError, match="at least two positive radial bins"):
+@pytest.mark.parametrize("radial, message", [
+    ([torch.eye(3).tolist()], "at least two radial bins"),
+    ([[1.0, 1.0]] * 3, "at least two radial bins"),
+    ([[[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]] * 2, "must be symmetric"),
+])
+def test_a_bad_spectrum_is_refused(radial, message):
+    with pytest.raises(ValueError, match=message):
         SpectralSkip(SIZE, radial)

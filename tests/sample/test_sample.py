@@ -305,8 +305,10 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_old_samples_are_kept(
     assert images(workspace / "samples") == before
 
 
-SPECTRUM = {"tile_size": 16, "radial": [[400.0, 20.0, 6.0, 2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.1, 0.1,
-                                          0.1]] * 3}
+SPECTRUM = {"tile_size": 16, "radial": [[[p, 0.8 * p, 0.7 * p], [0.8 * p, p, 0.8 * p],
+                                          [0.7 * p, 0.8 * p, p]]
+                                         for p in (400.0, 20.0, 6.0, 2.0, 1.0, 0.5, 0.3, 0.2, 0.1,
+                                                   0.1, 0.1, 0.1)]}
 
 
 def _edm_workspace(tmp_path, preconditioning="scalar", **sample):
