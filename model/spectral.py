@@ -98,13 +98,13 @@ class SpectralSkip:
 
     def _on_device(self, height: int, width: int, device: torch.device, half: bool
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The grid's (lambda float32, U complex64) on `device`, cached: moved once, not at
-        every network call."""
+        """The grid's (lambda, U), float32 on `device`, cached: moved once, not at every network
+        call."""
         key = (height, width, half, str(device))
         if key not in self._device_grids:
             values, vectors = self.eigen(height, width, half)
             self._device_grids[key] = (values.to(device=device, dtype=torch.float32),
-                                       vectors.to(device=device, dtype=torch.complex64))
+                                       vectors.to(device=device, dtype=torch.float32))
         return self._device_grids[key]
 
     # --- the preconditioning ---------------------------------------------------------------
@@ -117,13 +117,30 @@ class SpectralSkip:
 
     def skip(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """c_skip(f) applied to x (B, C, H, W) at one level per image (`sigma` of B or 1
-        entries): the Wiener estimate of x_0, float32."""
+        entries): the Wiener estimate of x_0, float32. Outside autocast (the skip is most of
+        D at low noise, where bf16's rounding would show), and with elementwise colour
+        mixing, which gives each image the same bits whatever the batch."""
         height, width = x.shape[-2:]
-        values, basis = self._on_device(height, width, x.device, half=True)
-        s2 = sigma.to(device=x.device, dtype=torch.float32).reshape(-1, 1, 1, 1) ** 2
-        gain = values / (values + s2)
-        spectrum = torch.fft.rfft2(x.float(), norm="ortho")
-        # into each frequency's colour eigenbasis, scaled, and back
-        projected = torch.einsum("hwdc,bdhw->bchw", basis, spectrum) * gain
-        filtered = torch.einsum("hwdc,bchw->bdhw", basis, projected)
-        return torch.fft.irfft2(filtered, s=(height, width), norm="ortho")
+        with torch.autocast(x.device.type, enabled=False):
+            values, basis = self._on_device(height, width, x.device, half=True)
+            s2 = sigma.to(device=x.device, dtype=torch.float32).reshape(-1, 1, 1, 1) ** 2
+            gain = values / (values + s2)
+            spectrum = torch.fft.rfft2(x.float(), norm="ortho")
+            # into each frequency's colour eigenbasis, scaled, and back
+            parts = []
+            for part in (spectrum.real, spectrum.imag):
+                projected = _mix(basis, part, into_basis=True) * gain
+                parts.append(_mix(basis, projected, into_basis=False))
+            return torch.fft.irfft2(torch.complex(*parts), s=(height, width), norm="ortho")
+
+
+def _mix(basis: torch.Tensor, planes: torch.Tensor, into_basis: bool) -> torch.Tensor:
+    """planes (B, C, H, W') in the colour basis U (H, W', C, C) of each frequency:
+    y_c = sum_d U[d, c] x_d (into_basis), or back, x_d = sum_c U[d, c] y_c."""
+    channels = planes.shape[1]
+    rows = []
+    for out in range(channels):
+        weights = [basis[..., k, out] if into_basis else basis[..., out, k]
+                   for k in range(channels)]
+        rows.append(sum(w * planes[:, k] for k, w in enumerate(weights)))
+    return torch.stack(rows, dim=1)

@@ -125,3 +125,15 @@ def test_the_spectrum_is_read_at_the_same_frequency_on_a_crop():
 def test_a_bad_spectrum_is_refused(radial, message):
     with pytest.raises(ValueError, match=message):
         SpectralSkip(SIZE, radial)
+
+
+def test_the_skip_is_fp32_under_autocast_and_the_same_whatever_the_batch():
+    skip = _spectrum()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 3, SIZE, SIZE, generator=g)
+    level = torch.tensor([0.01])
+    plain = skip.skip(x, level)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = skip.skip(x, level)
+    assert autocast.dtype == torch.float32 and torch.equal(autocast, plain)
+    assert torch.equal(skip.skip(x[2:3], level), plain[2:3])
