@@ -217,6 +217,13 @@ def test_the_manifest_holds_the_train_tiles_channel_stats(tmp_path):
     assert manifest["counts"]["val"] > 0
     assert np.allclose(stats["mean"], values.mean(axis=0), atol=1e-6)
     assert np.allclose(stats["std"], values.std(axis=0), atol=1e-6)
+    # and their cross-power spectrum, of the same tiles: its DC term is the covariance of the
+    # train tiles' mean colours (standardised, times the pixels of a tile)
+    spectrum = stats["spectrum"]
+    assert spectrum["tile_size"] == 16 and len(spectrum["radial"]) == 12
+    z = (train.astype(np.float64) / 127.5 - 1 - values.mean(axis=0)) / values.std(axis=0)
+    means = z.mean(axis=(1, 2))
+    assert np.allclose(spectrum["radial"][0], 256 * np.cov(means.T, bias=True), rtol=1e-4)
 
 
 def _tree(folder):
