@@ -141,7 +141,8 @@ class Recipe:
 
 
 # params.yaml's diffusion section (EDM's continuous process on standardised data, v target at
-# EDM's lognormal noise levels, the spectral skip) and its sampler; tests/bench checks both against params.yaml.
+# EDM's lognormal noise levels, the spectral skip) and its sampler; tests/bench checks both
+# against params.yaml.
 PRODUCT_DIFFUSION = {"timesteps": 1000, "objective": "v", "loss": "l2", "min_snr_gamma": None,
                      "timestep_sampling": "lognormal", "lognormal_mean": -0.5,
                      "lognormal_std": 1.6, "process": "edm", "standardize": True,

@@ -149,7 +149,9 @@ class ChannelStats:
         self.sums = np.zeros(3, dtype=np.int64)
         self.squares = np.zeros(3, dtype=np.int64)  # 255^2 x 2^40 pixels still fits
         self.tiles = 0
+        # the spectrum is of tiles of one square size; any other image added drops it
         self.tile_size: int | None = None
+        self.one_square_size = True
         # sum over tiles of (tile's pixel sum in c) x (in d), per channel pair: Python ints
         self.tile_sum_products = [0] * len(CHANNEL_PAIRS)
         self.power: np.ndarray | None = None  # (pairs, bins): sums of Re X_c conj(X_d)
@@ -161,7 +163,9 @@ class ChannelStats:
         tile_sums = values.sum(axis=0)
         self.sums += tile_sums
         self.squares += (values * values).sum(axis=0)
-        if rgb.shape[0] == rgb.shape[1] and self.tile_size in (None, rgb.shape[0]):
+        self.one_square_size &= (rgb.ndim == 3 and rgb.shape[0] == rgb.shape[1]
+                                 and self.tile_size in (None, rgb.shape[0]))
+        if self.one_square_size:
             self._add_spectrum(rgb, tile_sums)
 
     def _add_spectrum(self, rgb: np.ndarray, tile_sums: np.ndarray) -> None:
@@ -188,8 +192,8 @@ class ChannelStats:
 
     def to_json(self) -> dict[str, Any] | None:
         """{"mean": [r, g, b], "std": [r, g, b]} in [-1, 1] units, with "spectrum" (the
-        tile size and the 3 x 3 cross-power matrix at each integer radius, DC first) where the
-        tiles were square; None without pixels."""
+        tile size and the 3 x 3 cross-power matrix at each integer radius, DC first) where
+        every image was one square tile of one size; None without pixels."""
         if not self.pixels:
             return None
         n = self.pixels
@@ -198,7 +202,7 @@ class ChannelStats:
         stats: dict[str, Any] = {
             "mean": [round(float(m / 127.5 - 1), 6) for m in mean],
             "std": [round(float(np.sqrt(v) / 127.5), 6) for v in var]}
-        if self.tiles >= 2 and all(v > 0 for v in var):
+        if self.one_square_size and self.tiles >= 2 and all(v > 0 for v in var):
             stats["spectrum"] = self._spectrum_json(np.sqrt(var) / 127.5)
         return stats
 

@@ -340,3 +340,17 @@ def test_a_malformed_spectrum_is_refused(tmp_path, spectrum):
     stats = {"mean": [0, 0, 0], "std": [1, 1, 1], "spectrum": spectrum}
     with pytest.raises(UserError, match="train_stats.spectrum is not a tile size"):
         tiles.train_stats({"train_stats": stats}, tmp_path)
+
+
+def test_a_spectrum_is_only_written_for_tiles_of_one_square_size():
+    rng = np.random.default_rng(2)
+    mixed = tiles.ChannelStats()
+    for image in (rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
+                  rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
+                  rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)):
+        mixed.add(image)
+    batch = tiles.ChannelStats()
+    batch.add(rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8))  # 8 tiles of 8 px at once
+    for stats in (mixed, batch):
+        found = stats.to_json()
+        assert "spectrum" not in found and len(found["mean"]) == 3
