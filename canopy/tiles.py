@@ -224,6 +224,33 @@ class ChannelStats:
                 "radial": [[[_significant(v) for v in row] for row in m] for m in matrices]}
 
 
+class TrainStats:
+    """ChannelStats of all train tiles, and of each region's (a conditioned model's classes:
+    canopy/conditions.py names a tile's region), for the manifest's `train_stats`."""
+
+    def __init__(self) -> None:
+        self.all = ChannelStats()
+        self.regions: dict[str, ChannelStats] = {}
+
+    def add(self, rgb: np.ndarray, region: str | None) -> None:
+        self.all.add(rgb)
+        if region is not None:
+            self.regions.setdefault(region, ChannelStats()).add(rgb)
+
+    def to_json(self) -> dict[str, Any] | None:
+        """ChannelStats.to_json of all tiles, with "regions": {name: its own, for each region
+        with a positive std in every channel}; None without pixels."""
+        stats = self.all.to_json()
+        if stats is None:
+            return None
+        measured = {name: region.to_json() for name, region in sorted(self.regions.items())}
+        regions = {name: found for name, found in measured.items()
+                   if found is not None and all(v > 0 for v in found["std"])}
+        if regions:
+            stats["regions"] = regions
+        return stats
+
+
 # the channel pairs (c, d), c <= d, of a symmetric 3 x 3 cross-power matrix
 CHANNEL_PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
 
@@ -320,23 +347,37 @@ def read_manifest(root: Path, point_at: str) -> dict[str, Any]:
 
 def train_stats(manifest: dict[str, Any], root: Path) -> dict[str, list[float]] | None:
     """The train tiles' per-channel {"mean", "std"} ([-1, 1] units) and, where etl measured
-    it, their "spectrum" from a manifest; None for manifests written before etl measured them."""
+    them, their "spectrum" and each region's stats ("regions") from a manifest; None for
+    manifests written before etl measured them."""
     stats = manifest.get("train_stats")
     if stats is None:
         return None
+    found = _checked_stats(stats, root, "train_stats")
+    regions = stats.get("regions")
+    if regions is not None:
+        if not isinstance(regions, dict):
+            raise UserError(f"{root / MANIFEST_FILE}: train_stats.regions is not an object of "
+                            f"each region's stats; {_FIX}")
+        found["regions"] = {name: _checked_stats(entry, root, f"train_stats.regions.{name}")
+                            for name, entry in regions.items()}
+    return found
+
+
+def _checked_stats(stats: Any, root: Path, where: str) -> dict[str, Any]:
+    """{"mean", "std"[, "spectrum"]} of one ChannelStats entry of a manifest, checked."""
     ok = (isinstance(stats, dict)
           and all(isinstance(stats.get(k), list) and len(stats[k]) == 3
                   and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stats[k])
                   for k in ("mean", "std"))
           and all(v > 0 for v in stats["std"]))
     if not ok:
-        raise UserError(f"{root / MANIFEST_FILE}: train_stats is not three means and three "
+        raise UserError(f"{root / MANIFEST_FILE}: {where} is not three means and three "
                         f"positive stds; {_FIX}")
     found: dict[str, Any] = {"mean": [float(v) for v in stats["mean"]],
                              "std": [float(v) for v in stats["std"]]}
     if "spectrum" in stats:
         if not is_spectrum(stats["spectrum"]):
-            raise UserError(f"{root / MANIFEST_FILE}: train_stats.spectrum is not a tile size and "
+            raise UserError(f"{root / MANIFEST_FILE}: {where}.spectrum is not a tile size and "
                             f"symmetric 3 x 3 cross-power matrices; {_FIX}")
         found["spectrum"] = stats["spectrum"]
     return found

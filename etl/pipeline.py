@@ -24,6 +24,7 @@ from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 from tqdm import tqdm
 
+from canopy.conditions import tile_values
 from canopy.errors import UserError
 from canopy.etl.params import RUN_ONLY_KEYS, EtlParams
 from canopy.etl.png import PNG_COMPRESS_LEVEL, encode_png
@@ -37,9 +38,9 @@ from canopy.params import CanopyParams
 from canopy.tiles import (
     SPLITS,
     TILES_OUTPUT,
-    ChannelStats,
     ShardWriter,
     TileLocation,
+    TrainStats,
     split_counts,
     split_of,
     write_manifest,
@@ -112,7 +113,7 @@ def write_tiles(scenes: list[SceneSpec], params: CanopyParams, root: Path,
     writers = {split: ShardWriter(root, split, etl.shard_size) for split in SPLITS}
     filters = FilterCounts()
     placed: list[TileLocation] = []  # where each kept tile's PNG is, in output order
-    stats = ChannelStats()  # of the train tiles: train standardises the data with them
+    stats = TrainStats()  # of the train tiles: train standardises the data with them
     scene_reports = []
     with TileEncoder(etl.workers) as encoder:
         for scene in tqdm(scenes, desc="scenes", unit="scene", disable=not progress):
@@ -151,7 +152,7 @@ def output_params_hash(params: CanopyParams) -> str:
 
 
 def _tile_scene(scene, etl: EtlParams, encoder, writers, filters, placed, progress,
-                stats: ChannelStats) -> dict:
+                stats: TrainStats) -> dict:
     scene_filters = FilterCounts()
     with SceneReader(scene, gamma=etl.gamma, percentile_range=etl.percentile_range,
                      ndvi_threshold=etl.ndvi_threshold, gli_threshold=etl.gli_threshold) as reader:
@@ -161,9 +162,10 @@ def _tile_scene(scene, etl: EtlParams, encoder, writers, filters, placed, progre
         for candidate, png in encoder.encode(kept):
             key = f"{scene.scene_id}_{candidate.row:06d}_{candidate.col:06d}"
             split = split_of(key, etl.val_fraction)
+            metadata = _tile_metadata(key, scene, reader, candidate)
             if split == "train":
-                stats.add(candidate.rgb)
-            placed.append(writers[split].add(key, png, _tile_metadata(key, scene, reader, candidate)))
+                stats.add(candidate.rgb, tile_values(metadata)["region"])
+            placed.append(writers[split].add(key, png, metadata))
         bar.close()
         for name in vars(filters):
             setattr(filters, name, getattr(filters, name) + getattr(scene_filters, name))

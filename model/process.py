@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canopy.model.diffusion import GaussianDiffusion, make_betas
-from canopy.model.spectral import SpectralSkip
+from canopy.model.spectral import ClassSpectralSkip, SpectralSkip, spectral_skip
 from canopy.model.uncertainty import weighted
 
 PROCESSES = ("vp", "edm")
@@ -120,7 +120,7 @@ class EDMProcess(nn.Module):
         sigma_max: float = 80.0,
         data_space: DataSpace | None = None,
         lognormal_weights: Sequence[float] | None = None,
-        spectral: SpectralSkip | None = None,
+        spectral: SpectralSkip | ClassSpectralSkip | None = None,
     ) -> None:
         super().__init__()
         if not sigma_data > 0:
@@ -157,18 +157,20 @@ class EDMProcess(nn.Module):
         c_noise = EDM_NOISE_SCALE * s.log() / 4
         return tuple(c.float() for c in (c_skip, c_out, c_in, c_noise))
 
-    def precondition(self, x: torch.Tensor, sigma: torch.Tensor
+    def precondition(self, x: torch.Tensor, sigma: torch.Tensor,
+                     cond: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(c_skip x, c_out, c_in, c_noise) for x (B, C, H, W) at `sigma` (B or 1 levels), the
         coefficients shaped to broadcast over x; c_skip x and c_out float32. Scalar c_skip
-        (EDM), or the spectral one: c_skip a filter, c_out its error (model/spectral.py)."""
+        (EDM), or the spectral one: c_skip a filter, c_out its error, of each image's class
+        where the filters are per class (`cond`, model/spectral.py)."""
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma.reshape(-1))
         shape = (-1, 1, 1, 1)
         if self.spectral is None:
             skipped = c_skip.reshape(shape) * x.float()
         else:
-            skipped = self.spectral.skip(x, sigma)
-            c_out = self.spectral.c_out(sigma.reshape(-1), *x.shape[-2:])
+            skipped = self.spectral.skip(x, sigma, cond)
+            c_out = self.spectral.c_out(sigma.reshape(-1), *x.shape[-2:], cond)
         return skipped, c_out.reshape(shape), c_in.reshape(shape), c_noise
 
     def denoise(self, net: nn.Module, x: torch.Tensor, sigma: torch.Tensor,
@@ -176,7 +178,7 @@ class EDMProcess(nn.Module):
         """D(x; sigma): the network's estimate of x_0. `sigma` is one level per image (B,) or
         one for the whole batch ((), (1,)), which the network embeds once and broadcasts;
         `cond` the condition rows of a conditioned network (model/condition.py)."""
-        skipped, c_out, c_in, c_noise = self.precondition(x, sigma)
+        skipped, c_out, c_in, c_noise = self.precondition(x, sigma, cond)
         f = call_network(net, (c_in * x).to(x.dtype), c_noise, cond).float()
         return skipped + c_out * f
 
@@ -200,7 +202,7 @@ class EDMProcess(nn.Module):
         mean over pixels, then over the batch. With `uncertainty` (model/uncertainty.py,
         diffusion.loss_weighting: learned) each image's loss is L / exp(u) + u."""
         x = x0 + t.reshape(-1, 1, 1, 1).to(x0.dtype) * noise
-        skipped, c_out, c_in, c_noise = self.precondition(x, t)
+        skipped, c_out, c_in, c_noise = self.precondition(x, t, cond)
         prediction = call_network(model, (c_in * x).to(x0.dtype), c_noise.reshape(-1), cond).float()
         target = (x0.float() - skipped) / c_out
         per_image = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
@@ -308,10 +310,13 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
 
 
 def process_config(diffusion: Mapping[str, Any], schedule: str,
-                   stats: Mapping[str, Any] | None) -> dict[str, Any]:
+                   stats: Mapping[str, Any] | None,
+                   classes: Sequence[str] | None = None) -> dict[str, Any]:
     """{diffusion, schedule[, data_stats]} as train builds its process and the export records
     it: `diffusion` (the params section, or part of it) with sigma_data resolved for a
-    continuous process, and the train tiles' stats where the data is standardised."""
+    continuous process, and the train tiles' stats where the data is standardised. `classes`:
+    the region names of a model conditioned on region, whose spectral skip is then one filter
+    per class (model/spectral.py), from each region's stats in `stats["regions"]`."""
     d = dict(diffusion)
     full = {**DIFFUSION_DEFAULTS, **d}
     if full["standardize"] and stats is None:
@@ -327,7 +332,21 @@ def process_config(diffusion: Mapping[str, Any], schedule: str,
             raise ValueError("diffusion.preconditioning spectral needs the train tiles' power "
                              "spectrum, which this tiles manifest lacks: re-run `canopy etl`")
         config["data_stats"]["spectrum"] = stats["spectrum"]
+        if classes:
+            config["data_stats"]["class_stats"] = _class_stats(stats, classes)
     return config
+
+
+def _class_stats(stats: Mapping[str, Any], classes: Sequence[str]) -> list[Any]:
+    """Each class's {"mean", "std", "spectrum"} from the tiles' per-region stats, in the
+    model's class order; None for a class without them (too few tiles: it takes the filter of
+    all tiles)."""
+    regions = stats.get("regions")
+    if regions is None:
+        raise ValueError("diffusion.preconditioning spectral on a model conditioned on region "
+                         "needs each region's power spectrum, which this tiles manifest lacks: "
+                         "re-run `canopy etl`")
+    return [regions.get(name) for name in classes]
 
 
 def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
@@ -347,7 +366,7 @@ def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
         sigma_data = resolve_sigma_data(d["sigma_data"], d["standardize"], config.get("data_stats"))
         spectral = None
         if d["preconditioning"] == "spectral":
-            spectral = SpectralSkip.from_config(config["data_stats"]["spectrum"])
+            spectral = spectral_skip(config["data_stats"])
         return EDMProcess(sigma_data, d["lognormal_mean"], d["lognormal_std"],
                           d["sigma_min"], d["sigma_max"], data_space, d["lognormal_weights"],
                           spectral)

@@ -33,6 +33,18 @@ loss weight stays lambda = 1 / c_out^2 (the squared error of F against its targe
 The spectrum is measured at the tile size n; an image of another size m (crop training) reads it
 at the same frequency in cycles per pixel, and its DC power, m^2 Var(mean), as if its mean varied
 as much as a tile's (the best guess without measuring crops; the network corrects the rest).
+
+A model conditioned on a class (model.condition: region) has one filter per class
+(ClassSpectralSkip): class k's tiles are a Gaussian of their own mean colour mu_k and spectrum
+P_k, so the best linear estimate given the class is
+
+    c_skip_k x = mu_k + P_k (P_k + sigma^2 I)^-1 (x - mu_k),   c_out_k from P_k as above
+
+which at high noise is the class's mean colour, not the mean of all classes. A shared filter
+would hand the conditional and the unconditional branch the same low frequencies (a tile's
+colour and density: what tells the classes apart), leaving the condition to a correction the
+network must learn at the rarely drawn high noise levels. Images without a class (the share
+dropped for classifier-free guidance, tiles without one) take the filter of all tiles.
 """
 
 from __future__ import annotations
@@ -108,30 +120,133 @@ class SpectralSkip:
         return self._device_grids[key]
 
     # --- the preconditioning ---------------------------------------------------------------
-    def c_out(self, sigma: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def c_out(self, sigma: torch.Tensor, height: int, width: int,
+              cond: torch.Tensor | None = None) -> torch.Tensor:
         """sqrt(mean_f tr(P sigma^2 (P + sigma^2)^-1) / C) per level of `sigma` (1-D), on
-        sigma's device, float32."""
-        values = self._on_device(height, width, sigma.device, half=False)[0]
-        s2 = sigma.float().reshape(-1, 1, 1, 1) ** 2
-        return (values * s2 / (values + s2)).mean(dim=(1, 2, 3)).sqrt()
+        sigma's device, float32. `cond` is for ClassSpectralSkip's signature: one filter
+        serves every condition."""
+        return _error(self._on_device(height, width, sigma.device, half=False)[0], sigma)
 
-    def skip(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def skip(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None
+             ) -> torch.Tensor:
         """c_skip(f) applied to x (B, C, H, W) at one level per image (`sigma` of B or 1
         entries): the Wiener estimate of x_0, float32. Outside autocast (the skip is most of
         D at low noise, where bf16's rounding would show), and with elementwise colour
         mixing, which gives each image the same bits whatever the batch."""
-        height, width = x.shape[-2:]
-        with torch.autocast(x.device.type, enabled=False):
-            values, basis = self._on_device(height, width, x.device, half=True)
-            s2 = sigma.to(device=x.device, dtype=torch.float32).reshape(-1, 1, 1, 1) ** 2
-            gain = values / (values + s2)
-            spectrum = torch.fft.rfft2(x.float(), norm="ortho")
-            # into each frequency's colour eigenbasis, scaled, and back
-            parts = []
-            for part in (spectrum.real, spectrum.imag):
-                projected = _mix(basis, part, into_basis=True) * gain
-                parts.append(_mix(basis, projected, into_basis=False))
-            return torch.fft.irfft2(torch.complex(*parts), s=(height, width), norm="ortho")
+        values, basis = self._on_device(*x.shape[-2:], x.device, half=True)
+        return _wiener(x, sigma, values, basis)
+
+
+class ClassSpectralSkip:
+    """One Wiener filter per class, each about its class's mean colour (module docstring), and
+    the filter of all tiles for images without a class. A condition row's first value is the
+    class index (model/condition.py: region comes first), NaN for none.
+
+    `classes[k]` is (class k's mean colour, its SpectralSkip), both in the standardised units
+    of `unconditional`, or None for a class without a spectrum of its own (it takes the
+    unconditional filter)."""
+
+    def __init__(self, unconditional: SpectralSkip,
+                 classes: Sequence[tuple[Sequence[float], SpectralSkip] | None]) -> None:
+        for entry in classes:
+            if entry is not None and entry[1].tile_size != unconditional.tile_size:
+                raise ValueError("every class's spectrum must be of the unconditional one's "
+                                 f"tile size, {unconditional.tile_size}")
+        # filter 0: no class; filter k + 1: class k
+        self.filters = [unconditional] + [e[1] if e else unconditional for e in classes]
+        self.means = torch.tensor([[0.0] * 3] + [list(e[0]) if e else [0.0] * 3 for e in classes],
+                                  dtype=torch.float32)
+        self.tile_size = unconditional.tile_size
+        self._device_grids: dict[tuple[int, int, bool, str], tuple[torch.Tensor, ...]] = {}
+
+    def _on_device(self, height: int, width: int, device: torch.device, half: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(lambda (F, C, H, W'), U (F, H, W', C, C), means (F, C, 1, 1)) of every filter, float32
+        on `device`, cached."""
+        key = (height, width, half, str(device))
+        if key not in self._device_grids:
+            grids = [f.eigen(height, width, half) for f in self.filters]
+            self._device_grids[key] = tuple(
+                stacked.to(device=device, dtype=torch.float32)
+                for stacked in (torch.stack([v for v, _ in grids]),
+                                torch.stack([u for _, u in grids]),
+                                self.means.reshape(len(self.filters), -1, 1, 1)))
+        return self._device_grids[key]
+
+    def filter_index(self, cond: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """Each condition row's filter (B or 1 entries): its class + 1, 0 for none."""
+        if cond is None:
+            return torch.zeros(1, dtype=torch.long, device=device)
+        classes = cond[:, 0].to(device=device, dtype=torch.float32)
+        known = classes.isfinite() & (classes >= 0) & (classes < len(self.filters) - 1)
+        return torch.where(known, classes.nan_to_num(0.0).long() + 1, 0)
+
+    def skip(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """mu_k + c_skip_k (x - mu_k) for each image's class k (`cond`, one row per image or
+        one for the batch), float32, as SpectralSkip.skip."""
+        values, basis, means = self._on_device(*x.shape[-2:], x.device, half=True)
+        which = self.filter_index(cond, x.device)
+        mean = means[which]
+        return mean + _wiener(x.float() - mean, sigma, values[which], basis[which])
+
+    def c_out(self, sigma: torch.Tensor, height: int, width: int,
+              cond: torch.Tensor | None = None) -> torch.Tensor:
+        """SpectralSkip.c_out of each image's class filter (B or 1 entries)."""
+        values = self._on_device(height, width, sigma.device, half=False)[0]
+        which = self.filter_index(cond, sigma.device)
+        return _error(values[which], sigma)
+
+
+def spectral_skip(data_stats: Mapping[str, Any]) -> SpectralSkip | ClassSpectralSkip:
+    """The skip of an export's `data_stats`: the filter of its "spectrum", or, where it has
+    "class_stats" (one entry per class of a model conditioned on region: {"mean", "std",
+    "spectrum"} of its train tiles in [-1, 1] units, or None), a filter per class."""
+    unconditional = SpectralSkip.from_config(data_stats["spectrum"])
+    if "class_stats" not in data_stats:
+        return unconditional
+    mean = torch.tensor(data_stats["mean"], dtype=torch.float64)
+    std = torch.tensor(data_stats["std"], dtype=torch.float64)
+    return ClassSpectralSkip(unconditional, [
+        None if entry is None or "spectrum" not in entry else _standardised_class(entry, mean, std)
+        for entry in data_stats["class_stats"]])
+
+
+def _standardised_class(entry: Mapping[str, Any], mean: torch.Tensor, std: torch.Tensor
+                        ) -> tuple[list[float], SpectralSkip]:
+    """A class's mean colour and spectrum in the units of the data standardised with all
+    tiles' `mean` and `std`: its spectrum is in its own std's units (ChannelStats), so the
+    (c, d) entries scale by its std_c std_d / (std_c std_d of all tiles)."""
+    class_std = torch.tensor(entry["std"], dtype=torch.float64)
+    ratio = class_std / std
+    radial = torch.tensor(entry["spectrum"]["radial"], dtype=torch.float64) * torch.outer(ratio, ratio)
+    class_mean = (torch.tensor(entry["mean"], dtype=torch.float64) - mean) / std
+    return class_mean.tolist(), SpectralSkip(int(entry["spectrum"]["tile_size"]), radial.tolist())
+
+
+def _wiener(x: torch.Tensor, sigma: torch.Tensor, values: torch.Tensor, basis: torch.Tensor
+            ) -> torch.Tensor:
+    """The filter lambda / (lambda + sigma^2) in each frequency's colour eigenbasis, applied to
+    x (B, C, H, W) at one level per image (`sigma` of B or 1 entries); lambda (C, H, W') and U
+    (H, W', C, C) of one filter, or (B, ...) of one per image. float32, outside autocast."""
+    height, width = x.shape[-2:]
+    with torch.autocast(x.device.type, enabled=False):
+        s2 = sigma.to(device=x.device, dtype=torch.float32).reshape(-1, 1, 1, 1) ** 2
+        gain = values / (values + s2)
+        spectrum = torch.fft.rfft2(x.float(), norm="ortho")
+        # into each frequency's colour eigenbasis, scaled, and back
+        parts = []
+        for part in (spectrum.real, spectrum.imag):
+            projected = _mix(basis, part, into_basis=True) * gain
+            parts.append(_mix(basis, projected, into_basis=False))
+        return torch.fft.irfft2(torch.complex(*parts), s=(height, width), norm="ortho")
+
+
+def _error(values: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """sqrt(mean_f tr(P sigma^2 (P + sigma^2)^-1) / C) from lambda on the full grid, (C, H, W)
+    or (B, C, H, W), per level of `sigma` (1-D), float32."""
+    s2 = sigma.float().reshape(-1, 1, 1, 1) ** 2
+    return (values * s2 / (values + s2)).mean(dim=(-3, -2, -1)).sqrt()
 
 
 def _mix(basis: torch.Tensor, planes: torch.Tensor, into_basis: bool) -> torch.Tensor:

@@ -142,14 +142,15 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
     if params.model.channels != 3:
         raise UserError(f"model.channels is {params.model.channels} but tiles are RGB: set it to 3")
 
-    try:
-        process = process_config(params.diffusion.config(), params.schedule,
-                                 tiles.train_stats(manifest, data_dir))
-    except ValueError as err:
-        raise UserError(str(err)) from None
     condition = None
     if params.model.condition:
         index, condition = _with_conditions(index, params.model.condition, say)
+    try:
+        process = process_config(params.diffusion.config(), params.schedule,
+                                 tiles.train_stats(manifest, data_dir),
+                                 (condition or {}).get("region"))
+    except ValueError as err:
+        raise UserError(str(err)) from None
     trainer = Trainer(params, runtime, dist, process, condition)
     expect = {"resume_params": resume_params(params), "data_hash": data_hash(data_dir, shards, manifest)}
     expect["params_hash"] = sha256_json(expect["resume_params"])
