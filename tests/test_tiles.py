@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -354,3 +355,46 @@ def test_a_spectrum_is_only_written_for_tiles_of_one_square_size():
     for stats in (mixed, batch):
         found = stats.to_json()
         assert "spectrum" not in found and len(found["mean"]) == 3
+
+
+def test_train_stats_measure_each_region_on_its_own_tiles():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
+    regions = ["b", "a", "b", None, "a", "b", "a", "b", "c"]
+    stats = tiles.TrainStats()
+    for image, region in zip(images, regions):
+        stats.add(image, region)
+    found = stats.to_json()
+    every = tiles.ChannelStats()
+    for image in images:
+        every.add(image)
+    assert {k: v for k, v in found.items() if k != "regions"} == every.to_json()
+    assert sorted(found["regions"]) == ["a", "b", "c"]
+    own = tiles.ChannelStats()
+    for image, region in zip(images, regions):
+        if region == "b":
+            own.add(image)
+    assert found["regions"]["b"] == own.to_json()
+    assert "spectrum" not in found["regions"]["c"]  # one tile: no spectrum of its own
+    assert tiles.train_stats({"train_stats": found}, Path("x"))["regions"]["b"] == own.to_json()
+
+
+def test_a_region_of_one_flat_colour_is_left_out():
+    stats = tiles.TrainStats()
+    rng = np.random.default_rng(4)
+    stats.add(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "varied")
+    stats.add(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "varied")
+    stats.add(np.full((8, 8, 3), 90, dtype=np.uint8), "flat")
+    assert list(stats.to_json()["regions"]) == ["varied"]
+    assert tiles.TrainStats().to_json() is None
+
+
+@pytest.mark.parametrize("regions, where", [
+    ([1, 2], "train_stats.regions is not an object"),
+    ({"a": {"mean": [0, 0, 0], "std": [1, 0, 1]}}, "train_stats.regions.a is not three means"),
+    ({"a": {"mean": [0, 0, 0], "std": [1, 1, 1], "spectrum": {"tile_size": 8}}},
+     "train_stats.regions.a.spectrum is not a tile size")])
+def test_malformed_region_stats_are_refused(tmp_path, regions, where):
+    stats = {"mean": [0, 0, 0], "std": [1, 1, 1], "regions": regions}
+    with pytest.raises(UserError, match=where):
+        tiles.train_stats({"train_stats": stats}, tmp_path)

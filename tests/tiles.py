@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from canopy import tiles
+from canopy.conditions import tile_values
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -29,17 +30,18 @@ def write_tiles(root: Path, train: np.ndarray, val: np.ndarray, shard_size: int 
     `metadata`: per split, more keys for each tile's .json (e.g. its region)."""
     root.mkdir(parents=True, exist_ok=True)
     shards = []
+    measured = tiles.TrainStats()  # of the train tiles, each region's too, as etl measures
     for split, images in (("train", train), ("val", val)):
         writer = tiles.ShardWriter(root, split, shard_size)
         extra = (metadata or {}).get(split) or [{}] * len(images)
         for i, image in enumerate(images):
             key = f"test_{split}_{i:04d}"
-            writer.add(key, png_bytes(image), {"source": "test", "key": key, **extra[i]})
+            written = {"source": "test", "key": key, **extra[i]}
+            writer.add(key, png_bytes(image), written)
+            if split == "train":
+                measured.add(image, tile_values(written)["region"])
         shards += writer.close()
     tile_size = int(train.shape[1])
-    measured = tiles.ChannelStats()
-    for image in train:
-        measured.add(image)
     tiles.write_manifest(root, tile_size=tile_size, stride=tile_size, shards=shards,
                          synthetic=False, filters={}, sources=[], params_hash="test",
                          train_stats=measured.to_json() if stats else None)

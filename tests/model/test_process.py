@@ -243,3 +243,20 @@ def test_a_mixture_of_noise_levels_draws_each_component_in_its_share():
 def test_a_bad_mixture_is_refused(kw, message):
     with pytest.raises(ValueError, match=message):
         EDMProcess(sigma_data=1.0, **kw)
+
+
+def test_a_spectral_model_conditioned_on_region_records_each_class_stats_in_class_order():
+    spectrum = {"tile_size": 8, "radial": [[[1, 0, 0], [0, 1, 0], [0, 0, 1]]] * 2}
+    region = {"mean": [0.1, 0.1, 0.1], "std": [0.5, 0.5, 0.5], "spectrum": spectrum}
+    stats = {"mean": [0, 0, 0], "std": [1, 1, 1], "spectrum": spectrum,
+             "regions": {"b": region, "a": {"mean": [0, 0, 0], "std": [1, 1, 1]}}}
+    config = process_config({"process": "edm", "standardize": True,
+                             "preconditioning": "spectral"}, "linear", stats, ["a", "b", "c"])
+    assert config["data_stats"]["class_stats"] == [stats["regions"]["a"], region, None]
+    unconditioned = process_config({"process": "edm", "standardize": True,
+                                    "preconditioning": "spectral"}, "linear", stats)
+    assert "class_stats" not in unconditioned["data_stats"]
+    del stats["regions"]
+    with pytest.raises(ValueError, match="each region's power spectrum"):
+        process_config({"process": "edm", "standardize": True, "preconditioning": "spectral"},
+                       "linear", stats, ["a"])

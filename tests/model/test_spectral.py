@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from canopy.model.process import EDMProcess
-from canopy.model.spectral import SpectralSkip
+from canopy.model.spectral import ClassSpectralSkip, SpectralSkip, spectral_skip
 
 SIZE = 8
 BINS = 7  # radii 0 .. round(8 / sqrt(2)) = 6
@@ -137,3 +137,104 @@ def test_the_skip_is_fp32_under_autocast_and_the_same_whatever_the_batch():
         autocast = skip.skip(x, level)
     assert autocast.dtype == torch.float32 and torch.equal(autocast, plain)
     assert torch.equal(skip.skip(x[2:3], level), plain[2:3])
+
+
+# --- one filter per class ------------------------------------------------------------------
+
+def _class_skip() -> tuple[SpectralSkip, ClassSpectralSkip, torch.Tensor]:
+    """Two classes of their own mean colour and power (the second darker and flatter), and the
+    filter of both together."""
+    unconditional = _spectrum()
+    means = torch.tensor([[0.8, 0.7, 0.6], [-0.9, -0.8, -0.9]])
+    bright = SpectralSkip(SIZE, (unconditional.radial * 0.3).tolist())
+    dark = SpectralSkip(SIZE, (unconditional.radial * 0.1).tolist())
+    return unconditional, ClassSpectralSkip(unconditional, [(means[0].tolist(), bright),
+                                                            (means[1].tolist(), dark)]), means
+
+
+def test_each_class_is_estimated_about_its_own_mean_and_the_filter_errs_by_its_c_out():
+    """Gaussian images of class 1: its own filter's estimate is unbiased and errs by its c_out;
+    the filter of all classes, blind to the class, errs more, most at high noise, where the
+    class filter's estimate is the class's mean colour."""
+    unconditional, per_class, means = _class_skip()
+    g = torch.Generator().manual_seed(5)
+    x0 = _gaussian_field(per_class.filters[2], 2000, g) + means[1].reshape(1, 3, 1, 1)
+    cond = torch.tensor([[1.0]])
+    for sigma in (0.5, 3.0, 40.0):
+        x = x0 + sigma * torch.randn(x0.shape, generator=g)
+        level = torch.tensor([sigma])
+        estimate = per_class.skip(x, level, cond)
+        error = (estimate - x0).pow(2).mean().item()
+        c_out = per_class.c_out(level, SIZE, SIZE, cond)
+        assert error == pytest.approx(c_out.item() ** 2, rel=0.08)
+        assert error < (unconditional.skip(x, level) - x0).pow(2).mean().item()
+    # sigma 40: the estimate is the class's colour
+    assert torch.allclose(estimate.mean(dim=(0, 2, 3)), means[1], atol=0.05)
+
+
+def test_images_without_a_class_take_the_filter_of_all_tiles():
+    unconditional, per_class, _ = _class_skip()
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 3, SIZE, SIZE, generator=g)
+    level = torch.tensor([0.2, 1.0, 7.0])
+    nan = torch.full((3, 1), float("nan"))
+    for cond in (None, nan, torch.tensor([[2.0], [-1.0], [5.0]])):  # none, dropped, unknown
+        assert torch.allclose(per_class.skip(x, level, cond), unconditional.skip(x, level),
+                              atol=1e-6)
+        assert torch.allclose(per_class.c_out(level, SIZE, SIZE, cond),
+                              unconditional.c_out(level, SIZE, SIZE))
+    assert per_class.filter_index(torch.tensor([[0.0], [float("nan")], [1.0], [2.0]]),
+                                  torch.device("cpu")).tolist() == [1, 0, 2, 0]
+
+
+def test_each_image_takes_its_own_class_and_the_same_bits_whatever_the_batch():
+    _, per_class, _ = _class_skip()
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 3, SIZE, SIZE, generator=g)
+    level = torch.tensor([0.5, 2.0, 2.0, 30.0])
+    cond = torch.tensor([[0.0], [1.0], [float("nan")], [1.0]])
+    together = per_class.skip(x, level, cond)
+    for i in range(4):
+        alone = per_class.skip(x[i:i + 1], level[i:i + 1], cond[i:i + 1])
+        assert torch.equal(alone, together[i:i + 1])
+    c_out = per_class.c_out(level, SIZE, SIZE, cond)
+    assert c_out.shape == (4,) and c_out[1] != c_out[2]
+    # one condition row for the batch (the samplers' groups) is every row that condition
+    assert torch.equal(per_class.skip(x, level, cond[1:2]),
+                       per_class.skip(x, level, cond[1:2].expand(4, 1)))
+
+
+def test_class_stats_are_read_in_the_units_of_the_data_standardised_with_all_tiles():
+    radial = (_spectrum().radial).tolist()
+    spectrum = {"tile_size": SIZE, "radial": radial}
+    stats = {"mean": [0.1, 0.2, 0.3], "std": [0.2, 0.2, 0.4], "spectrum": spectrum,
+             "class_stats": [
+                 {"mean": [0.1, 0.2, 0.3], "std": [0.2, 0.2, 0.4], "spectrum": spectrum},
+                 {"mean": [0.5, 0.2, 0.1], "std": [0.1, 0.2, 0.2], "spectrum": spectrum},
+                 None]}
+    skip = spectral_skip(stats)
+    assert isinstance(skip, ClassSpectralSkip) and len(skip.filters) == 4
+    assert torch.equal(skip.means[1], torch.zeros(3))  # a class like all tiles: unchanged
+    assert torch.allclose(skip.filters[1].radial, skip.filters[0].radial)
+    assert torch.allclose(skip.means[2], torch.tensor([2.0, 0.0, -0.5]))
+    ratio = torch.tensor([0.5, 1.0, 0.5], dtype=torch.float64)
+    assert torch.allclose(skip.filters[2].radial, skip.filters[0].radial * torch.outer(ratio, ratio))
+    assert skip.filters[3] is skip.filters[0] and torch.equal(skip.means[3], torch.zeros(3))
+    del stats["class_stats"]
+    assert isinstance(spectral_skip(stats), SpectralSkip)
+
+
+def test_the_denoiser_routes_each_condition_row_to_its_class_filter():
+    _, per_class, means = _class_skip()
+    p = EDMProcess(sigma_data=1.0, spectral=per_class)
+    x = torch.zeros(3, 3, SIZE, SIZE)
+    sigma = torch.tensor([80.0])
+
+    def silent(x_in, c_noise, cond=None):
+        return torch.zeros_like(x_in)
+
+    cond = torch.tensor([[0.0], [1.0], [float("nan")]])
+    out = p.denoise(silent, x, sigma, cond).mean(dim=(2, 3))
+    # at sigma 80 the noisy image says little even of the DC: each estimate is its class's
+    # colour, and nothing for the image without one
+    assert torch.allclose(out, torch.stack([means[0], means[1], torch.zeros(3)]), atol=0.01)

@@ -90,3 +90,33 @@ def test_condition_dropout_drops_whole_conditions_at_its_rate(tmp_path):
     assert abs(dropped.float().mean().item() - 0.3) < 0.03
     assert torch.equal(dropped, trainer._drop_conditions(rows, step=5).isnan()[:, 0])
     assert not torch.equal(dropped, trainer._drop_conditions(rows, step=6).isnan()[:, 0])
+
+
+def test_a_spectral_model_conditioned_on_region_has_a_filter_per_region(tmp_path):
+    """Its export carries each class's stats in the model's class order, from the manifest's
+    regions, and rebuilds one filter per class; tiles of before etl measured regions are one
+    clear error."""
+    import json
+
+    from canopy import tiles as tiles_io
+    from canopy.model.spectral import ClassSpectralSkip
+
+    tiles = _region_tiles(tmp_path / "tiles", n_train=15)
+    spectral = {"process": "edm", "standardize": True, "timestep_sampling": "lognormal",
+                "preconditioning": "spectral"}
+    out = tmp_path / "models"
+    train(tiny_params(tiles, out, spectral, {"spacing": "karras"}, steps=2,
+                      model={"condition": ["region"]}), quiet=True)
+    _, config = weights.read_export(out / weights.EXPORT_FILE)
+    regions = tiles_io.train_stats(tiles_io.read_manifest(tiles, "x"), tiles)["regions"]
+    assert config["data_stats"]["class_stats"] == [regions[name] for name in sorted(REGIONS)]
+    _, process = build(config)
+    assert isinstance(process.spectral, ClassSpectralSkip) and len(process.spectral.filters) == 4
+
+    manifest_path = tiles / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["train_stats"]["regions"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="each region's power spectrum.*re-run `canopy etl`"):
+        train(tiny_params(tiles, tmp_path / "m2", spectral, {"spacing": "karras"}, steps=1,
+                          model={"condition": ["region"]}), quiet=True)
