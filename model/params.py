@@ -114,7 +114,9 @@ class DiffusionParams(StrictModel):
     # sigma^2); spectral: c_skip per spatial frequency, the Wiener filter of the train tiles'
     # power spectrum (etl measures it), so a tile's overall colour and layout, which noise
     # leaves readable long after its texture, pass through without the network relearning
-    # them (model/spectral.py). Needs standardize.
+    # them (model/spectral.py). A model conditioned on region gets one filter per region,
+    # about the region's mean colour (etl measures each region's spectrum too). Needs
+    # standardize.
     preconditioning: Literal["scalar", "spectral"] = "scalar"
 
     @field_validator("sigma_data")

@@ -20,18 +20,39 @@ from tests.sample.conftest import DIFFUSION, MODEL, write_checkpoint
 CONDITION = {"region": ["broadleaf", "conifer", "open"], "month": None}
 
 
-def _workspace(tmp_path, model_condition=CONDITION, **sample):
+# an edm model with the spectral skip, one filter per region (model/spectral.py)
+SPECTRAL = {"timesteps": 20, "objective": "eps", "loss": "l2", "process": "edm",
+            "standardize": True, "timestep_sampling": "lognormal", "preconditioning": "spectral",
+            "sigma_data": 1.0}
+
+
+def _spectral_stats(regions):
+    rng = np.random.default_rng(0)
+
+    def spectrum(scale):
+        radial = [(np.eye(3) * scale * 50 / (1 + r) ** 2 + 0.2).tolist() for r in range(12)]
+        return {"tile_size": 16, "radial": radial}
+
+    return {"mean": [-0.3, -0.2, -0.4], "std": [0.3, 0.25, 0.2], "spectrum": spectrum(1.0),
+            "class_stats": [{"mean": rng.uniform(-0.6, 0.0, 3).round(3).tolist(),
+                             "std": [0.2, 0.2, 0.15], "spectrum": spectrum(0.5 + k)}
+                            for k in range(len(regions))]}
+
+
+def _workspace(tmp_path, model_condition=CONDITION, diffusion=DIFFUSION, **sample):
     """A conditioned (or, with None, unconditioned) export and params asking `sample`."""
     condition = model_condition
     model = {**MODEL, "condition": condition} if condition else MODEL
     torch.manual_seed(0)
     net = Unet(**model)
-    config = {"model": model, "diffusion": DIFFUSION, "schedule": "linear", "seed": 0,
+    config = {"model": model, "diffusion": diffusion, "schedule": "linear", "seed": 0,
               "tile_size": 16, "step": 7, "params_hash": "x", "data_hash": "y"}
+    if diffusion is SPECTRAL:
+        config["data_stats"] = _spectral_stats(condition["region"])
     (tmp_path / "models").mkdir(exist_ok=True)
     weights.write_export(tmp_path / "models" / weights.EXPORT_FILE, net.state_dict(), config)
     params_model = {**MODEL, "condition": list(condition or {})}
-    params = {"seed": 3, "schedule": "linear", "model": params_model, "diffusion": DIFFUSION,
+    params = {"seed": 3, "schedule": "linear", "model": params_model, "diffusion": diffusion,
               "etl": {"tile_size": 16, "stride": 16},
               "paths": {"models": str(tmp_path / "models"), "samples": str(tmp_path / "samples")},
               "sample": {"n": 6, "batch_size": 4, "steps": 3, "device": "cpu", **sample}}
@@ -61,8 +82,11 @@ def test_each_class_an_equal_share_recorded_per_image_and_a_grid_row_per_class(t
     assert grid.shape[:2] == (3 * 18 + 2, 2 * 18 + 2)  # 3 rows (classes) of 2, 16 px + 2 pad
 
 
-def test_image_i_is_fixed_by_seed_index_and_condition_whatever_the_batch(tmp_path):
-    ws = _workspace(tmp_path, condition={"region": "each", "month": 6}, guidance=3.0)
+@pytest.mark.parametrize("diffusion", [DIFFUSION, SPECTRAL], ids=["vp", "spectral-per-class"])
+def test_image_i_is_fixed_by_seed_index_and_condition_whatever_the_batch(tmp_path, diffusion):
+    spacing = {"spacing": "karras"} if diffusion is SPECTRAL else {}
+    ws = _workspace(tmp_path, diffusion=diffusion, condition={"region": "each", "month": 6},
+                    guidance=3.0, **spacing)
     runs = {}
     for n, batch in [(6, 4), (6, 1), (2, 5)]:
         out = ws / f"s-{n}-{batch}"
@@ -72,7 +96,8 @@ def test_image_i_is_fixed_by_seed_index_and_condition_whatever_the_batch(tmp_pat
     assert runs[(6, 4)] == runs[(6, 1)]
     assert runs[(2, 5)] == {k: v for k, v in runs[(6, 4)].items() if int(k[:6]) < 2}
     # the same seed and index under another condition is another image
-    _workspace(tmp_path, condition={"region": "open", "month": 6}, guidance=3.0)
+    _workspace(tmp_path, diffusion=diffusion, condition={"region": "open", "month": 6},
+               guidance=3.0, **spacing)
     assert _sample(ws, "--samples", str(ws / "open")).exit_code == 0
     assert _images(ws / "open")["000000.png"] != runs[(6, 4)]["000000.png"]
     assert _images(ws / "open")["000002.png"] == runs[(6, 4)]["000002.png"]  # open both times
