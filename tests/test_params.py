@@ -91,9 +91,9 @@ def test_example_params_are_valid(path):
         demo = load_params(REPO_ROOT / "params.yaml")
         assert params.model.unet_kwargs() == demo.model.unet_kwargs()
         assert params.train.steps == demo.train.steps
-        # ... and its recipe, but the scalar skip: the spectral one is the prior of every
-        # class together and costs a conditioned model its condition (docs/benchmarks.md)
-        assert params.diffusion == demo.diffusion.model_copy(update={"preconditioning": "scalar"})
+        # ... and its recipe (the spectral skip: one filter per region for a model
+        # conditioned on region, model/spectral.py)
+        assert params.diffusion == demo.diffusion
         return
     # Real runs: a network of at least the 64 px NEON recipe's size, 4 levels deep
     assert params.model.dim >= 32 and params.model.dim_mults == [1, 2, 4, 8]
