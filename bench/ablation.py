@@ -10,10 +10,12 @@ a list of dotted overrides of params.yaml:
         --variant beta2=train.adam_beta2=0.99 \
         --variant decay=train.lr_decay=linear,train.lr_decay_fraction=0.3
 
-`--ema-std 0.05 0.1` also samples and scores each trained model with those post-hoc EMA
-reconstructions (sample.ema_std): no retraining. Results go to <root>/results.jsonl (one row
-per run, appended; a run whose metrics exist is skipped, so the script resumes) and a table is
-printed. Quality only: no timing is measured here (the runs may share a busy machine).
+`--tiles FOLDER` trains and scores every seed on one etl output instead (real imagery: the
+seed then draws the weights, batches, noise and samples, not the tiles). `--ema-std 0.05 0.1`
+also samples and scores each trained model with those post-hoc EMA reconstructions
+(sample.ema_std): no retraining. Results go to <root>/results.jsonl (one row per run,
+appended; a run whose metrics exist is skipped, so the script resumes) and a table is printed.
+Quality only: no timing is measured here (the runs may share a busy machine).
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[])
     ap.add_argument("--ema-std", type=float, nargs="*", default=[])
     ap.add_argument("--full", action="store_true", help="also FID/KID and C2ST")
+    ap.add_argument("--tiles", type=Path, help="a tiles folder made by `canopy etl` (e.g. real "
+                    "imagery) to train and evaluate every seed on, instead of the demo's "
+                    "synthetic tiles of each seed")
     args = ap.parse_args()
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     canopy = [sys.executable, "-m", "canopy.cli"]
@@ -104,7 +109,7 @@ def main() -> None:
     args.root.mkdir(parents=True, exist_ok=True)
     variants = [parse_variant(v) for v in (args.variant or ["demo"])]
     for seed in args.seeds:
-        tiles = args.root / f"tiles-s{seed}"
+        tiles = args.tiles or args.root / f"tiles-s{seed}"
         if not (tiles / "manifest.json").exists():
             p = write_params(base, seed, args.root / f"etl-s{seed}", tiles, [], args.n, False)
             run(canopy + ["etl", "-q", "-p", str(p)], args.root / f"etl-s{seed}" / "log.txt")

@@ -148,6 +148,7 @@ PRODUCT_DIFFUSION = {"timesteps": 1000, "objective": "v", "loss": "l2", "min_snr
                      "lognormal_std": 1.6, "process": "edm", "standardize": True,
                      "preconditioning": "spectral"}
 PRODUCT_AUGMENT = "transpose"
+PRODUCT_TIME_MODULATION = "scale_shift"  # params.yaml's model.time_modulation
 
 
 def recipe_params(recipe: Recipe) -> SimpleNamespace:
@@ -155,7 +156,8 @@ def recipe_params(recipe: Recipe) -> SimpleNamespace:
     other defaults, and the recipe's network, batch, lr and EMA. tests/bench checks it against
     the schema and params.yaml."""
     kwargs = {"dim": recipe.dim, "init_dim": None, "dim_mults": list(recipe.dim_mults),
-              "channels": 3, "convnext_mult": 2, "norm": "group", "norm_groups": 1}
+              "channels": 3, "convnext_mult": 2, "norm": "group", "norm_groups": 1,
+              "time_modulation": PRODUCT_TIME_MODULATION}
     return SimpleNamespace(
         seed=0,
         schedule="linear",

@@ -156,6 +156,11 @@ class ChannelStats:
         self.tile_sum_products = [0] * len(CHANNEL_PAIRS)
         self.power: np.ndarray | None = None  # (pairs, bins): sums of Re X_c conj(X_d)
         self.bin_counts: np.ndarray | None = None
+        # the same of the tiles' orthonormal DCT (the DFT of each tile extended by its mirror
+        # images): the spectrum of the spectral skip's mirror border, free of the leakage a
+        # tile's opposite borders put into its DFT
+        self.mirror_power: np.ndarray | None = None
+        self.mirror_bin_counts: np.ndarray | None = None
 
     def add(self, rgb: np.ndarray) -> None:
         values = rgb.reshape(-1, 3).astype(np.int64)
@@ -177,6 +182,10 @@ class ChannelStats:
             self._pair_bins = (bins[None] + len(self.bin_counts)
                                * np.arange(len(CHANNEL_PAIRS)).reshape(-1, 1, 1)).ravel()
             self.power = np.zeros((len(CHANNEL_PAIRS), len(self.bin_counts)))
+            self.mirror_bin_counts, mirror_bins, self._dct_scale = _dct_bins(n)
+            self._mirror_pair_bins = (mirror_bins[None] + len(self.mirror_bin_counts)
+                                      * np.arange(len(CHANNEL_PAIRS)).reshape(-1, 1, 1)).ravel()
+            self.mirror_power = np.zeros((len(CHANNEL_PAIRS), len(self.mirror_bin_counts)))
         # float32 channel planes: an eighth of the time of float64 over the last axis, and
         # far finer than the six digits kept
         planes = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 127.5
@@ -186,14 +195,31 @@ class ChannelStats:
         bins = self.power.shape[1]
         self.power += np.bincount(self._pair_bins, cross.ravel(),
                                   minlength=len(CHANNEL_PAIRS) * bins).reshape(-1, bins)
+        self._add_mirror_spectrum(planes)
         for i, (c, d) in enumerate(CHANNEL_PAIRS):
             self.tile_sum_products[i] += int(tile_sums[c]) * int(tile_sums[d])
         self.tiles += 1
 
+    def _add_mirror_spectrum(self, planes: np.ndarray) -> None:
+        """The cross-power of the tile's orthonormal 2-D DCT-II: the DFT of the tile extended
+        by its mirror images to twice its side holds it in its first quadrant, scaled by 2
+        along each axis's zero frequency (the scale removed here)."""
+        n = planes.shape[-1]
+        mirrored = np.concatenate((planes, planes[..., ::-1]), axis=-1)
+        mirrored = np.concatenate((mirrored, mirrored[..., ::-1, :]), axis=-2)
+        quadrant = np.fft.rfft2(mirrored, norm="ortho")[:, :n, :n] / self._dct_scale
+        # C times one phase shared by the channels: Re Y_c conj(Y_d) = C_c C_d
+        re, im = quadrant.real, quadrant.imag
+        cross = np.stack([re[c] * re[d] + im[c] * im[d] for c, d in CHANNEL_PAIRS])
+        bins = self.mirror_power.shape[1]
+        self.mirror_power += np.bincount(self._mirror_pair_bins, cross.ravel(),
+                                         minlength=len(CHANNEL_PAIRS) * bins).reshape(-1, bins)
+
     def to_json(self) -> dict[str, Any] | None:
         """{"mean": [r, g, b], "std": [r, g, b]} in [-1, 1] units, with "spectrum" (the
-        tile size and the 3 x 3 cross-power matrix at each integer radius, DC first) where
-        every image was one square tile of one size; None without pixels."""
+        tile size and the 3 x 3 cross-power matrix at each integer radius, DC first) and
+        "mirror_spectrum" (the same of the tiles' DCT) where every image was one square tile
+        of one size; None without pixels."""
         if not self.pixels:
             return None
         n = self.pixels
@@ -203,24 +229,29 @@ class ChannelStats:
             "mean": [round(float(m / 127.5 - 1), 6) for m in mean],
             "std": [round(float(np.sqrt(v) / 127.5), 6) for v in var]}
         if self.one_square_size and self.tiles >= 2 and all(v > 0 for v in var):
-            stats["spectrum"] = self._spectrum_json(np.sqrt(var) / 127.5)
+            std = np.sqrt(var) / 127.5
+            stats["spectrum"] = self._spectrum_json(std, self.power, self.bin_counts)
+            stats["mirror_spectrum"] = self._spectrum_json(std, self.mirror_power,
+                                                           self.mirror_bin_counts, mirrored=True)
         return stats
 
-    def _spectrum_json(self, std: np.ndarray) -> dict[str, Any]:
+    def _spectrum_json(self, std: np.ndarray, power: np.ndarray, counts: np.ndarray,
+                       mirrored: bool = False) -> dict[str, Any]:
         """The cross-power of the standardised tiles per radius: Re E[X_c conj(X_d)] / (s_c s_d)
         for r >= 1, and at DC N Cov(tile mean c, tile mean d) / (s_c s_d) (the
-        standardisation removes the data's mean)."""
+        standardisation removes the data's mean). `mirrored`: that of the tiles extended by
+        their mirror images, images of twice the side (4N pixels) with the tiles' mean."""
         pixels = self.tile_size**2
-        bins = self.power.shape[1]
+        bins = power.shape[1]
         matrices = np.zeros((bins, 3, 3))
         for i, (c, d) in enumerate(CHANNEL_PAIRS):
             scale = std[c] * std[d]
             mean_c, mean_d = (self.sums[k] / self.tiles / pixels / 127.5 for k in (c, d))
             product = self.tile_sum_products[i] / self.tiles / pixels**2 / 127.5**2
             dc = pixels * (product - mean_c * mean_d) / scale
-            rest = self.power[i, 1:] / self.bin_counts[1:] / self.tiles / scale
-            matrices[:, c, d] = matrices[:, d, c] = [dc, *rest]
-        return {"tile_size": self.tile_size,
+            rest = power[i, 1:] / counts[1:] / self.tiles / scale
+            matrices[:, c, d] = matrices[:, d, c] = [dc * (4 if mirrored else 1), *rest]
+        return {"tile_size": self.tile_size * (2 if mirrored else 1),
                 "radial": [[[_significant(v) for v in row] for row in m] for m in matrices]}
 
 
@@ -268,6 +299,18 @@ def _radial_bins(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         weight[:, -1] = 1.0
     counts = np.bincount(bins.ravel(), weight.ravel())
     return counts, bins, weight
+
+
+def _dct_bins(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the n x n DCT coefficients (k_y, k_x): (coefficients per radius bin, the bin of
+    each, the scale of each in the mirrored tile's DFT). Coefficient k stands for frequency
+    k / 2n cycles per pixel: radius sqrt(k_y^2 + k_x^2) in cycles per mirrored tile (2n px),
+    rounded, in the units of that tile's own DFT."""
+    k = np.arange(n)
+    bins = np.rint(np.sqrt(k.reshape(-1, 1) ** 2 + k.reshape(1, -1) ** 2)).astype(np.int64)
+    axis = np.where(k == 0, np.sqrt(2.0), 1.0)
+    scale = axis.reshape(-1, 1) * axis.reshape(1, -1)
+    return np.bincount(bins.ravel()).astype(np.float64), bins, scale
 
 
 def _significant(value: float) -> float:
@@ -364,7 +407,8 @@ def train_stats(manifest: dict[str, Any], root: Path) -> dict[str, list[float]] 
 
 
 def _checked_stats(stats: Any, root: Path, where: str) -> dict[str, Any]:
-    """{"mean", "std"[, "spectrum"]} of one ChannelStats entry of a manifest, checked."""
+    """{"mean", "std"[, "spectrum", "mirror_spectrum"]} of one ChannelStats entry of a
+    manifest, checked."""
     ok = (isinstance(stats, dict)
           and all(isinstance(stats.get(k), list) and len(stats[k]) == 3
                   and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stats[k])
@@ -375,11 +419,12 @@ def _checked_stats(stats: Any, root: Path, where: str) -> dict[str, Any]:
                         f"positive stds; {_FIX}")
     found: dict[str, Any] = {"mean": [float(v) for v in stats["mean"]],
                              "std": [float(v) for v in stats["std"]]}
-    if "spectrum" in stats:
-        if not is_spectrum(stats["spectrum"]):
-            raise UserError(f"{root / MANIFEST_FILE}: {where}.spectrum is not a tile size and "
-                            f"symmetric 3 x 3 cross-power matrices; {_FIX}")
-        found["spectrum"] = stats["spectrum"]
+    for key in ("spectrum", "mirror_spectrum"):
+        if key in stats:
+            if not is_spectrum(stats[key]):
+                raise UserError(f"{root / MANIFEST_FILE}: {where}.{key} is not a tile size and "
+                                f"symmetric 3 x 3 cross-power matrices; {_FIX}")
+            found[key] = stats[key]
     return found
 
 

@@ -34,6 +34,9 @@ class ModelParams(StrictModel):
     # 1 has a quarter of the parameters and trains 1.6-1.8x faster per image on a CPU; on the
     # demo, 1.8x the steps in the same time did not beat 3x3 (docs/benchmarks.md).
     mlp_kernel_size: Literal[1, 3] = 3
+    # How each block takes the noise level: add (a per-channel shift before the block's first
+    # norm) or scale_shift (ADM's adaptive norm: a gain and a shift after it).
+    time_modulation: Literal["add", "scale_shift"] = "add"
     # What the model is conditioned on (docs/conditioning.md), from each tile's
     # metadata: region (a class: the AOI, local entry or synthetic kind), month (cyclic),
     # lat, lon, gsd (metres per pixel), tree_cover (0..1). [] = unconditioned (the default:
@@ -73,7 +76,7 @@ class ModelParams(StrictModel):
         stay byte-identical."""
         kwargs = self.model_dump(mode="json")
         del kwargs["condition"]  # train adds the kinds with their classes, from the tiles
-        for key in ("kernel_size", "mlp_kernel_size"):
+        for key in ("kernel_size", "mlp_kernel_size", "time_modulation"):
             if kwargs[key] == type(self).model_fields[key].default:
                 del kwargs[key]
         return kwargs
@@ -118,6 +121,12 @@ class DiffusionParams(StrictModel):
     # about the region's mean colour (etl measures each region's spectrum too). Needs
     # standardize.
     preconditioning: Literal["scalar", "spectral"] = "scalar"
+    # spectral: how the filter treats the tile's border. periodic: the tile as one period of a
+    # repeating image (the FFT's own assumption), so a border pixel's estimate draws on the
+    # opposite border; mirror: the tile extended by its mirror images (a DCT's assumption), so
+    # it draws on its own neighbours, with the spectrum of the tiles' DCT (etl measures both).
+    # Mirror halves the skip's error on the outermost pixels.
+    spectral_border: Literal["periodic", "mirror"] = "periodic"
 
     @field_validator("sigma_data")
     @classmethod
@@ -169,6 +178,8 @@ class DiffusionParams(StrictModel):
             if self.timestep_sampling != "lognormal" or self.loss != "l2" or self.min_snr_gamma:
                 raise ValueError("process edm trains with timestep_sampling lognormal, loss l2 and "
                                  "no min_snr_gamma (its own loss weighting)")
+            if self.spectral_border != "periodic" and self.preconditioning != "spectral":
+                raise ValueError("spectral_border applies to preconditioning spectral only")
             if self.preconditioning == "spectral" and not self.standardize:
                 raise ValueError("preconditioning spectral needs standardize: true (the spectrum "
                                  "is measured on the standardised tiles)")
@@ -192,4 +203,4 @@ class DiffusionParams(StrictModel):
 # The diffusion keys newer than the first exports: absent from their configs, where the
 # defaults hold (canopy/weights.py fills them on read).
 ADDED_KEYS = ("process", "standardize", "sigma_data", "sigma_min", "sigma_max",
-              "loss_weighting", "lognormal_weights", "preconditioning")
+              "loss_weighting", "lognormal_weights", "preconditioning", "spectral_border")

@@ -305,7 +305,7 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
     "timestep_sampling": "uniform", "lognormal_mean": -1.2, "lognormal_std": 1.2,
     "process": "vp", "standardize": False, "sigma_data": "auto", "sigma_min": 0.002,
     "sigma_max": 80.0, "loss_weighting": "fixed", "lognormal_weights": None,
-    "preconditioning": "scalar",
+    "preconditioning": "scalar", "spectral_border": "periodic",
 }
 
 
@@ -328,25 +328,40 @@ def process_config(diffusion: Mapping[str, Any], schedule: str,
     if full["standardize"]:
         config["data_stats"] = {"mean": list(stats["mean"]), "std": list(stats["std"])}
     if full["preconditioning"] == "spectral":
-        if "spectrum" not in stats:
-            raise ValueError("diffusion.preconditioning spectral needs the train tiles' power "
-                             "spectrum, which this tiles manifest lacks: re-run `canopy etl`")
-        config["data_stats"]["spectrum"] = stats["spectrum"]
+        # the filter's spectrum: the tiles' DFT's, or their DCT's for the mirror border
+        key = "mirror_spectrum" if full["spectral_border"] == "mirror" else "spectrum"
+        if key not in stats:
+            raise ValueError(f"diffusion.preconditioning spectral{_border(key)} needs the train "
+                             "tiles' power spectrum, which this tiles manifest lacks: re-run "
+                             "`canopy etl`")
+        config["data_stats"]["spectrum"] = stats[key]
         if classes:
-            config["data_stats"]["class_stats"] = _class_stats(stats, classes)
+            config["data_stats"]["class_stats"] = _class_stats(stats, classes, key)
     return config
 
 
-def _class_stats(stats: Mapping[str, Any], classes: Sequence[str]) -> list[Any]:
-    """Each class's {"mean", "std", "spectrum"} from the tiles' per-region stats, in the
-    model's class order; None for a class without them (too few tiles: it takes the filter of
-    all tiles)."""
+def _border(key: str) -> str:
+    return " with spectral_border mirror" if key == "mirror_spectrum" else ""
+
+
+def _class_stats(stats: Mapping[str, Any], classes: Sequence[str], key: str = "spectrum"
+                 ) -> list[Any]:
+    """Each class's {"mean", "std", "spectrum"} from the tiles' per-region stats (its
+    spectrum the one under `key`), in the model's class order; None for a class without them
+    (too few tiles: it takes the filter of all tiles)."""
     regions = stats.get("regions")
     if regions is None:
         raise ValueError("diffusion.preconditioning spectral on a model conditioned on region "
                          "needs each region's power spectrum, which this tiles manifest lacks: "
                          "re-run `canopy etl`")
-    return [regions.get(name) for name in classes]
+    found = []
+    for name in classes:
+        entry = regions.get(name)
+        if entry is not None and key != "spectrum":
+            entry = {"mean": entry["mean"], "std": entry["std"],
+                     **({"spectrum": entry[key]} if key in entry else {})}
+        found.append(entry)
+    return found
 
 
 def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
@@ -366,7 +381,7 @@ def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
         sigma_data = resolve_sigma_data(d["sigma_data"], d["standardize"], config.get("data_stats"))
         spectral = None
         if d["preconditioning"] == "spectral":
-            spectral = spectral_skip(config["data_stats"])
+            spectral = spectral_skip(config["data_stats"], mirror=d["spectral_border"] == "mirror")
         return EDMProcess(sigma_data, d["lognormal_mean"], d["lognormal_std"],
                           d["sigma_min"], d["sigma_max"], data_space, d["lognormal_weights"],
                           spectral)

@@ -16,6 +16,7 @@ def validate_config(
     norm_groups: int = 1,
     kernel_size: int = 7,
     mlp_kernel_size: int = 3,
+    time_modulation: str = "add",
 ) -> None:
     """Raise ValueError, naming the setting, for a shape the network cannot be built with."""
     init_dim = init_dim or dim
@@ -28,6 +29,8 @@ def validate_config(
         )
     if mlp_kernel_size not in (1, 3):
         raise ValueError(f"mlp_kernel_size must be 1 or 3, got {mlp_kernel_size}")
+    if time_modulation not in ("add", "scale_shift"):
+        raise ValueError(f"time_modulation must be 'add' or 'scale_shift', got {time_modulation!r}")
     if norm not in ("group", "layer"):
         raise ValueError(f"norm must be 'group' or 'layer', got {norm!r}")
     if norm == "group":

@@ -136,14 +136,22 @@ class ConvNextBlock(nn.Module):
     """x -> dwconv kxk (+ time MLP) -> norm -> conv mxm (out*mult) -> GELU -> norm -> conv mxm (out),
     plus a 1x1 residual conv when the width changes. k = 7 in the ConvNeXt paper; m = 3 in the
     annotated diffusion model, 1 in the ConvNeXt paper (a per-pixel MLP: the depthwise conv
-    alone mixes neighbouring pixels)."""
+    alone mixes neighbouring pixels).
+
+    `time_modulation`: how the noise level enters. `add` (the annotated diffusion model's): a
+    per-channel shift before the first norm. `scale_shift` (ADM's adaptive group norm,
+    Dhariwal & Nichol 2021): the first norm's output is scaled by (1 + s) and shifted by b,
+    both from the time embedding, so the noise level can also turn each channel's gain up or
+    down, which a shift followed by a norm cannot."""
 
     def __init__(
         self, dim: int, dim_out: int, time_dim: int, mult: int, norm: str, groups: int,
-        kernel_size: int = 7, mlp_kernel_size: int = 3,
+        kernel_size: int = 7, mlp_kernel_size: int = 3, time_modulation: str = "add",
     ) -> None:
         super().__init__()
-        self.time_mlp = nn.Sequential(nn.GELU(), nn.Linear(time_dim, dim))
+        self.scale_shift = time_modulation == "scale_shift"
+        time_out = 2 * dim if self.scale_shift else dim  # (scale, shift) or the shift alone
+        self.time_mlp = nn.Sequential(nn.GELU(), nn.Linear(time_dim, time_out))
         self.ds_conv = DepthwiseConv2d(dim, kernel_size)
         pad = mlp_kernel_size // 2
         self.net = nn.Sequential(
@@ -156,8 +164,12 @@ class ConvNextBlock(nn.Module):
         self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
-        h = self.ds_conv(x) + self.time_mlp(t_emb)[:, :, None, None]
-        return self.net(h) + self.res_conv(x)
+        time = self.time_mlp(t_emb)[:, :, None, None]
+        if not self.scale_shift:
+            return self.net(self.ds_conv(x) + time) + self.res_conv(x)
+        scale, shift = time.chunk(2, dim=1)
+        h = self.net[0](self.ds_conv(x)) * (1 + scale) + shift
+        return self.net[1:](h) + self.res_conv(x)
 
 
 def downsample(dim: int, dim_out: int) -> nn.Module:
@@ -192,16 +204,17 @@ class Unet(nn.Module):
         norm_groups: int = 1,
         kernel_size: int = 7,
         mlp_kernel_size: int = 3,
+        time_modulation: str = "add",
         condition: Mapping[str, Sequence[str] | None] | None = None,
     ) -> None:
         super().__init__()
         validate_config(dim, init_dim, dim_mults, channels, convnext_mult, norm, norm_groups,
-                        kernel_size, mlp_kernel_size)
+                        kernel_size, mlp_kernel_size, time_modulation)
         init_dim = init_dim or dim
         self.channels = channels
         self.downsample_factor = 2 ** (len(dim_mults) - 1)
         block = _block_factory(convnext_mult, norm, norm_groups, 4 * dim, kernel_size,
-                               mlp_kernel_size)
+                               mlp_kernel_size, time_modulation)
 
         self.init_conv = nn.Conv2d(channels, init_dim, 7, padding=3)
         self.time_mlp = nn.Sequential(
@@ -290,10 +303,10 @@ class Unet(nn.Module):
 
 
 def _block_factory(mult: int, norm: str, groups: int, time_dim: int, kernel_size: int,
-                   mlp_kernel_size: int):
+                   mlp_kernel_size: int, time_modulation: str):
     def block(d_in: int, d_out: int) -> ConvNextBlock:
         return ConvNextBlock(d_in, d_out, time_dim, mult, norm, groups, kernel_size,
-                             mlp_kernel_size)
+                             mlp_kernel_size, time_modulation)
 
     return block
 

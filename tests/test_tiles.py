@@ -332,6 +332,38 @@ def test_the_spectrum_holds_the_covariance_of_the_standardised_tiles():
     assert np.allclose(radial[0], want_dc, rtol=1e-4)
 
 
+def test_the_mirror_spectrum_is_the_cross_power_of_the_tiles_dct():
+    """mirror_spectrum: the spectrum of the tiles extended by their mirror images (2n px): the
+    per-radius cross-power of the orthonormal 2-D DCT-II coefficients (k_y, k_x) at radius
+    sqrt(k_y^2 + k_x^2), the DC that of a 2n tile with the tile's mean; by Parseval it too sums
+    to the pixel covariance."""
+    rng = np.random.default_rng(2)
+    walk = rng.normal(0, 20, (40, 8, 8, 1)).cumsum(axis=2) + rng.normal(0, 5, (40, 8, 8, 3))
+    images = np.clip(120 + walk, 0, 255).astype(np.uint8)
+    stats = tiles.ChannelStats()
+    for image in images:
+        stats.add(image)
+    found = stats.to_json()
+    radial = np.array(found["mirror_spectrum"]["radial"])
+    n = 8
+    m, k = np.meshgrid(np.arange(n), np.arange(n))  # the orthonormal DCT-II matrix, k x m
+    dct = np.sqrt(2 / n) * np.cos(np.pi * k * (m + 0.5) / n)
+    dct[0] /= np.sqrt(2)
+    z = (images / 127.5 - 1 - np.array(found["mean"])) / np.array(found["std"])
+    coefficients = np.einsum("ka,nabc,lb->nklc", dct, z, dct)  # (tile, k_y, k_x, channel)
+    bins = np.rint(np.hypot(*np.meshgrid(np.arange(n), np.arange(n)))).astype(int)
+    assert found["mirror_spectrum"]["tile_size"] == 2 * n
+    for r in (1, 2, 4, 9):
+        cells = coefficients[:, bins == r]  # (tile, cells, channel)
+        want = np.einsum("nic,nid->cd", cells, cells) / cells.shape[0] / cells.shape[1]
+        assert np.allclose(radial[r], want, rtol=1e-4, atol=1e-6)
+    assert np.allclose(radial[0], 4 * np.array(found["spectrum"]["radial"])[0])  # 4N Var(mean)
+    counts = np.bincount(bins.ravel())
+    plane = (radial[1:] * counts[1:, None, None]).sum(axis=0) / n**2 + radial[0] / 4 / n**2
+    flat = z.reshape(-1, 3)
+    assert np.allclose(plane, flat.T @ flat / len(flat), atol=1e-3)
+
+
 @pytest.mark.parametrize("spectrum", [
     {"tile_size": 8}, {"tile_size": 8, "radial": [np.eye(3).tolist()]},
     {"tile_size": 8, "radial": [[[1, 0, 0], [0, 0, 0], [0, 0, 1]]] * 2},

@@ -27,6 +27,7 @@ def test_the_recipe_is_params_yamls_with_the_schemas_defaults():
     assert {key: getattr(product.diffusion, key) for key in gpu_real.PRODUCT_DIFFUSION} \
         == gpu_real.PRODUCT_DIFFUSION
     assert gpu_real.PRODUCT_AUGMENT == product.train.augment
+    assert gpu_real.PRODUCT_TIME_MODULATION == product.model.time_modulation
     assert gpu_real.SAMPLER == {"name": product.sample.sampler, "steps": product.sample.steps,
                                 "eta": product.sample.eta, "spacing": product.sample.spacing}
     fields = type(product.train).model_fields
@@ -43,6 +44,7 @@ def test_the_recipe_is_params_yamls_with_the_schemas_defaults():
         assert mirrored.train.phema_stds == []  # the script keeps its own EMAs side by side
         kwargs = mirrored.model.unet_kwargs()
         assert (kwargs["dim"], kwargs["dim_mults"]) == (recipe.dim, list(recipe.dim_mults))
+        assert kwargs["time_modulation"] == product.model.time_modulation
 
 
 def test_quarters_are_the_parents_four_corners_in_the_parents_split(tmp_path):

@@ -260,3 +260,23 @@ def test_a_spectral_model_conditioned_on_region_records_each_class_stats_in_clas
     with pytest.raises(ValueError, match="each region's power spectrum"):
         process_config({"process": "edm", "standardize": True, "preconditioning": "spectral"},
                        "linear", stats, ["a"])
+
+
+def test_the_mirror_border_takes_the_tiles_dct_spectrum_for_all_tiles_and_each_class():
+    periodic = {"tile_size": 8, "radial": [[[1, 0, 0], [0, 1, 0], [0, 0, 1]]] * 2}
+    mirrored = {"tile_size": 8, "radial": [[[2, 0, 0], [0, 2, 0], [0, 0, 2]]] * 2}
+    region = {"mean": [0.1] * 3, "std": [0.5] * 3, "spectrum": periodic,
+              "mirror_spectrum": mirrored}
+    stats = {"mean": [0, 0, 0], "std": [1, 1, 1], "spectrum": periodic,
+             "mirror_spectrum": mirrored, "regions": {"a": region}}
+    diffusion = {"process": "edm", "standardize": True, "preconditioning": "spectral",
+                 "spectral_border": "mirror"}
+    config = process_config(diffusion, "linear", stats, ["a"])
+    assert config["data_stats"]["spectrum"] == mirrored
+    assert config["data_stats"]["class_stats"] == [{"mean": region["mean"], "std": region["std"],
+                                                    "spectrum": mirrored}]
+    assert process_config({**diffusion, "spectral_border": "periodic"}, "linear",
+                          stats)["data_stats"]["spectrum"] == periodic
+    del stats["mirror_spectrum"]
+    with pytest.raises(ValueError, match="spectral_border mirror needs.*re-run `canopy etl`"):
+        process_config(diffusion, "linear", stats)

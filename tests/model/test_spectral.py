@@ -238,3 +238,67 @@ def test_the_denoiser_routes_each_condition_row_to_its_class_filter():
     # at sigma 80 the noisy image says little even of the DC: each estimate is its class's
     # colour, and nothing for the image without one
     assert torch.allclose(out, torch.stack([means[0], means[1], torch.zeros(3)]), atol=0.01)
+
+
+# --- the border ----------------------------------------------------------------------------
+
+def _window_of_a_larger_field(skip: SpectralSkip, batch: int, generator: torch.Generator
+                              ) -> torch.Tensor:
+    """SIZE-px windows of stationary Gaussian images of `skip`'s spectrum four times their
+    side: what a tile of a larger scene is, not periodic (its opposite borders unrelated)."""
+    side = 4 * SIZE
+    values, vectors = skip.eigen(side, side, pixels=SIZE * SIZE)
+    white = torch.fft.rfft2(torch.randn(batch, 3, side, side, generator=generator,
+                                        dtype=torch.float64), norm="ortho")
+    shaped = torch.einsum("hwdc,bchw->bdhw", vectors.to(torch.complex128), white * values.sqrt())
+    return torch.fft.irfft2(shaped, s=(side, side), norm="ortho")[..., :SIZE, :SIZE].float()
+
+
+@pytest.mark.parametrize("sigma", [0.5, 2.0])
+def test_the_mirror_border_estimates_the_outermost_pixels_from_their_own_neighbours(sigma):
+    """A tile is a window of a larger scene: the periodic filter blends each border pixel with
+    the opposite border, the mirror one with its own neighbours, so it errs less there (and
+    inside it is the same filter)."""
+    periodic = _spectrum()
+    mirror = SpectralSkip(SIZE, periodic.radial.tolist(), mirror=True)
+    g = torch.Generator().manual_seed(7)
+    x0 = _window_of_a_larger_field(periodic, 256, g)
+    x = x0 + sigma * torch.randn(x0.shape, generator=g)
+    level = torch.tensor([sigma])
+    border = torch.ones(SIZE, SIZE, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+
+    def border_error(skip: SpectralSkip) -> float:
+        return float(((skip.skip(x, level) - x0) ** 2)[..., border].mean())
+
+    assert border_error(mirror) < 0.95 * border_error(periodic)
+
+
+def test_the_mirror_border_keeps_the_batch_bits_and_a_flat_spectrum_is_edms_skip():
+    periodic = _spectrum()
+    mirror = SpectralSkip(SIZE, periodic.radial.tolist(), mirror=True)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 3, SIZE, SIZE, generator=g)
+    level = torch.tensor([1.5])
+    assert torch.equal(mirror.skip(x[1:2], level), mirror.skip(x, level)[1:2])
+    # with a flat spectrum both are EDM's scalar skip
+    flat = SpectralSkip(SIZE, [torch.eye(3).tolist()] * BINS, mirror=True)
+    assert torch.allclose(flat.skip(x, level), x / (1 + 1.5**2), atol=1e-6)
+
+
+def test_the_border_is_chosen_by_the_config_and_older_configs_keep_the_periodic_one():
+    from canopy.model.params import DiffusionParams
+    from canopy.model.process import build_process
+
+    stats = {"mean": [0.0] * 3, "std": [1.0] * 3,
+             "spectrum": {"tile_size": SIZE, "radial": _spectrum().radial.tolist()}}
+    base = {"process": "edm", "standardize": True, "preconditioning": "spectral"}
+    config = {"diffusion": base, "schedule": "linear", "data_stats": stats}
+    assert not build_process(config).spectral.mirror
+    mirrored = {**config, "diffusion": {**base, "spectral_border": "mirror"}}
+    assert build_process(mirrored).spectral.mirror
+    # the default is left out of the recorded config, so earlier exports' configs are unchanged
+    assert "spectral_border" not in DiffusionParams(**base, timestep_sampling="lognormal").config()
+    with pytest.raises(ValueError, match="spectral_border applies to preconditioning spectral"):
+        DiffusionParams(process="edm", standardize=True, timestep_sampling="lognormal",
+                        spectral_border="mirror")

@@ -16,6 +16,7 @@ from canopy.model.unet import Unet, count_parameters
         ({"dim": 8, "dim_mults": (1, 2), "channels": 1}, 16),
         ({"dim": 8, "dim_mults": (1, 2), "kernel_size": 3}, 16),
         ({"dim": 8, "dim_mults": (1, 2), "mlp_kernel_size": 1}, 16),
+        ({"dim": 8, "dim_mults": (1, 2), "time_modulation": "scale_shift"}, 16),
     ],
 )
 def test_output_keeps_the_input_shape(kwargs, size):
@@ -53,6 +54,32 @@ def test_mlp_kernel_size_sets_every_dense_conv_inside_the_blocks():
     assert count_parameters(pointwise) < count_parameters(Unet(dim=8, dim_mults=(1, 2))) / 2
 
 
+def test_scale_shift_scales_and_shifts_the_normalised_features():
+    """scale_shift: h = norm(dwconv(x)) (1 + s) + b, (s, b) from the time embedding, then the
+    rest of the block; add (the default) keeps the first exports' block, keys and weights."""
+    from canopy.model.unet import ConvNextBlock
+
+    torch.manual_seed(0)
+    x, t_emb = torch.randn(2, 8, 8, 8), torch.randn(1, 16)
+    block = ConvNextBlock(8, 8, time_dim=16, mult=2, norm="group", groups=1,
+                          time_modulation="scale_shift").eval()
+    with torch.no_grad():
+        scale, shift = block.time_mlp(t_emb)[:, :, None, None].chunk(2, dim=1)
+        h = block.net[0](block.ds_conv(x)) * (1 + scale) + shift
+        expected = block.net[1:](h) + x
+        assert torch.allclose(block(x, t_emb), expected, atol=1e-6)
+        # A gain of zero from the embedding leaves the branch nothing of x.
+        block.time_mlp[1].weight.zero_()
+        block.time_mlp[1].bias.copy_(torch.cat((-torch.ones(8), torch.zeros(8))))
+        branch = block(x, t_emb) - x
+        assert torch.allclose(branch, branch[:1].expand_as(branch), atol=1e-6)
+    plain = Unet(dim=8, dim_mults=(1, 2))
+    assert set(plain.state_dict()) == set(
+        Unet(dim=8, dim_mults=(1, 2), time_modulation="scale_shift").state_dict())
+    assert count_parameters(Unet(dim=8, dim_mults=(1, 2), time_modulation="scale_shift")) > \
+        count_parameters(plain)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -62,6 +89,7 @@ def test_mlp_kernel_size_sets_every_dense_conv_inside_the_blocks():
         ({"dim": 8, "norm": "batch"}, "norm must be 'group' or 'layer'"),
         ({"dim": 8, "kernel_size": 4}, "kernel_size must be odd"),
         ({"dim": 8, "mlp_kernel_size": 5}, "mlp_kernel_size must be 1 or 3"),
+        ({"dim": 8, "time_modulation": "film"}, "time_modulation must be 'add' or 'scale_shift'"),
     ],
 )
 def test_bad_shapes_are_rejected_clearly(kwargs, message):
