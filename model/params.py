@@ -125,7 +125,8 @@ class DiffusionParams(StrictModel):
     # repeating image (the FFT's own assumption), so a border pixel's estimate draws on the
     # opposite border; mirror: the tile extended by its mirror images (a DCT's assumption), so
     # it draws on its own neighbours, with the spectrum of the tiles' DCT (etl measures both).
-    # Mirror halves the skip's error on the outermost pixels.
+    # Mirror halves the skip's error on the outermost pixels and takes the faint frame off the
+    # samples; SWD and FID did not move on the demo or NEON (docs/benchmarks.md).
     spectral_border: Literal["periodic", "mirror"] = "periodic"
 
     @field_validator("sigma_data")
