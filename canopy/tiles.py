@@ -179,41 +179,27 @@ class ChannelStats:
             self.tile_size = n
             self.bin_counts, bins, self._weight = _radial_bins(n)
             # each channel pair's cells in its own run of bins, for one bincount over all
-            self._pair_bins = (bins[None] + len(self.bin_counts)
-                               * np.arange(len(CHANNEL_PAIRS)).reshape(-1, 1, 1)).ravel()
+            self._pair_bins = _pair_bins(bins, len(self.bin_counts))
             self.power = np.zeros((len(CHANNEL_PAIRS), len(self.bin_counts)))
-            self.mirror_bin_counts, mirror_bins, self._dct_scale = _dct_bins(n)
-            self._mirror_pair_bins = (mirror_bins[None] + len(self.mirror_bin_counts)
-                                      * np.arange(len(CHANNEL_PAIRS)).reshape(-1, 1, 1)).ravel()
+            self.mirror_bin_counts, mirror_bins = _dct_bins(n)
+            self._dct = _dct_matrix(n)
+            self._mirror_pair_bins = _pair_bins(mirror_bins, len(self.mirror_bin_counts))
             self.mirror_power = np.zeros((len(CHANNEL_PAIRS), len(self.mirror_bin_counts)))
         # float32 channel planes: an eighth of the time of float64 over the last axis, and
         # far finer than the six digits kept
         planes = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 127.5
         spectrum = np.fft.rfft2(planes, norm="ortho")
-        re, im = spectrum.real, spectrum.imag
-        cross = np.stack([re[c] * re[d] + im[c] * im[d] for c, d in CHANNEL_PAIRS]) * self._weight
-        bins = self.power.shape[1]
-        self.power += np.bincount(self._pair_bins, cross.ravel(),
-                                  minlength=len(CHANNEL_PAIRS) * bins).reshape(-1, bins)
+        _add_binned_cross_power(self.power, spectrum, self._pair_bins, self._weight)
         self._add_mirror_spectrum(planes)
         for i, (c, d) in enumerate(CHANNEL_PAIRS):
             self.tile_sum_products[i] += int(tile_sums[c]) * int(tile_sums[d])
         self.tiles += 1
 
     def _add_mirror_spectrum(self, planes: np.ndarray) -> None:
-        """The cross-power of the tile's orthonormal 2-D DCT-II: the DFT of the tile extended
-        by its mirror images to twice its side holds it in its first quadrant, scaled by 2
-        along each axis's zero frequency (the scale removed here)."""
-        n = planes.shape[-1]
-        mirrored = np.concatenate((planes, planes[..., ::-1]), axis=-1)
-        mirrored = np.concatenate((mirrored, mirrored[..., ::-1, :]), axis=-2)
-        quadrant = np.fft.rfft2(mirrored, norm="ortho")[:, :n, :n] / self._dct_scale
-        # C times one phase shared by the channels: Re Y_c conj(Y_d) = C_c C_d
-        re, im = quadrant.real, quadrant.imag
-        cross = np.stack([re[c] * re[d] + im[c] * im[d] for c, d in CHANNEL_PAIRS])
-        bins = self.mirror_power.shape[1]
-        self.mirror_power += np.bincount(self._mirror_pair_bins, cross.ravel(),
-                                         minlength=len(CHANNEL_PAIRS) * bins).reshape(-1, bins)
+        """The cross-power of the tile's orthonormal 2-D DCT-II, C = D X D^T per channel (the
+        DFT of the tile extended by its mirror images holds the same coefficients)."""
+        coefficients = self._dct @ planes @ self._dct.T
+        _add_binned_cross_power(self.mirror_power, coefficients, self._mirror_pair_bins)
 
     def to_json(self) -> dict[str, Any] | None:
         """{"mean": [r, g, b], "std": [r, g, b]} in [-1, 1] units, with "spectrum" (the
@@ -301,16 +287,45 @@ def _radial_bins(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return counts, bins, weight
 
 
-def _dct_bins(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pair_bins(bins: np.ndarray, count: int) -> np.ndarray:
+    """Each channel pair's cells in its own run of `count` bins, flattened: one bincount then
+    sums every pair's cross-power per radius."""
+    return (bins[None] + count * np.arange(len(CHANNEL_PAIRS)).reshape(-1, 1, 1)).ravel()
+
+
+def _add_binned_cross_power(power: np.ndarray, spectrum: np.ndarray, pair_bins: np.ndarray,
+                            weight: np.ndarray | float = 1.0) -> None:
+    """Add Re X_c conj(X_d) of `spectrum` (C, H, W': complex, or real DCT coefficients) per
+    channel pair, times `weight` per cell, to `power` (pairs, bins) at the cells' radius bins
+    (`pair_bins`, _pair_bins)."""
+    re = spectrum.real
+    if np.iscomplexobj(spectrum):
+        im = spectrum.imag
+        cross = np.stack([re[c] * re[d] + im[c] * im[d] for c, d in CHANNEL_PAIRS])
+    else:
+        cross = np.stack([re[c] * re[d] for c, d in CHANNEL_PAIRS])
+    cross = cross * weight
+    bins = power.shape[1]
+    power += np.bincount(pair_bins, cross.ravel(),
+                         minlength=len(CHANNEL_PAIRS) * bins).reshape(-1, bins)
+
+
+def _dct_bins(n: int) -> tuple[np.ndarray, np.ndarray]:
     """For the n x n DCT coefficients (k_y, k_x): (coefficients per radius bin, the bin of
-    each, the scale of each in the mirrored tile's DFT). Coefficient k stands for frequency
-    k / 2n cycles per pixel: radius sqrt(k_y^2 + k_x^2) in cycles per mirrored tile (2n px),
-    rounded, in the units of that tile's own DFT."""
+    each). Coefficient k stands for frequency k / 2n cycles per pixel: radius
+    sqrt(k_y^2 + k_x^2) in cycles per mirrored tile (2n px), rounded, in the units of that
+    tile's own DFT."""
     k = np.arange(n)
     bins = np.rint(np.sqrt(k.reshape(-1, 1) ** 2 + k.reshape(1, -1) ** 2)).astype(np.int64)
-    axis = np.where(k == 0, np.sqrt(2.0), 1.0)
-    scale = axis.reshape(-1, 1) * axis.reshape(1, -1)
-    return np.bincount(bins.ravel()).astype(np.float64), bins, scale
+    return np.bincount(bins.ravel()).astype(np.float64), bins
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    """The orthonormal DCT-II matrix (k, m), float32 like the tiles' channel planes."""
+    k, m = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    matrix = np.sqrt(2 / n) * np.cos(np.pi * k * (m + 0.5) / n)
+    matrix[0] /= np.sqrt(2)
+    return matrix.astype(np.float32)
 
 
 def _significant(value: float) -> float:

@@ -329,19 +329,17 @@ def process_config(diffusion: Mapping[str, Any], schedule: str,
         config["data_stats"] = {"mean": list(stats["mean"]), "std": list(stats["std"])}
     if full["preconditioning"] == "spectral":
         # the filter's spectrum: the tiles' DFT's, or their DCT's for the mirror border
-        key = "mirror_spectrum" if full["spectral_border"] == "mirror" else "spectrum"
+        mirror = full["spectral_border"] == "mirror"
+        key = "mirror_spectrum" if mirror else "spectrum"
         if key not in stats:
-            raise ValueError(f"diffusion.preconditioning spectral{_border(key)} needs the train "
+            setting = " with spectral_border mirror" if mirror else ""
+            raise ValueError(f"diffusion.preconditioning spectral{setting} needs the train "
                              "tiles' power spectrum, which this tiles manifest lacks: re-run "
                              "`canopy etl`")
         config["data_stats"]["spectrum"] = stats[key]
         if classes:
             config["data_stats"]["class_stats"] = _class_stats(stats, classes, key)
     return config
-
-
-def _border(key: str) -> str:
-    return " with spectral_border mirror" if key == "mirror_spectrum" else ""
 
 
 def _class_stats(stats: Mapping[str, Any], classes: Sequence[str], key: str = "spectrum"
