@@ -14,7 +14,9 @@ a list of dotted overrides of params.yaml:
 seed then draws the weights, batches, noise and samples, not the tiles). `--ema-std 0.05 0.1`
 also samples and scores each trained model with those post-hoc EMA reconstructions
 (sample.ema_std): no retraining. Results go to <root>/results.jsonl (one row per run,
-appended; a run whose metrics exist is skipped, so the script resumes) and a table is printed.
+appended; a run whose metrics exist is skipped, so the script resumes). Two tables are printed:
+SWD per variant over the seeds, and one markdown row per run with every figure of
+`canopy evaluate` and its 95% interval, the form of docs/benchmarks.md's tables.
 Quality only: no timing is measured here (the runs may share a busy machine).
 """
 
@@ -133,7 +135,7 @@ def main() -> None:
                               str(folder / f"metrics{tag}")], log)
                 m = json.loads(metrics.read_text())
                 row = {"variant": name + tag, "seed": seed, "overrides": overrides,
-                       "ema_std": std, **{k: m.get(k) for k in
+                       "ema_std": std, "metrics": str(metrics.parent), **{k: m.get(k) for k in
                                           ("swd", "swd_floor", "fid", "fid_floor",
                                            "c2st_accuracy", "n_samples")}}
                 with results.open("a") as out:
@@ -154,6 +156,38 @@ def table(results: Path) -> None:
         print(f"{name:<28} {','.join(str(r['seed']) for r in group):<8} "
               f"{' '.join(f'{s:.1f}' for s in swds):<24} {statistics.mean(swds):7.1f} "
               f"{statistics.mean(ratios):7.2f}")
+    print()
+    print("| run | seed | SWD [95%] (x floor) | per level | FID [95%] | KID | pixel C2ST | "
+          "feature C2ST | precision | recall | tile_spread |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        folder = Path(row.get("metrics") or results.parent / f"{row['variant']}-s{row['seed']}"
+                      / "metrics")
+        if (folder / "evaluate.json").exists():
+            print(markdown_row(row["variant"], row["seed"], folder))
+
+
+def markdown_row(name: str, seed: int, metrics: Path) -> str:
+    """One run's figures from `canopy evaluate`'s files in `metrics`, as a markdown table row;
+    a figure the run did not compute (FID and C2ST without --full) is a dash."""
+    m = json.loads((metrics / "evaluate.json").read_text())
+    details = json.loads((metrics / "evaluate_details.json").read_text())
+    levels = details.get("swd", {}).get("per_level_x1e3", {})
+
+    def fig(key: str, digits: int, interval: bool = False) -> str:
+        if m.get(key) is None:
+            return "-"
+        text = f"{m[key]:.{digits}f}"
+        if interval and m.get(f"{key}_lo") is not None:
+            text += f" [{m[f'{key}_lo']:.{digits}f}, {m[f'{key}_hi']:.{digits}f}]"
+        return text
+
+    swd = fig("swd", 1, interval=True) + f" ({m['swd'] / m['swd_floor']:.2f}x)"
+    per_level = " / ".join(f"{levels[k]:.0f}" for k in sorted(levels, key=int))
+    cells = [name, str(seed), swd, per_level or "-", fig("fid", 1, interval=True),
+             fig("kid", 3), fig("c2st_accuracy", 2), fig("c2st_features_accuracy", 2),
+             fig("precision", 3), fig("recall", 2), fig("tile_spread", 2)]
+    return "| " + " | ".join(cells) + " |"
 
 
 if __name__ == "__main__":
