@@ -182,7 +182,7 @@ def markdown_row(name: str, seed: int, metrics: Path) -> str:
             text += f" [{m[f'{key}_lo']:.{digits}f}, {m[f'{key}_hi']:.{digits}f}]"
         return text
 
-    swd = fig("swd", 1, interval=True) + f" ({m['swd'] / m['swd_floor']:.2f}x)"
+    swd = fig("swd", 1, interval=True) + f" ({m['swd_ratio']:.2f}x)"
     per_level = " / ".join(f"{levels[k]:.0f}" for k in sorted(levels, key=int))
     cells = [name, str(seed), swd, per_level or "-", fig("fid", 1, interval=True),
              fig("kid", 3), fig("c2st_accuracy", 2), fig("c2st_features_accuracy", 2),
