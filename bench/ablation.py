@@ -13,7 +13,8 @@ a list of dotted overrides of params.yaml:
 `--tiles FOLDER` trains and scores every seed on one etl output instead (real imagery: the
 seed then draws the weights, batches, noise and samples, not the tiles). `--ema-std 0.05 0.1`
 also samples and scores each trained model with those post-hoc EMA reconstructions
-(sample.ema_std): no retraining. Results go to <root>/results.jsonl (one row per run,
+(sample.ema_std): no retraining. `--resample NAME=KEY=VALUE,...` does the same for any
+other sample settings, e.g. `--resample ag2=sample.autoguidance=2`. Results go to <root>/results.jsonl (one row per run,
 appended; a run whose metrics exist is skipped, so the script resumes). Two tables are printed:
 SWD per variant over the seeds, and one markdown row per run with every figure of
 `canopy evaluate` and its 95% interval, the form of docs/benchmarks.md's tables.
@@ -75,11 +76,14 @@ def run(cmd: list[str], log: Path) -> None:
 
 
 def write_params(base: dict, seed: int, folder: Path, tiles: Path, overrides, n: int,
-                 full: bool) -> Path:
+                 full: bool, tag: str = "") -> Path:
+    """folder/params{tag}.yaml: the run's params; a tag (a re-sampling of the run's model)
+    keeps the models folder and names its own samples and metrics folders."""
     params = json.loads(json.dumps(base))
     params["seed"] = seed
     params["paths"] = {"tiles": str(tiles), "models": str(folder / "models"),
-                       "samples": str(folder / "samples"), "metrics": str(folder / "metrics")}
+                       "samples": str(folder / f"samples{tag}"),
+                       "metrics": str(folder / f"metrics{tag}")}
     params.setdefault("sample", {})["n"] = n
     params["sample"]["batch_size"] = 64
     params.setdefault("train", {})["sample_every"] = 100_000  # no preview grids
@@ -88,9 +92,16 @@ def write_params(base: dict, seed: int, folder: Path, tiles: Path, overrides, n:
     for key, value in overrides:
         set_key(params, key, value)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "params.yaml"
+    path = folder / f"params{tag}.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def resamplings(ema_stds: list[float], resample: list[str]) -> list[tuple[str, list]]:
+    """(folder tag, sample overrides) of each sampling of a trained model: the run itself,
+    then its re-samplings without retraining (--ema-std, --resample)."""
+    found = [("", [])] + [(f"-ema{std:g}", [("sample.ema_std", str(std))]) for std in ema_stds]
+    return found + [(f"-{name}", extra) for name, extra in map(parse_variant, resample)]
 
 
 def main() -> None:
@@ -100,6 +111,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--variant", action="append", default=[])
     ap.add_argument("--ema-std", type=float, nargs="*", default=[])
+    ap.add_argument("--resample", action="append", default=[],
+                    help="NAME=KEY=VALUE,...: also sample and score each trained model with "
+                         "these sample settings (no retraining)")
     ap.add_argument("--full", action="store_true", help="also FID/KID and C2ST")
     ap.add_argument("--tiles", type=Path, help="a tiles folder made by `canopy etl` (e.g. real "
                     "imagery) to train and evaluate every seed on, instead of the demo's "
@@ -110,6 +124,7 @@ def main() -> None:
     results = args.root / "results.jsonl"
     args.root.mkdir(parents=True, exist_ok=True)
     variants = [parse_variant(v) for v in (args.variant or ["demo"])]
+    samplings = resamplings(args.ema_std, args.resample)
     for seed in args.seeds:
         tiles = args.tiles or args.root / f"tiles-s{seed}"
         if not (tiles / "manifest.json").exists():
@@ -117,25 +132,22 @@ def main() -> None:
             run(canopy + ["etl", "-q", "-p", str(p)], args.root / f"etl-s{seed}" / "log.txt")
         for name, overrides in variants:
             folder = args.root / f"{name}-s{seed}"
-            p = write_params(base, seed, folder, tiles, overrides, args.n, args.full)
             log = folder / "log.txt"
-            stds = [None] + list(args.ema_std)
-            for std in stds:
-                tag = "" if std is None else f"-ema{std:g}"
+            for tag, extra in samplings:
+                p = write_params(base, seed, folder, tiles, overrides + extra, args.n,
+                                 args.full, tag)
                 metrics = folder / f"metrics{tag}" / "evaluate.json"
                 if metrics.exists():
                     continue
-                if not (folder / "models" / "ema.safetensors").exists() or std is None:
+                if not (folder / "models" / "ema.safetensors").exists() or not tag:
                     run(canopy + ["train", "-q", "-p", str(p)], log)
-                extra = [] if std is None else ["--ema-std", str(std)]
-                run(canopy + ["sample", "-q", "-p", str(p), "--samples",
-                              str(folder / f"samples{tag}")] + extra, log)
-                run(canopy + ["evaluate", "-q", "-p", str(p), "--samples",
-                              str(folder / f"samples{tag}"), "--metrics",
-                              str(folder / f"metrics{tag}")], log)
+                run(canopy + ["sample", "-q", "-p", str(p)], log)
+                run(canopy + ["evaluate", "-q", "-p", str(p)], log)
                 m = json.loads(metrics.read_text())
-                row = {"variant": name + tag, "seed": seed, "overrides": overrides,
-                       "ema_std": std, "metrics": str(metrics.parent), **{k: m.get(k) for k in
+                std = dict(extra).get("sample.ema_std")
+                row = {"variant": name + tag, "seed": seed, "overrides": overrides + extra,
+                       "ema_std": float(std) if std is not None else None,
+                       "metrics": str(metrics.parent), **{k: m.get(k) for k in
                                           ("swd", "swd_floor", "fid", "fid_floor",
                                            "c2st_accuracy", "n_samples")}}
                 with results.open("a") as out:

@@ -58,6 +58,16 @@ class CheckpointRecord:
 
 
 @dataclass(frozen=True)
+class Autoguidance:
+    """sample.autoguidance's weight and the guide it extrapolated from: the post-hoc EMA of
+    `ema_std` at an earlier training step (`guide.step`)."""
+
+    weight: float
+    ema_std: float
+    guide: CheckpointRecord
+
+
+@dataclass(frozen=True)
 class SamplesManifest:
     n: int
     seed: int
@@ -76,6 +86,8 @@ class SamplesManifest:
     # the sample.condition request
     guidance: float | None = None
     condition: dict[str, Any] | None = None
+    # Autoguided samples only (left out of the file otherwise)
+    autoguidance: Autoguidance | None = None
 
 
 def encode_image(image: np.ndarray) -> bytes:
@@ -129,7 +141,7 @@ def _rows_sheet(rows: list[list[np.ndarray]], cols: int, pad: int = 2) -> np.nda
 def write_manifest(folder: Path, manifest: SamplesManifest) -> None:
     content = {"format_version": FORMAT_VERSION, **asdict(manifest)}
     # Conditioned runs alone carry the condition keys: unconditioned manifests stay as they were
-    for key in ("guidance", "condition"):
+    for key in ("guidance", "condition", "autoguidance"):
         if content[key] is None:
             del content[key]
     for record in content["images"]:

@@ -46,6 +46,8 @@ def sample_images(
     refuse_non_finite: bool = False,
     conditions: torch.Tensor | None = None,
     guidance: float = 1.0,
+    guide: torch.nn.Module | None = None,
+    autoguidance: float = 1.0,
 ) -> torch.Tensor:
     """One image per seed, as a uint8 tensor (B, H, W, C) on the CPU. With `channels_last` the
     network sees NHWC inputs (convert its weights too: `net.to(memory_format=...)`).
@@ -53,7 +55,8 @@ def sample_images(
     NonFiniteImages instead of returning images whose values were NaN or infinite.
     `conditions` (a conditioned network only): one condition row per seed
     (model/condition.py), with classifier-free `guidance` (0 unconditional, 1 conditional,
-    > 1 guided)."""
+    > 1 guided). `guide` (with `autoguidance` w != 1): a worse version of `net` (the same
+    network earlier in its training), and each step takes guide + w (net - guide)."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
 
@@ -65,6 +68,9 @@ def sample_images(
         x = x * scheduler.init_noise_sigma
     scheduler.reset()  # the same scheduler runs batch after batch
     forward = _batch_invariant_forward(net, device, amp_dtype)
+    if guide is not None and autoguidance != 1:
+        forward = _autoguided_forward(forward, _batch_invariant_forward(guide, device, amp_dtype),
+                                      autoguidance)
     if conditions is not None:
         forward = _guided_forward(forward, conditions.to(device), guidance)
     with torch.inference_mode(), _batch_invariant_kernels(device):
@@ -92,6 +98,16 @@ def _batch_invariant_forward(net: torch.nn.Module, device: torch.device,
     if device.type == "cpu" and amp_dtype is None:
         return lambda x, t, *cond: torch.cat([net(image[None], t, *cond) for image in x])
     return net
+
+
+def _autoguided_forward(forward: Callable, guide: Callable, weight: float) -> Callable:
+    """Autoguidance (Karras et al. 2024): D = D_guide + w (D - D_guide). Both networks see
+    the same input, timestep and condition; under classifier-free guidance each of its two
+    branches is autoguided."""
+    def autoguided(x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        return guided(guide(x, t, *cond).float(), forward(x, t, *cond).float(), weight)
+
+    return autoguided
 
 
 def _guided_forward(forward: Callable, conditions: torch.Tensor, guidance: float) -> Callable:

@@ -42,10 +42,12 @@ class Checkpoint:
 
 
 def load_checkpoint(models: Path, weights: str = "ema", ema_std: float | None = None,
-                    check: Callable[[dict[str, Any], Path], None] | None = None) -> Checkpoint:
+                    check: Callable[[dict[str, Any], Path], None] | None = None,
+                    at_step: int | None = None) -> Checkpoint:
     """The network (eval mode, CPU) and diffusion described by models/ema.safetensors, with
     the EMA weights, those of the latest training state (`weights` "raw"), or (`ema_std`) the
-    post-hoc EMA of that relative std rebuilt from models/phema/ at the export's step.
+    post-hoc EMA of that relative std rebuilt from models/phema/ at the export's step (or at
+    `at_step`, a snapshot's step: an earlier model of the same run).
 
     The export's config is checked with the params schema's rules, then by `check` (config,
     export path: e.g. against params.yaml), before any weight is read or network built: an
@@ -62,9 +64,13 @@ def load_checkpoint(models: Path, weights: str = "ema", ema_std: float | None = 
                         "re-run `canopy train`") from None
     digest = None
     if ema_std is not None:
-        step = config.get("step")
-        state, _ = phema.reconstruct(models, ema_std, int(step) if step is not None else None)
-        path = models / phema.FOLDER / f"ema_std-{ema_std:g}"  # names the weights, no file
+        step = at_step if at_step is not None else config.get("step")
+        state, step = phema.reconstruct(models, ema_std, int(step) if step is not None else None)
+        # names the weights, no file
+        name = f"ema_std-{ema_std:g}" + (f"-step-{step}" if at_step is not None else "")
+        path = models / phema.FOLDER / name
+        if at_step is not None:
+            config = {**config, "step": step}  # the step of these weights, not the export's
         weights_io.refuse_non_finite(state, path)
         _load_into(net, state, path, config)
         digest = sha256_bytes(weights_io.save_canonical(state))
@@ -74,6 +80,28 @@ def load_checkpoint(models: Path, weights: str = "ema", ema_std: float | None = 
         weights_io.read_weights(path, file_sha256=_recorded_state_sha256(path),
                                 fits=lambda state: _load_into(net, state, path, config))
     return Checkpoint(net.eval(), diffusion, config, path, digest or sha256_file(path))
+
+
+def load_guide(models: Path, export_step: int | None, guide_at: float, ema_std: float
+               ) -> Checkpoint:
+    """Autoguidance's guide (sample.autoguidance): the same network earlier in its training,
+    the post-hoc EMA of `ema_std` at the snapshot whose step is nearest to guide_at x the
+    export's step (the earlier of two equally near), before the export's own step."""
+    hint = ("train with train.phema_stds (e.g. [0.05, 0.1]) to write the snapshots the guide "
+            "is rebuilt from, or set sample.autoguidance: 1 (off)")
+    if not phema.snapshot_files(models / phema.FOLDER):
+        raise UserError(f"sample.autoguidance needs post-hoc EMA snapshots in "
+                        f"{models / phema.FOLDER}, and there are none: {hint}")
+    found = phema.snapshots(models)
+    final = export_step if export_step is not None else found[-1].step
+    earlier = [snap.step for snap in found if 0 < snap.step < final]
+    if not earlier:
+        raise UserError(f"sample.autoguidance: {models / phema.FOLDER} holds no snapshot before "
+                        f"the export's step {final}, so there is no earlier model to guide "
+                        f"with: {hint}")
+    target = guide_at * final
+    step = min(earlier, key=lambda s: (abs(s - target), s))
+    return load_checkpoint(models, "ema", ema_std, at_step=step)
 
 
 def _load_into(net: Unet, state: dict, path: Path, config: dict[str, Any]) -> None:

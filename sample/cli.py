@@ -37,6 +37,9 @@ def sample(
     guidance: float = typer.Option(None, "--guidance",
                                    help="Override sample.guidance (conditioned models): 0 "
                                         "unconditional, 1 conditional, > 1 guided."),
+    autoguidance: float = typer.Option(None, "--autoguidance",
+                                       help="Override sample.autoguidance: guide the model "
+                                            "with its own earlier weights (1 off, > 1 on)."),
     region: str = typer.Option(None, "--region",
                                help="Override sample.condition.region (conditioned models): "
                                     "a region's name, or `each` for an equal share of each."),
@@ -54,7 +57,7 @@ def sample(
         loaded = load_params(params, PARAMS_SECTIONS)
         overrides = {"n": n, "sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing,
                      "batch_size": batch_size, "weights": weights, "ema_std": ema_std,
-                     "guidance": guidance,
+                     "guidance": guidance, "autoguidance": autoguidance,
                      "condition": {**loaded.sample.condition, "region": region}
                      if region is not None else None}
         loaded = with_overrides(loaded, "sample", overrides)

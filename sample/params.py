@@ -43,6 +43,15 @@ class SampleParams(StrictModel):
     # 2022): 0 = unconditional, 1 = conditional, > 1 = guided (stronger adherence to the
     # condition, less diversity; 0 and 1 cost one network call a step, others two).
     guidance: float = Field(1.0, ge=0.0, le=20.0)
+    # Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of
+    # Itself"): D = D_guide + w (D - D_guide), where the guide is the same network earlier in
+    # its training: the post-hoc EMA of relative std guide_ema_std at the snapshot nearest to
+    # guide_at x the export's step, rebuilt from models/phema/ (train.phema_stds). The guide
+    # makes the model's own errors, more strongly; w > 1 moves each step away from them.
+    # 1 = off (one network call a step), > 1 two calls. Any model, conditioned or not.
+    autoguidance: float = Field(1.0, ge=1.0, le=20.0)
+    guide_at: float = Field(0.25, gt=0.0, lt=1.0)  # the guide's step, as a share of the export's
+    guide_ema_std: float = Field(0.1, gt=0.0)  # the guide's post-hoc EMA std
     # What to ask for, one value per kind the model is conditioned on: region a class name,
     # a list of them or `each` (image i takes class i mod the classes: an equal share, and the
     # grid one row per condition); month 1..12, lat and lon in degrees, gsd in metres, tree_cover 0..1.
@@ -71,6 +80,13 @@ class SampleParams(StrictModel):
             if self.weights != "ema":
                 raise ValueError("sample.ema_std rebuilds an EMA: it needs sample.weights: ema "
                                  "(or set sample.ema_std: null for the raw weights)")
+        return self
+
+    @model_validator(mode="after")
+    def _guide_std_fits(self) -> SampleParams:
+        from canopy.phema import check_std
+
+        check_std(self.guide_ema_std, "sample.guide_ema_std")
         return self
 
     @model_validator(mode="after")

@@ -30,7 +30,7 @@ from canopy.model.condition import ordered_kinds
 from canopy.model.registry import make_scheduler
 from canopy.model.scheduler import Scheduler
 from canopy.params import CanopyParams
-from canopy.sample.checkpoint import Checkpoint, load_checkpoint
+from canopy.sample.checkpoint import Checkpoint, load_checkpoint, load_guide
 from canopy.sample.generate import generate
 
 
@@ -63,11 +63,17 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
     net = checkpoint.net.to(device, memory_format=layout)
     checkpoint.diffusion.to(device)
     net = checkpoint.diffusion.denoiser(net)  # the network itself under the vp process
+    guide = None
+    if settings.autoguidance != 1:
+        guide = load_guide(models, checkpoint.config.get("step"), settings.guide_at,
+                           settings.guide_ema_std)
+    guide_net = (guide.diffusion.to(device).denoiser(guide.net.to(device, memory_format=layout))
+                 if guide is not None else None)
 
     progress = progress and dist.is_main
     with distributed.process_group(dist, device, settings.dist_timeout_s):
         records = _sample_all(params, dist, out, net, sampler, checkpoint, device, amp_dtype,
-                              channels_last, progress)
+                              channels_last, progress, guide, guide_net)
         distributed.barrier(dist, "the swap of the samples folder")  # rank 0 has swapped it in
     return SampleResult(out, len(records), str(device), precision_name(amp_dtype),
                         len(sampler.timesteps))
@@ -75,9 +81,11 @@ def run_sample(params: CanopyParams, out: Path, models: Path, *, progress: bool)
 
 def _sample_all(params: CanopyParams, dist: distributed.Dist, out: Path, net: torch.nn.Module,
                 sampler: Scheduler, checkpoint: Checkpoint, device: torch.device, amp_dtype,
-                channels_last: bool, progress: bool) -> list[samples.ImageRecord]:
+                channels_last: bool, progress: bool, guide: Checkpoint | None,
+                guide_net: torch.nn.Module | None) -> list[samples.ImageRecord]:
     """Draw this rank's images into the staging folder; rank 0 finishes the folder (grid,
-    manifest) and swaps it into place. Returns the records of every image."""
+    manifest) and swaps it into place. Returns the records of every image. `guide`: the
+    autoguidance guide's checkpoint and `guide_net` its denoiser (None when off)."""
     settings = params.sample
     with distributed.main_context(dist, lambda: _locked_staging(out),
                                   "making the staging folder") as made:
@@ -89,7 +97,8 @@ def _sample_all(params: CanopyParams, dist: distributed.Dist, out: Path, net: to
             indices = mine[first:first + settings.batch_size]
             asked, rows = _conditions(checkpoint, settings, indices)
             images = generate(net, sampler, indices, params.seed, checkpoint.image_shape, device,
-                              amp_dtype, progress, channels_last, rows, settings.guidance)
+                              amp_dtype, progress, channels_last, rows, settings.guidance,
+                              guide_net, settings.autoguidance)
             for index, image, condition in zip(indices, images.numpy(), asked):
                 record = samples.write_image(staging, index, image)
                 records.append(replace(record, condition=condition) if condition else record)
@@ -103,7 +112,7 @@ def _sample_all(params: CanopyParams, dist: distributed.Dist, out: Path, net: to
                 samples.write_grid(staging, min(settings.grid_images, settings.n),
                                    [record.condition for record in records])
             _write_manifest(staging, params, checkpoint, sampler, device, amp_dtype,
-                            channels_last, records)
+                            channels_last, records, guide)
     return records
 
 
@@ -166,7 +175,7 @@ def check_config_matches_params(config: dict, path: Path, params: CanopyParams) 
 
 def _write_manifest(folder: Path, params: CanopyParams, checkpoint: Checkpoint, sampler: Scheduler,
                     device: torch.device, amp_dtype, channels_last: bool,
-                    records: list[samples.ImageRecord]) -> None:
+                    records: list[samples.ImageRecord], guide: Checkpoint | None) -> None:
     settings = params.sample
     samples.write_manifest(folder, samples.SamplesManifest(
         n=settings.n,
@@ -185,4 +194,8 @@ def _write_manifest(folder: Path, params: CanopyParams, checkpoint: Checkpoint, 
         images=records,
         guidance=settings.guidance if checkpoint.condition else None,
         condition=dict(settings.condition) if checkpoint.condition else None,
+        autoguidance=samples.Autoguidance(
+            settings.autoguidance, settings.guide_ema_std,
+            samples.CheckpointRecord(guide.path.name, guide.sha256, guide.config.get("step"))
+        ) if guide is not None else None,
     ))

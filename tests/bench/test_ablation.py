@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ablation import markdown_row, parse_variant, table
+from ablation import markdown_row, parse_variant, resamplings, table, write_params
 
 
 def write_metrics(folder: Path, full: bool) -> Path:
@@ -52,3 +52,21 @@ def test_variant_values_may_be_yaml_lists() -> None:
     name, overrides = parse_variant("mix=diffusion.lognormal_mean=[-0.5,2.5],train.lr=0.002")
     assert name == "mix"
     assert overrides == [("diffusion.lognormal_mean", "[-0.5,2.5]"), ("train.lr", "0.002")]
+
+
+def test_resamplings_reuse_the_model_in_their_own_folders(tmp_path: Path) -> None:
+    found = resamplings([0.1], ["ag2=sample.autoguidance=2,sample.guide_at=0.5"])
+    assert found == [("", []), ("-ema0.1", [("sample.ema_std", "0.1")]),
+                     ("-ag2", [("sample.autoguidance", "2"), ("sample.guide_at", "0.5")])]
+    tag, extra = found[2]
+    path = write_params({"sample": {"n": 64}}, 1, tmp_path / "base-s1", tmp_path / "tiles",
+                        [("train.lr", "0.003")] + extra, 512, True, tag)
+    import yaml
+
+    params = yaml.safe_load(path.read_text())
+    assert path.name == "params-ag2.yaml"
+    assert params["paths"]["models"] == str(tmp_path / "base-s1" / "models")  # no retraining
+    assert params["paths"]["samples"] == str(tmp_path / "base-s1" / "samples-ag2")
+    assert params["paths"]["metrics"] == str(tmp_path / "base-s1" / "metrics-ag2")
+    assert params["sample"]["autoguidance"] == 2 and params["sample"]["guide_at"] == 0.5
+    assert params["train"]["lr"] == 0.003 and params["sample"]["n"] == 512
