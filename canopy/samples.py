@@ -59,11 +59,14 @@ class CheckpointRecord:
 
 @dataclass(frozen=True)
 class Autoguidance:
-    """sample.autoguidance's weight and the guide it extrapolated from: the post-hoc EMA of
-    `ema_std` at an earlier training step (`guide.step`)."""
+    """sample.autoguidance's weight, the noise levels it acted on (sigma_max None: no upper
+    limit) and the guide it extrapolated from: the post-hoc EMA of `ema_std` at an earlier
+    training step (`guide.step`)."""
 
     weight: float
     ema_std: float
+    sigma_min: float
+    sigma_max: float | None
     guide: CheckpointRecord
 
 

@@ -48,6 +48,7 @@ def sample_images(
     guidance: float = 1.0,
     guide: torch.nn.Module | None = None,
     autoguidance: float = 1.0,
+    guide_sigmas: tuple[float, float] = (0.0, float("inf")),
 ) -> torch.Tensor:
     """One image per seed, as a uint8 tensor (B, H, W, C) on the CPU. With `channels_last` the
     network sees NHWC inputs (convert its weights too: `net.to(memory_format=...)`).
@@ -56,7 +57,9 @@ def sample_images(
     `conditions` (a conditioned network only): one condition row per seed
     (model/condition.py), with classifier-free `guidance` (0 unconditional, 1 conditional,
     > 1 guided). `guide` (with `autoguidance` w != 1): a worse version of `net` (the same
-    network earlier in its training), and each step takes guide + w (net - guide)."""
+    network earlier in its training), and each step whose noise level sigma (noise over
+    signal, in the process's data units) lies in `guide_sigmas` takes guide + w (net - guide)
+    (guidance in a limited interval: Kynkaanniemi et al. 2024); the others the net alone."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
 
@@ -67,15 +70,22 @@ def sample_images(
     if scheduler.init_noise_sigma != 1.0:
         x = x * scheduler.init_noise_sigma
     scheduler.reset()  # the same scheduler runs batch after batch
-    forward = _batch_invariant_forward(net, device, amp_dtype)
+    plain = _batch_invariant_forward(net, device, amp_dtype)
+    autoguided = None
     if guide is not None and autoguidance != 1:
-        forward = _autoguided_forward(forward, _batch_invariant_forward(guide, device, amp_dtype),
-                                      autoguidance)
+        autoguided = _autoguided_forward(plain, _batch_invariant_forward(guide, device, amp_dtype),
+                                         autoguidance)
     if conditions is not None:
-        forward = _guided_forward(forward, conditions.to(device), guidance)
+        plain = _guided_forward(plain, conditions.to(device), guidance)
+        if autoguided is not None:
+            autoguided = _guided_forward(autoguided, conditions.to(device), guidance)
+    lo, hi = guide_sigmas
     with torch.inference_mode(), _batch_invariant_kernels(device):
         for t, t_prev in scheduler.pairs():
             t_row = torch.tensor([t], device=device)  # one row: embedded once, broadcast
+            forward = plain
+            if autoguided is not None and lo <= noise_to_signal(scheduler.diffusion, t) <= hi:
+                forward = autoguided
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                 enabled=amp_dtype is not None):
                 out = forward(x.contiguous(memory_format=layout), t_row)
@@ -98,6 +108,16 @@ def _batch_invariant_forward(net: torch.nn.Module, device: torch.device,
     if device.type == "cpu" and amp_dtype is None:
         return lambda x, t, *cond: torch.cat([net(image[None], t, *cond) for image in x])
     return net
+
+
+def noise_to_signal(diffusion, t: int | float) -> float:
+    """The noise level of time t as EDM's sigma: noise std over signal scale, sigma / alpha
+    (a continuous process's own sigma(t) / alpha(t); under the discrete vp process
+    sqrt((1 - alpha_bar_t) / alpha_bar_t))."""
+    if diffusion.continuous:
+        return float(diffusion.sigma(t)) / float(diffusion.alpha(t))
+    alpha_bar = float(diffusion.alphas_cumprod[int(t)])
+    return ((1.0 - alpha_bar) / alpha_bar) ** 0.5
 
 
 def _autoguided_forward(forward: Callable, guide: Callable, weight: float) -> Callable:

@@ -52,6 +52,12 @@ class SampleParams(StrictModel):
     autoguidance: float = Field(1.0, ge=1.0, le=20.0)
     guide_at: float = Field(0.25, gt=0.0, lt=1.0)  # the guide's step, as a share of the export's
     guide_ema_std: float = Field(0.1, gt=0.0)  # the guide's post-hoc EMA std
+    # The noise levels that autoguidance acts on (guidance in a limited interval, Kynkaanniemi
+    # et al. 2024): the steps whose sigma (EDM's, noise over signal in the model's data units)
+    # lies in [guide_sigma_min, guide_sigma_max] are guided, the others take the model alone;
+    # null = no upper limit.
+    guide_sigma_min: float = Field(0.0, ge=0.0)
+    guide_sigma_max: float | None = Field(None, gt=0.0)
     # What to ask for, one value per kind the model is conditioned on: region a class name,
     # a list of them or `each` (image i takes class i mod the classes: an equal share, and the
     # grid one row per condition); month 1..12, lat and lon in degrees, gsd in metres, tree_cover 0..1.
@@ -87,7 +93,17 @@ class SampleParams(StrictModel):
         from canopy.phema import check_std
 
         check_std(self.guide_ema_std, "sample.guide_ema_std")
+        if self.guide_sigma_max is not None and self.guide_sigma_max < self.guide_sigma_min:
+            raise ValueError(f"sample.guide_sigma_max ({self.guide_sigma_max}) is below "
+                             f"sample.guide_sigma_min ({self.guide_sigma_min}): give an interval "
+                             "lo <= hi, or guide_sigma_max: null for no upper limit")
         return self
+
+    @property
+    def guide_sigmas(self) -> tuple[float, float]:
+        """[guide_sigma_min, guide_sigma_max] with no upper limit as infinity."""
+        hi = float("inf") if self.guide_sigma_max is None else self.guide_sigma_max
+        return (self.guide_sigma_min, hi)
 
     @model_validator(mode="after")
     def _eta_fits_sampler(self) -> SampleParams:

@@ -98,7 +98,7 @@ def _sample_all(params: CanopyParams, dist: distributed.Dist, out: Path, net: to
             asked, rows = _conditions(checkpoint, settings, indices)
             images = generate(net, sampler, indices, params.seed, checkpoint.image_shape, device,
                               amp_dtype, progress, channels_last, rows, settings.guidance,
-                              guide_net, settings.autoguidance)
+                              guide_net, settings.autoguidance, settings.guide_sigmas)
             for index, image, condition in zip(indices, images.numpy(), asked):
                 record = samples.write_image(staging, index, image)
                 records.append(replace(record, condition=condition) if condition else record)
@@ -195,7 +195,8 @@ def _write_manifest(folder: Path, params: CanopyParams, checkpoint: Checkpoint, 
         guidance=settings.guidance if checkpoint.condition else None,
         condition=dict(settings.condition) if checkpoint.condition else None,
         autoguidance=samples.Autoguidance(
-            settings.autoguidance, settings.guide_ema_std,
+            settings.autoguidance, settings.guide_ema_std, settings.guide_sigma_min,
+            settings.guide_sigma_max,
             samples.CheckpointRecord(guide.path.name, guide.sha256, guide.config.get("step"))
         ) if guide is not None else None,
     ))

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from canopy.cli import app
 from canopy.errors import UserError
 from canopy.model.registry import make_scheduler
-from canopy.model.sampling import _autoguided_forward, sample_images
+from canopy.model.sampling import _autoguided_forward, noise_to_signal, sample_images
 from canopy.params import parse_params
 from canopy.sample.checkpoint import load_checkpoint, load_guide
 from canopy.train.loop import train
@@ -57,6 +57,7 @@ def test_autoguided_samples_are_reproducible_recorded_and_differ(trained):
     guide = outs["a"]["autoguidance"]
     # guide_at 0.25 of step 6 is 1.5: the nearest snapshot before the export is step 2
     assert guide["weight"] == 2.0 and guide["ema_std"] == 0.1
+    assert guide["sigma_min"] == 0.0 and guide["sigma_max"] is None
     assert guide["guide"]["step"] == 2 and guide["guide"]["file"] == "ema_std-0.1-step-2"
     assert outs["a"]["checkpoint"] == outs["off"]["checkpoint"]  # the model itself is unchanged
     assert outs["a"]["images"] != outs["off"]["images"]
@@ -116,11 +117,46 @@ def test_a_guide_equal_to_the_model_changes_nothing_and_images_stay_batch_invari
     assert not torch.equal(batch, plain)
 
 
+def test_guidance_acts_only_on_the_noise_levels_of_its_interval(trained):
+    folder, _ = trained
+    checkpoint = load_checkpoint(folder / "models")
+    net = checkpoint.diffusion.denoiser(checkpoint.net)
+    guide = load_guide(folder / "models", 6, 0.5, 0.1)
+    guide_net = guide.diffusion.denoiser(guide.net)
+    sampler = make_scheduler("ddim", checkpoint.diffusion, steps=4, eta=0.0, spacing="trailing")
+    sigmas = [noise_to_signal(checkpoint.diffusion, t) for t, _ in sampler.pairs()]
+    assert sigmas == sorted(sigmas, reverse=True) and sigmas[-1] > 0
+
+    def draw(interval):
+        return sample_images(net, sampler, [1, 2], checkpoint.image_shape, torch.device("cpu"),
+                             guide=guide_net, autoguidance=2.0, guide_sigmas=interval)
+
+    plain = sample_images(net, sampler, [1, 2], checkpoint.image_shape, torch.device("cpu"))
+    everywhere = draw((0.0, float("inf")))
+    assert torch.equal(draw((sigmas[0] * 2, float("inf"))), plain)  # no step in the interval
+    assert torch.equal(draw((sigmas[-1], sigmas[0])), everywhere)  # the bounds are inclusive
+    middle = draw((sigmas[2], sigmas[1]))
+    assert not torch.equal(middle, plain) and not torch.equal(middle, everywhere)
+
+
+def test_noise_to_signal_is_edms_sigma_for_both_processes():
+    from canopy.model.process import build_process, process_config
+
+    vp = build_process(process_config({"process": "vp", "timesteps": 1000}, "linear", None))
+    alpha_bar = float(vp.alphas_cumprod[500])
+    assert noise_to_signal(vp, 500) == pytest.approx(((1 - alpha_bar) / alpha_bar) ** 0.5)
+    assert noise_to_signal(vp, 0) < 0.02 < 80 < noise_to_signal(vp, 999)
+    edm = build_process(process_config({"process": "edm"}, "linear", None))
+    assert noise_to_signal(edm, 2.5) == 2.5
+
+
 @pytest.mark.parametrize("key, value, message", [
+    ("guide_sigma_max", 0.5, "sample.guide_sigma_max .0.5. is below sample.guide_sigma_min"),
     ("autoguidance", 0.5, "sample.autoguidance"),
     ("guide_at", 1.0, "sample.guide_at"),
     ("guide_ema_std", 0.5, "sample.guide_ema_std must be between 0 and"),
 ])
 def test_params_refuse_bad_autoguidance_settings(key, value, message):
+    sample = {key: value, "guide_sigma_min": 1.0} if key == "guide_sigma_max" else {key: value}
     with pytest.raises(UserError, match=message):
-        parse_params({"sample": {key: value}}, source="params.yaml")
+        parse_params({"sample": sample}, source="params.yaml")
