@@ -308,7 +308,9 @@ def draw(net: torch.nn.Module, trainer: Trainer, n: int, size: int, dev: Device,
     scheduler = make_scheduler(SAMPLER["name"], trainer.diffusion, steps=SAMPLER["steps"],
                                eta=SAMPLER["eta"], spacing=SAMPLER["spacing"])
     layout = torch.channels_last if dev.channels_last else torch.contiguous_format
-    net = net.to(dev.device, memory_format=layout).eval()
+    # The samplers take the denoiser D(x; sigma): under EDM's process the network wrapped in
+    # its preconditioning (the network alone is the residual F, not an image estimate).
+    net = trainer.diffusion.denoiser(net.to(dev.device, memory_format=layout).eval())
     out = [generate(net, scheduler, list(range(i, min(i + batch, n))), 0, (3, size, size),
                     dev.device, dev.amp_dtype, channels_last=dev.channels_last).numpy()
            for i in range(0, n, batch)]

@@ -85,6 +85,33 @@ def test_packed_samples_respect_the_file_limits(tmp_path, monkeypatch):
     assert names == [f"{i:06d}.png" for i in range(6)]
 
 
+def test_draw_samples_the_denoiser_as_canopy_sample_does():
+    """Under EDM's process the samplers take D(x; sigma), the network in its preconditioning:
+    draw() must wrap it as `canopy sample` does, not sample the bare network."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from canopy.model.process import build_process, process_config
+    from canopy.model.registry import make_scheduler
+    from canopy.model.unet import Unet
+    from canopy.sample.generate import generate
+
+    torch.manual_seed(0)
+    net = Unet(dim=8, dim_mults=(1, 2)).eval()
+    trainer = SimpleNamespace(diffusion=build_process(process_config({"process": "edm"},
+                                                                     "linear", None)))
+    dev = SimpleNamespace(device=torch.device("cpu"), amp_dtype=None, channels_last=False)
+    drawn = gpu_real.draw(net, trainer, 2, 16, dev)
+    sampler = dict(gpu_real.SAMPLER)
+    scheduler = make_scheduler(sampler.pop("name"), trainer.diffusion, **sampler)
+    cpu = torch.device("cpu")
+    expected = generate(trainer.diffusion.denoiser(net), scheduler, [0, 1], 0, (3, 16, 16), cpu,
+                        None).numpy()
+    bare = generate(net, scheduler, [0, 1], 0, (3, 16, 16), cpu, None).numpy()
+    assert np.array_equal(drawn, expected) and not np.array_equal(drawn, bare)
+
+
 AS_ON_THE_GPU_MACHINE = as_on_the_gpu_machine("gpu_real.py")
 
 
