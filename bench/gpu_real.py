@@ -18,7 +18,9 @@ keeps what it measured):
      wall-clock budget; images/s, MFU (bench/flops.py), the share of time spent waiting for
      tiles, and the loss curve;
   2. the EMA at several decays kept side by side; each sampled (as `canopy sample` draws image
-     i) and scored by SWD against the val tiles (evaluate/swd.py); the best one is kept;
+     i) and scored by SWD against the val tiles (evaluate/swd.py); the best one is kept; then
+     that EMA autoguided (sample.autoguidance) by its own copy from half-way through the
+     budget, scored the same way, and kept instead where its SWD is lower;
   3. N samples of the best EMA written as `canopy sample` names them, packed into tar files of
      at most 15 MB (OUT/samples-SIZE-K.tar) for `canopy evaluate` on another machine;
   4. sampling speed at batch 256 with the default sampler.
@@ -33,6 +35,7 @@ at Karras spacing), checked by tests/bench/test_gpu_real.py.
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import shutil
@@ -174,6 +177,9 @@ def recipe_params(recipe: Recipe) -> SimpleNamespace:
 
 # The default sampler of params.yaml: 20 DPM-Solver++ (2M) steps at EDM's (Karras) noise levels.
 SAMPLER = {"name": "dpmpp2m", "steps": 20, "eta": 0.0, "spacing": "karras"}
+# Autoguidance as scored here: the guide is the EMA's copy at half the training budget
+# (sample.guide_at 0.5), w = 2, at every noise level.
+AUTOGUIDANCE = {"weight": 2.0, "guide_at": 0.5}
 
 # On an H200 (2026-12-04) torch.compile's first step took about 90 s at either size, and a run
 # of 2,000-10,000 steps keeps the EMA's warm-up ramp, min(decay, (1 + n) / (10 + n)), below
@@ -213,9 +219,11 @@ def loader_workers(wanted: int, log) -> int:
     return wanted
 
 
-def train(recipe: Recipe, tiles_dir: Path, dev: Device, log) -> tuple[Trainer, dict[float, torch.nn.Module], dict]:
+def train(recipe: Recipe, tiles_dir: Path, dev: Device, log
+          ) -> tuple[Trainer, dict[float, torch.nn.Module], dict[float, torch.nn.Module], dict]:
     """Trainer.step on the product's loader until the recipe's budget is spent. Returns the
-    trainer, the EMA networks by decay, and the figures."""
+    trainer, the EMA networks by decay, their copies at AUTOGUIDANCE's share of the budget
+    (autoguidance's guides), and the figures."""
     start = time.perf_counter()
     params = recipe_params(recipe)
     runtime = Runtime(device=dev.device, amp_dtype=dev.amp_dtype, grad_scaler=False,
@@ -232,6 +240,9 @@ def train(recipe: Recipe, tiles_dir: Path, dev: Device, log) -> tuple[Trainer, d
     loader = iter(make_loader(stream, workers, dev.cuda))
 
     deadline = start + recipe.train_s
+    guide_time = start + AUTOGUIDANCE["guide_at"] * recipe.train_s
+    guides: dict[float, torch.nn.Module] = {}
+    guide_step = None
     step, waited, curve, losses = 0, 0.0, [], []
     stats_note = "compiled" if recipe.compile else "eager"
     first_step_s = steady_from = None
@@ -257,6 +268,9 @@ def train(recipe: Recipe, tiles_dir: Path, dev: Device, log) -> tuple[Trainer, d
             ema.update(trainer.model, step + 1)
         losses.append(loss)
         step += 1
+        if guide_step is None and time.perf_counter() >= guide_time:
+            guides = {d: copy.deepcopy(m) for d, m in _emas(trainer, extra, recipe).items()}
+            guide_step = step
         if step == 1:
             dev.sync()
             first_step_s = time.perf_counter() - start
@@ -288,14 +302,17 @@ def train(recipe: Recipe, tiles_dir: Path, dev: Device, log) -> tuple[Trainer, d
         "tflop_per_s": images_per_s * flops.training / 1e12,
         "mfu": mfu(images_per_s * flops.training, peak),
         "data_wait_share": waited / steady_s if steady_s > 0 else None,
-        "loss_curve": curve, "mode": stats_note,
+        "loss_curve": curve, "mode": stats_note, "guide_step": guide_step,
     }
     log(f"{recipe.name}: {step} steps of {recipe.batch} ({stats['epochs']:.0f} epochs of "
         f"{len(index)} tiles) in {stats['seconds']:.0f} s; {images_per_s:.0f} images/s, MFU "
         f"{gpu_mfu._pct(stats['mfu'])}, first step {first_step_s:.1f} s, waiting for tiles "
         f"{gpu_mfu._pct(stats['data_wait_share'])}")
-    emas = {recipe.ema_decays[0]: trainer.ema.model, **{d: e.model for d, e in extra.items()}}
-    return trainer, emas, stats
+    return trainer, _emas(trainer, extra, recipe), guides, stats
+
+
+def _emas(trainer: Trainer, extra: dict[float, EMA], recipe: Recipe) -> dict[float, torch.nn.Module]:
+    return {recipe.ema_decays[0]: trainer.ema.model, **{d: e.model for d, e in extra.items()}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,16 +320,20 @@ def train(recipe: Recipe, tiles_dir: Path, dev: Device, log) -> tuple[Trainer, d
 
 
 def draw(net: torch.nn.Module, trainer: Trainer, n: int, size: int, dev: Device,
-         batch: int = 256) -> np.ndarray:
-    """Images 0..n-1 as `canopy sample` draws them with seed 0: (n, H, W, 3) uint8."""
+         batch: int = 256, guide: torch.nn.Module | None = None) -> np.ndarray:
+    """Images 0..n-1 as `canopy sample` draws them with seed 0: (n, H, W, 3) uint8; with
+    `guide`, autoguided by AUTOGUIDANCE's weight."""
     scheduler = make_scheduler(SAMPLER["name"], trainer.diffusion, steps=SAMPLER["steps"],
                                eta=SAMPLER["eta"], spacing=SAMPLER["spacing"])
     layout = torch.channels_last if dev.channels_last else torch.contiguous_format
     # The samplers take the denoiser D(x; sigma): under EDM's process the network wrapped in
     # its preconditioning (the network alone is the residual F, not an image estimate).
     net = trainer.diffusion.denoiser(net.to(dev.device, memory_format=layout).eval())
+    if guide is not None:
+        guide = trainer.diffusion.denoiser(guide.to(dev.device, memory_format=layout).eval())
     out = [generate(net, scheduler, list(range(i, min(i + batch, n))), 0, (3, size, size),
-                    dev.device, dev.amp_dtype, channels_last=dev.channels_last).numpy()
+                    dev.device, dev.amp_dtype, channels_last=dev.channels_last, guide=guide,
+                    autoguidance=AUTOGUIDANCE["weight"]).numpy()
            for i in range(0, n, batch)]
     return np.concatenate(out)
 
@@ -373,7 +394,7 @@ def run_recipe(recipe: Recipe, tiles_dir: Path, dev: Device, out: Path, report: 
                save, log) -> None:
     row: dict[str, Any] = {"recipe": asdict(recipe), "sampler": SAMPLER}
     report["runs"].append(row)
-    trainer, emas, row["train"] = train(recipe, tiles_dir, dev, log)
+    trainer, emas, guides, row["train"] = train(recipe, tiles_dir, dev, log)
     save()
     size = tiles.read_manifest(tiles_dir, point_at="--tiles")["tile_size"]
     val = read_split(tiles_dir, "val")
@@ -389,8 +410,20 @@ def run_recipe(recipe: Recipe, tiles_dir: Path, dev: Device, out: Path, report: 
     row["select"]["best_ema_decay"] = best
     log(f"{recipe.name}: SWD by EMA decay {json.dumps(scores)} (train-vs-val floor "
         f"{row['select']['swd_floor_train_vs_val']:.1f}); keeping {best}")
+    guide = guides.get(best)
+    if guide is not None:
+        fake = draw(emas[best], trainer, recipe.select_samples, size, dev, guide=guide)
+        row["select"]["autoguidance"] = {**AUTOGUIDANCE, "guide_step": row["train"]["guide_step"],
+                                         "swd": swd_score(fake, val)}
+        guided = row["select"]["autoguidance"]["swd"] < scores[str(best)]
+        row["select"]["autoguidance"]["kept"] = guided
+        guide = guide if guided else None
+        log(f"{recipe.name}: autoguided by step {row['train']['guide_step']}: SWD "
+            f"{row['select']['autoguidance']['swd']:.1f} against {scores[str(best)]:.1f}; "
+            f"{'kept' if guided else 'not kept'}")
+        save()
     start = time.perf_counter()
-    images = draw(emas[best], trainer, recipe.samples, size, dev)
+    images = draw(emas[best], trainer, recipe.samples, size, dev, guide=guide)
     seconds = time.perf_counter() - start
     files, packed = pack_samples(images, out, recipe.name, recipe.max_files)
     row["final"] = {"n": len(images), "seconds": seconds, "files": files, "packed": packed}

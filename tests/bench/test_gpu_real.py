@@ -134,6 +134,9 @@ def test_smoke_run_trains_samples_and_scores_both_sizes(tmp_path):
         assert run["train"]["loss_curve"] and run["train"]["images_per_s"] > 0
         assert set(run["select"]["swd_by_ema_decay"]) == {str(d) for d in run["recipe"]["ema_decays"]}
         assert run["final"]["packed"] == run["recipe"]["samples"]
+        guided = run["select"]["autoguidance"]
+        assert 0 < run["train"]["guide_step"] <= run["train"]["steps"] and guided["swd"] > 0
+        assert guided["kept"] == (guided["swd"] < min(run["select"]["swd_by_ema_decay"].values()))
         with tarfile.open(out / run["final"]["files"][0]) as tar:
             assert len(tar.getnames()) == run["recipe"]["samples"]
     assert "smoke-full" in (out / "gpu_real.log").read_text()
