@@ -56,8 +56,8 @@ class SampleParams(StrictModel):
     # et al. 2024): the steps whose sigma (EDM's, noise over signal in the model's data units)
     # lies in [guide_sigma_min, guide_sigma_max] are guided, the others take the model alone;
     # null = no upper limit.
-    guide_sigma_min: float = Field(0.0, ge=0.0)
-    guide_sigma_max: float | None = Field(None, gt=0.0)
+    guide_sigma_min: float = Field(0.0, ge=0.0)  # the lowest noise level guided
+    guide_sigma_max: float | None = Field(None, gt=0.0)  # the highest; null = no upper limit
     # What to ask for, one value per kind the model is conditioned on: region a class name,
     # a list of them or `each` (image i takes class i mod the classes: an equal share, and the
     # grid one row per condition); month 1..12, lat and lon in degrees, gsd in metres, tree_cover 0..1.
