@@ -98,12 +98,16 @@ def test_autoguidance_is_the_extrapolation_from_the_guide():
     assert torch.equal(out, torch.full_like(x, 1.0 + 2.5 * (3.0 - 1.0)))
 
 
-def test_a_guide_equal_to_the_model_changes_nothing_and_images_stay_batch_invariant(trained):
-    folder, _ = trained
+def _model_and_guide(folder):
+    """The trained model's checkpoint, its denoiser and the denoiser of its guide at step 4."""
     checkpoint = load_checkpoint(folder / "models")
-    net = checkpoint.diffusion.denoiser(checkpoint.net)
     guide = load_guide(folder / "models", 6, 0.5, 0.1)
-    guide_net = guide.diffusion.denoiser(guide.net)
+    return (checkpoint, checkpoint.diffusion.denoiser(checkpoint.net),
+            guide.diffusion.denoiser(guide.net))
+
+
+def test_a_guide_equal_to_the_model_changes_nothing_and_images_stay_batch_invariant(trained):
+    checkpoint, net, guide_net = _model_and_guide(trained[0])
     sampler = make_scheduler("dpmpp2m", checkpoint.diffusion, steps=3, eta=0.0,
                              spacing="karras" if hasattr(checkpoint.diffusion, "sigma_data")
                              else "quadratic")
@@ -118,11 +122,7 @@ def test_a_guide_equal_to_the_model_changes_nothing_and_images_stay_batch_invari
 
 
 def test_guidance_acts_only_on_the_noise_levels_of_its_interval(trained):
-    folder, _ = trained
-    checkpoint = load_checkpoint(folder / "models")
-    net = checkpoint.diffusion.denoiser(checkpoint.net)
-    guide = load_guide(folder / "models", 6, 0.5, 0.1)
-    guide_net = guide.diffusion.denoiser(guide.net)
+    checkpoint, net, guide_net = _model_and_guide(trained[0])
     sampler = make_scheduler("ddim", checkpoint.diffusion, steps=4, eta=0.0, spacing="trailing")
     sigmas = [noise_to_signal(checkpoint.diffusion, t) for t, _ in sampler.pairs()]
     assert sigmas == sorted(sigmas, reverse=True) and sigmas[-1] > 0
