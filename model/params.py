@@ -37,6 +37,10 @@ class ModelParams(StrictModel):
     # How each block takes the noise level: add (a per-channel shift before the block's first
     # norm) or scale_shift (ADM's adaptive norm: a gain and a shift after it).
     time_modulation: Literal["add", "scale_shift"] = "add"
+    # Self-attention heads between the two middle blocks (ADM's attention at the lowest
+    # resolution): every position of the coarsest feature map sees every other in one layer.
+    # 0 = none (the network without it, as every export before the key).
+    mid_attention_heads: int = Field(0, ge=0, le=64)
     # What the model is conditioned on (docs/conditioning.md), from each tile's
     # metadata: region (a class: the AOI, local entry or synthetic kind), month (cyclic),
     # lat, lon, gsd (metres per pixel), tree_cover (0..1). [] = unconditioned (the default:
@@ -76,7 +80,7 @@ class ModelParams(StrictModel):
         stay byte-identical."""
         kwargs = self.model_dump(mode="json")
         del kwargs["condition"]  # train adds the kinds with their classes, from the tiles
-        for key in ("kernel_size", "mlp_kernel_size", "time_modulation"):
+        for key in ("kernel_size", "mlp_kernel_size", "time_modulation", "mid_attention_heads"):
             if kwargs[key] == type(self).model_fields[key].default:
                 del kwargs[key]
         return kwargs

@@ -17,6 +17,7 @@ def validate_config(
     kernel_size: int = 7,
     mlp_kernel_size: int = 3,
     time_modulation: str = "add",
+    mid_attention_heads: int = 0,
 ) -> None:
     """Raise ValueError, naming the setting, for a shape the network cannot be built with."""
     init_dim = init_dim or dim
@@ -33,6 +34,7 @@ def validate_config(
         raise ValueError(f"time_modulation must be 'add' or 'scale_shift', got {time_modulation!r}")
     if norm not in ("group", "layer"):
         raise ValueError(f"norm must be 'group' or 'layer', got {norm!r}")
+    _check_attention(mid_attention_heads, level_widths(dim, init_dim, dim_mults)[-1][1])
     if norm == "group":
         for width in sorted(_normed_widths(dim, init_dim, dim_mults, convnext_mult)):
             if width % norm_groups:
@@ -40,6 +42,16 @@ def validate_config(
                     f"norm_groups={norm_groups} does not divide a layer of {width} channels: "
                     "use a norm_groups that divides dim and init_dim (1 always works)"
                 )
+
+
+def _check_attention(heads: int, bottom: int) -> None:
+    if heads < 0:
+        raise ValueError(f"mid_attention_heads must be >= 0 (0: no attention), got {heads}")
+    if heads and bottom % heads:
+        raise ValueError(
+            f"mid_attention_heads={heads} does not divide the middle's {bottom} channels "
+            "(dim x the last dim_mults): use a divisor of it, e.g. 1, 2 or 4"
+        )
 
 
 def level_widths(dim: int, init_dim: int, dim_mults: Sequence[int]) -> list[tuple[int, int]]:

@@ -5,7 +5,8 @@ after Ho et al. 2020), with ConvNeXt blocks (Liu et al. 2022, "A ConvNet for the
     -> [2 ConvNeXt blocks over skip concatenations, up-sample] per level
     -> 1 ConvNeXt block over (x, stem output) -> 1x1 conv
 
-No attention layers: the reference shape (dim 64, dim_mults (1, 2, 4, 8), 3 channels) has
+No attention layers unless `mid_attention_heads` puts one between the middle blocks: the
+reference shape (dim 64, dim_mults (1, 2, 4, 8), 3 channels) has
 62.7 M parameters. Pure math: no files, no params import.
 """
 
@@ -172,6 +173,29 @@ class ConvNextBlock(nn.Module):
         return self.net[1:](h) + self.res_conv(x)
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, residual (ADM's attention
+    block, Dhariwal & Nichol 2021): every position sees every other in one layer, where the
+    convs need a stack of blocks to relate a tile's far corners. Its output projection starts
+    at zero, so a new network begins as the one without it."""
+
+    def __init__(self, channels: int, heads: int, norm: str, groups: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = make_norm(norm, groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height = x.shape[-2]
+        q, k, v = rearrange(self.qkv(self.norm(x)), "b (three heads d) h w -> three b heads (h w) d",
+                            three=3, heads=self.heads)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return x + self.out(rearrange(y, "b heads (h w) d -> b (heads d) h w", h=height))
+
+
 def downsample(dim: int, dim_out: int) -> nn.Module:
     """Halve H and W without strided convs or pooling: pixel-unshuffle, then a 1x1 conv."""
     return nn.Sequential(PixelUnshuffle2(), nn.Conv2d(dim * 4, dim_out, 1))
@@ -206,10 +230,11 @@ class Unet(nn.Module):
         mlp_kernel_size: int = 3,
         time_modulation: str = "add",
         condition: Mapping[str, Sequence[str] | None] | None = None,
+        mid_attention_heads: int = 0,
     ) -> None:
         super().__init__()
         validate_config(dim, init_dim, dim_mults, channels, convnext_mult, norm, norm_groups,
-                        kernel_size, mlp_kernel_size, time_modulation)
+                        kernel_size, mlp_kernel_size, time_modulation, mid_attention_heads)
         init_dim = init_dim or dim
         self.channels = channels
         self.downsample_factor = 2 ** (len(dim_mults) - 1)
@@ -251,6 +276,12 @@ class Unet(nn.Module):
         self.condition = None
         if condition:
             self.condition = ConditionEmbedding(condition, 4 * dim)
+        # Built last too: a network without attention draws the same initial weights as
+        # before the option existed, and one with it differs from that one only here.
+        self.mid_attention = None
+        if mid_attention_heads:
+            self.mid_attention = SelfAttention(levels[-1][1], mid_attention_heads, norm,
+                                               norm_groups)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
                 ) -> torch.Tensor:
@@ -281,6 +312,8 @@ class Unet(nn.Module):
             skips.append(x)
             x = down(x)
         x = self.mid_block1(x, t_emb)
+        if self.mid_attention is not None:
+            x = self.mid_attention(x)
         x = self.mid_block2(x, t_emb)
         for block1, block2, up in self.ups:
             x = block1(torch.cat((x, skips.pop()), dim=1), t_emb)

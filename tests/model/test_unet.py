@@ -17,6 +17,8 @@ from canopy.model.unet import Unet, count_parameters
         ({"dim": 8, "dim_mults": (1, 2), "kernel_size": 3}, 16),
         ({"dim": 8, "dim_mults": (1, 2), "mlp_kernel_size": 1}, 16),
         ({"dim": 8, "dim_mults": (1, 2), "time_modulation": "scale_shift"}, 16),
+        ({"dim": 8, "dim_mults": (1, 2), "mid_attention_heads": 2}, 16),
+        ({"dim": 8, "dim_mults": (1, 2, 2), "mid_attention_heads": 1, "norm": "layer"}, 12),
     ],
 )
 def test_output_keeps_the_input_shape(kwargs, size):
@@ -80,6 +82,37 @@ def test_scale_shift_scales_and_shifts_the_normalised_features():
         count_parameters(plain)
 
 
+def test_mid_attention_starts_as_the_network_without_it_and_relates_far_pixels():
+    """The attention block is built last with a zero output projection: the same seed gives
+    the same network function as without it, and only new keys. Once trained (here: given
+    weights), the middle's far corners see each other in one layer, as softmax(q k^T / sqrt(d)) v
+    per head."""
+    from canopy.model.unet import SelfAttention
+
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([5.0])
+    torch.manual_seed(0)
+    plain = Unet(dim=8, dim_mults=(1, 2))
+    torch.manual_seed(0)
+    attending = Unet(dim=8, dim_mults=(1, 2), mid_attention_heads=2)
+    with torch.no_grad():
+        assert torch.equal(plain(x, t), attending(x, t))
+    new_keys = set(attending.state_dict()) - set(plain.state_dict())
+    assert new_keys and all(key.startswith("mid_attention.") for key in new_keys)
+
+    torch.manual_seed(1)
+    block = SelfAttention(8, heads=2, norm="group", groups=1)
+    torch.nn.init.normal_(block.out.weight, std=0.5)
+    feature = torch.randn(1, 8, 4, 4, requires_grad=True)
+    out = block(feature)
+    out[0, :, 0, 0].sum().backward()
+    assert feature.grad[0, :, 3, 3].abs().sum() > 0  # the opposite corner, one layer away
+    with torch.no_grad():
+        q, k, v = block.qkv(block.norm(feature)).reshape(1, 3, 2, 4, 16).unbind(1)
+        weights = torch.softmax(q.transpose(-1, -2) @ k / 2.0, dim=-1)  # (1, heads, 16, 16)
+        heads = (weights @ v.transpose(-1, -2)).transpose(-1, -2).reshape(1, 8, 4, 4)
+        assert torch.allclose(out, feature + block.out(heads), atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -90,6 +123,9 @@ def test_scale_shift_scales_and_shifts_the_normalised_features():
         ({"dim": 8, "kernel_size": 4}, "kernel_size must be odd"),
         ({"dim": 8, "mlp_kernel_size": 5}, "mlp_kernel_size must be 1 or 3"),
         ({"dim": 8, "time_modulation": "film"}, "time_modulation must be 'add' or 'scale_shift'"),
+        ({"dim": 8, "dim_mults": (1, 2), "mid_attention_heads": 3},
+         "mid_attention_heads=3 does not divide the middle's 16 channels"),
+        ({"dim": 8, "mid_attention_heads": -1}, "mid_attention_heads must be >= 0"),
     ],
 )
 def test_bad_shapes_are_rejected_clearly(kwargs, message):

@@ -6,6 +6,8 @@ import hashlib
 import json
 
 import pytest
+import torch
+import yaml
 from typer.testing import CliRunner
 
 from canopy.cli import app
@@ -353,6 +355,34 @@ def test_a_spectral_export_samples_reproducibly_whatever_the_batch(tmp_path):
     scalar = _edm_workspace(tmp_path / "scalar", sampler="dpmpp2m", precision="fp32")
     assert sample(scalar, "--n", "4", "--samples", str(scalar / "s")).exit_code == 0
     assert images(scalar / "s") != runs[0]  # the same weights, another denoiser
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_export_with_mid_attention_samples_the_same_bits_whatever_the_batch(tmp_path,
+                                                                              precision):
+    """Attention mixes a tile's pixels, never the batch's images: image i stays fixed."""
+    from canopy import weights
+    from canopy.model.unet import Unet
+    from tests.sample.conftest import DIFFUSION
+
+    model = {**MODEL, "mid_attention_heads": 2}
+    torch.manual_seed(0)
+    net = Unet(**model)
+    torch.nn.init.normal_(net.mid_attention.out.weight, std=0.3)  # as if trained: not zero
+    config = {"model": model, "diffusion": DIFFUSION, "schedule": "linear", "seed": 0,
+              "tile_size": 16, "step": 7, "params_hash": "x", "data_hash": "y"}
+    (tmp_path / "models").mkdir()
+    weights.write_export(tmp_path / "models" / weights.EXPORT_FILE, net.state_dict(), config)
+    params = yaml.safe_load(write_params(tmp_path, precision=precision).read_text())
+    params["model"] = model
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    runs = []
+    for batch in (3, 1):
+        out = tmp_path / f"s-{batch}"
+        result = sample(tmp_path, "--n", "4", "--batch-size", str(batch), "--samples", str(out))
+        assert result.exit_code == 0, result.output
+        runs.append(images(out))
+    assert runs[0] == runs[1] and len(set(runs[0].values())) == 4
 
 
 def test_a_spectral_export_without_its_spectrum_is_refused(tmp_path):

@@ -15,6 +15,8 @@ from canopy.params import parse_params
         ({"train": {"precision": "fp8"}}, "train.precision"),
         ({"model": {"kernel_size": 4}}, "model.kernel_size: Input should be 3, 5, 7 or 9"),
         ({"model": {"mlp_kernel_size": 5}}, "model.mlp_kernel_size: Input should be 1 or 3"),
+        ({"model": {"dim": 16, "dim_mults": [1, 2], "mid_attention_heads": 3}},
+         "mid_attention_heads=3 does not divide the middle's 32 channels"),
         ({"train": {"num_workers": -1}}, "num_workers must be 'auto' or 0..64"),
         ({"train": {"ema_decay": 1.0}}, "train.ema_decay"),
         ({"train": {"bach_size": 8}}, "train.bach_size: unknown key; did you mean 'batch_size'?"),
@@ -42,5 +44,8 @@ def test_kernel_size_is_recorded_only_away_from_its_default():
     assert "kernel_size" not in parse_params({"model": {"kernel_size": 7}}).model.unet_kwargs()
     assert parse_params({"model": {"kernel_size": 3}}).model.unet_kwargs()["kernel_size"] == 3
     assert "mlp_kernel_size" not in parse_params({}).model.unet_kwargs()
+    assert "mid_attention_heads" not in parse_params({}).model.unet_kwargs()
+    assert parse_params({"model": {"mid_attention_heads": 2}}).model.unet_kwargs()[
+        "mid_attention_heads"] == 2
     assert parse_params({"model": {"mlp_kernel_size": 1}}).model.unet_kwargs()[
         "mlp_kernel_size"] == 1
