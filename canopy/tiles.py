@@ -154,12 +154,14 @@ class ChannelStats:
         self.one_square_size = True
         # sum over tiles of (tile's pixel sum in c) x (in d), per channel pair: Python ints
         self.tile_sum_products = [0] * len(CHANNEL_PAIRS)
-        self.power: np.ndarray | None = None  # (pairs, bins): sums of Re X_c conj(X_d)
+        # (pairs, H, W'): sums over tiles of Re X_c conj(X_d) at each frequency, binned by
+        # radius once, in to_json (binning is linear: one bincount instead of one per tile)
+        self.cross_power: np.ndarray | None = None
         self.bin_counts: np.ndarray | None = None
         # the same of the tiles' orthonormal DCT (the DFT of each tile extended by its mirror
         # images): the spectrum of the spectral skip's mirror border, free of the leakage a
         # tile's opposite borders put into its DFT
-        self.mirror_power: np.ndarray | None = None
+        self.mirror_cross_power: np.ndarray | None = None
         self.mirror_bin_counts: np.ndarray | None = None
 
     def add(self, rgb: np.ndarray) -> None:
@@ -177,19 +179,15 @@ class ChannelStats:
         n = rgb.shape[0]
         if self.tile_size is None:
             self.tile_size = n
-            self.bin_counts, bins, self._weight = _radial_bins(n)
-            # each channel pair's cells in its own run of bins, for one bincount over all
-            self._pair_bins = _pair_bins(bins, len(self.bin_counts))
-            self.power = np.zeros((len(CHANNEL_PAIRS), len(self.bin_counts)))
-            self.mirror_bin_counts, mirror_bins = _dct_bins(n)
+            self.bin_counts, self._bins, self._weight = _radial_bins(n)
+            self.cross_power = np.zeros((len(CHANNEL_PAIRS), n, n // 2 + 1))
+            self.mirror_bin_counts, self._mirror_bins = _dct_bins(n)
             self._dct = _dct_matrix(n)
-            self._mirror_pair_bins = _pair_bins(mirror_bins, len(self.mirror_bin_counts))
-            self.mirror_power = np.zeros((len(CHANNEL_PAIRS), len(self.mirror_bin_counts)))
+            self.mirror_cross_power = np.zeros((len(CHANNEL_PAIRS), n, n))
         # float32 channel planes: an eighth of the time of float64 over the last axis, and
         # far finer than the six digits kept
         planes = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 127.5
-        spectrum = np.fft.rfft2(planes, norm="ortho")
-        _add_binned_cross_power(self.power, spectrum, self._pair_bins, self._weight)
+        _add_cross_power(self.cross_power, np.fft.rfft2(planes, norm="ortho"))
         self._add_mirror_spectrum(planes)
         for i, (c, d) in enumerate(CHANNEL_PAIRS):
             self.tile_sum_products[i] += int(tile_sums[c]) * int(tile_sums[d])
@@ -198,8 +196,7 @@ class ChannelStats:
     def _add_mirror_spectrum(self, planes: np.ndarray) -> None:
         """The cross-power of the tile's orthonormal 2-D DCT-II, C = D X D^T per channel (the
         DFT of the tile extended by its mirror images holds the same coefficients)."""
-        coefficients = self._dct @ planes @ self._dct.T
-        _add_binned_cross_power(self.mirror_power, coefficients, self._mirror_pair_bins)
+        _add_cross_power(self.mirror_cross_power, self._dct @ planes @ self._dct.T)
 
     def to_json(self) -> dict[str, Any] | None:
         """{"mean": [r, g, b], "std": [r, g, b]} in [-1, 1] units, with "spectrum" (the
@@ -216,8 +213,11 @@ class ChannelStats:
             "std": [round(float(np.sqrt(v) / 127.5), 6) for v in var]}
         if self.one_square_size and self.tiles >= 2 and all(v > 0 for v in var):
             std = np.sqrt(var) / 127.5
-            stats["spectrum"] = self._spectrum_json(std, self.power, self.bin_counts)
-            stats["mirror_spectrum"] = self._spectrum_json(std, self.mirror_power,
+            power = _binned(self.cross_power * self._weight, self._bins, len(self.bin_counts))
+            stats["spectrum"] = self._spectrum_json(std, power, self.bin_counts)
+            mirror_power = _binned(self.mirror_cross_power, self._mirror_bins,
+                                   len(self.mirror_bin_counts))
+            stats["mirror_spectrum"] = self._spectrum_json(std, mirror_power,
                                                            self.mirror_bin_counts, mirrored=True)
         return stats
 
@@ -287,27 +287,19 @@ def _radial_bins(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return counts, bins, weight
 
 
-def _pair_bins(bins: np.ndarray, count: int) -> np.ndarray:
-    """Each channel pair's cells in its own run of `count` bins, flattened: one bincount then
-    sums every pair's cross-power per radius."""
-    return (bins[None] + count * np.arange(len(CHANNEL_PAIRS)).reshape(-1, 1, 1)).ravel()
-
-
-def _add_binned_cross_power(power: np.ndarray, spectrum: np.ndarray, pair_bins: np.ndarray,
-                            weight: np.ndarray | float = 1.0) -> None:
+def _add_cross_power(cells: np.ndarray, spectrum: np.ndarray) -> None:
     """Add Re X_c conj(X_d) of `spectrum` (C, H, W': complex, or real DCT coefficients) per
-    channel pair, times `weight` per cell, to `power` (pairs, bins) at the cells' radius bins
-    (`pair_bins`, _pair_bins)."""
+    channel pair to `cells` (pairs, H, W')."""
     re = spectrum.real
-    if np.iscomplexobj(spectrum):
-        im = spectrum.imag
-        cross = np.stack([re[c] * re[d] + im[c] * im[d] for c, d in CHANNEL_PAIRS])
-    else:
-        cross = np.stack([re[c] * re[d] for c, d in CHANNEL_PAIRS])
-    cross = cross * weight
-    bins = power.shape[1]
-    power += np.bincount(pair_bins, cross.ravel(),
-                         minlength=len(CHANNEL_PAIRS) * bins).reshape(-1, bins)
+    im = spectrum.imag if np.iscomplexobj(spectrum) else None
+    for i, (c, d) in enumerate(CHANNEL_PAIRS):
+        cells[i] += re[c] * re[d] if im is None else re[c] * re[d] + im[c] * im[d]
+
+
+def _binned(cells: np.ndarray, bins: np.ndarray, count: int) -> np.ndarray:
+    """(pairs, count): the sums of each pair's `cells` (pairs, H, W') over the cells of each
+    radius bin (`bins`, H x W')."""
+    return np.stack([np.bincount(bins.ravel(), pair.ravel(), minlength=count) for pair in cells])
 
 
 def _dct_bins(n: int) -> tuple[np.ndarray, np.ndarray]:

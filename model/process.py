@@ -355,7 +355,7 @@ def _class_stats(stats: Mapping[str, Any], classes: Sequence[str], key: str = "s
     found = []
     for name in classes:
         entry = regions.get(name)
-        if entry is not None and key != "spectrum":
+        if entry is not None:  # the spectrum the border uses, under one name; not the other
             entry = {"mean": entry["mean"], "std": entry["std"],
                      **({"spectrum": entry[key]} if key in entry else {})}
         found.append(entry)

@@ -250,8 +250,11 @@ def test_a_spectral_model_conditioned_on_region_records_each_class_stats_in_clas
     region = {"mean": [0.1, 0.1, 0.1], "std": [0.5, 0.5, 0.5], "spectrum": spectrum}
     stats = {"mean": [0, 0, 0], "std": [1, 1, 1], "spectrum": spectrum,
              "regions": {"b": region, "a": {"mean": [0, 0, 0], "std": [1, 1, 1]}}}
+    region_with_dct = {**region, "mirror_spectrum": spectrum}  # etl measures both
+    stats["regions"]["b"] = region_with_dct
     config = process_config({"process": "edm", "standardize": True,
                              "preconditioning": "spectral"}, "linear", stats, ["a", "b", "c"])
+    # each class's stats hold the spectrum the periodic border uses, not the DCT's it does not
     assert config["data_stats"]["class_stats"] == [stats["regions"]["a"], region, None]
     unconditioned = process_config({"process": "edm", "standardize": True,
                                     "preconditioning": "spectral"}, "linear", stats)

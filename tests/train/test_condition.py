@@ -109,7 +109,9 @@ def test_a_spectral_model_conditioned_on_region_has_a_filter_per_region(tmp_path
                       model={"condition": ["region"]}), quiet=True)
     _, config = weights.read_export(out / weights.EXPORT_FILE)
     regions = tiles_io.train_stats(tiles_io.read_manifest(tiles, "x"), tiles)["regions"]
-    assert config["data_stats"]["class_stats"] == [regions[name] for name in sorted(REGIONS)]
+    assert config["data_stats"]["class_stats"] == [
+        {key: regions[name][key] for key in ("mean", "std", "spectrum")}
+        for name in sorted(REGIONS)]
     _, process = build(config)
     assert isinstance(process.spectral, ClassSpectralSkip) and len(process.spectral.filters) == 4
 
