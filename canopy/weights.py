@@ -34,7 +34,11 @@ EXPORT_FORMAT = "canopy.model/2"
 # canopy.model/3: a conditioned model (its config's model holds `condition`), which a canopy
 # older than conditions cannot build; unconditioned exports stay /2, byte for byte.
 CONDITIONED_FORMAT = "canopy.model/3"
-READ_FORMATS = ("canopy.model/1", EXPORT_FORMAT, CONDITIONED_FORMAT)
+# canopy.model/4: a network with attention (model.mid_attention_heads) or rectified flow's
+# coefficients (diffusion.preconditioning: flow), which an older canopy would fail to build
+# or, worse, sample under EDM's coefficients; exports without them keep their format.
+NEWER_FORMAT = "canopy.model/4"
+READ_FORMATS = ("canopy.model/1", EXPORT_FORMAT, CONDITIONED_FORMAT, NEWER_FORMAT)
 EXPORT_FILE = "ema.safetensors"
 STATE_DIR = "state"
 STEP_DIR_PREFIX = "step-"
@@ -71,11 +75,18 @@ def write_export(path: Path, state: dict[str, torch.Tensor], config: dict[str, A
     tensors = cpu_tensors(state)
     # The checksum covers the tensor bytes, which do not depend on the metadata it joins.
     data = save_canonical(tensors)
-    conditioned = bool(config.get("model", {}).get("condition"))
-    metadata = {"format": CONDITIONED_FORMAT if conditioned else EXPORT_FORMAT,
+    metadata = {"format": export_format(config),
                 "config": json.dumps(config, sort_keys=True),
                 CHECKSUM_KEY: sha256_bytes(_tensor_bytes(data))}
     atomic_write_bytes(path, save_canonical(tensors, metadata=metadata))
+
+
+def export_format(config: dict[str, Any]) -> str:
+    """The oldest format whose readers build this config's network and process rightly."""
+    model, diffusion = config.get("model", {}), config.get("diffusion", {})
+    if model.get("mid_attention_heads") or diffusion.get("preconditioning") == "flow":
+        return NEWER_FORMAT
+    return CONDITIONED_FORMAT if model.get("condition") else EXPORT_FORMAT
 
 
 def _tensor_bytes(data: bytes) -> bytes:

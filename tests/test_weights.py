@@ -22,6 +22,27 @@ def test_the_reader_gets_back_what_the_writer_wrote(tmp_path):
     assert all(torch.equal(loaded[name], state[name]) for name in state)
 
 
+@pytest.mark.parametrize("model, diffusion, expected", [
+    ({"dim": 8}, {}, "canopy.model/2"),
+    ({"dim": 8}, {"preconditioning": "spectral"}, "canopy.model/2"),
+    ({"dim": 8, "condition": {"region": ["a"]}}, {}, "canopy.model/3"),
+    ({"dim": 8, "mid_attention_heads": 2}, {}, "canopy.model/4"),
+    ({"dim": 8, "condition": {"region": ["a"]}}, {"preconditioning": "flow"}, "canopy.model/4"),
+])
+def test_an_export_takes_the_oldest_format_that_builds_it_rightly(tmp_path, model, diffusion,
+                                                                 expected):
+    """A canopy that predates attention or rectified flow refuses such an export instead of
+    failing to build it or sampling it under EDM's coefficients; the others keep theirs."""
+    from safetensors import safe_open
+
+    path = tmp_path / weights.EXPORT_FILE
+    config = {**CONFIG, "model": model, "diffusion": diffusion}
+    weights.write_export(path, {"b": torch.ones(2)}, config)
+    with safe_open(str(path), "pt") as handle:
+        assert handle.metadata()["format"] == expected
+    assert weights.read_export_config(path) == config
+
+
 def test_a_file_of_another_format_is_refused_in_one_line(tmp_path):
     path = tmp_path / weights.EXPORT_FILE
     save_file({"x": torch.zeros(1)}, str(path), metadata={"format": "canopy.model/99"})
