@@ -147,8 +147,8 @@ class Recipe:
 # EDM's lognormal noise levels, the spectral skip) and its sampler; tests/bench checks both
 # against params.yaml.
 PRODUCT_DIFFUSION = {"timesteps": 1000, "objective": "v", "loss": "l2", "min_snr_gamma": None,
-                     "timestep_sampling": "lognormal", "lognormal_mean": -0.5,
-                     "lognormal_std": 1.6, "process": "edm", "standardize": True,
+                     "timestep_sampling": "lognormal", "lognormal_mean": -0.25,
+                     "lognormal_std": 1.3, "process": "edm", "standardize": True,
                      "preconditioning": "spectral"}
 PRODUCT_AUGMENT = "transpose"
 PRODUCT_TIME_MODULATION = "scale_shift"  # params.yaml's model.time_modulation

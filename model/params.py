@@ -93,8 +93,8 @@ class DiffusionParams(StrictModel):
     min_snr_gamma: float | None = Field(None, gt=0.0)  # min-SNR weighting, e.g. 5.0; null = off
     # Which timesteps training draws: uniform (DDPM), or lognormal (EDM: ln sigma ~ N(mean, std))
     timestep_sampling: Literal["uniform", "lognormal"] = "uniform"
-    lognormal_mean: float | list[float] = -1.2  # EDM's P_mean, in [-10, 10] (the demo: -0.5)
-    lognormal_std: float | list[float] = 1.2  # EDM's P_std, in (0, 10] (the demo: 1.6)
+    lognormal_mean: float | list[float] = -1.2  # EDM's P_mean, in [-10, 10] (the demo: -0.25)
+    lognormal_std: float | list[float] = 1.2  # EDM's P_std, in (0, 10] (the demo: 1.3)
     # edm: lists in lognormal_mean and lognormal_std draw ln sigma from a mixture of normals,
     # one per entry, in these proportions (null: equal); e.g. mean [-0.5, 2.5], std [1.6, 1.0],
     # weights [0.7, 0.3] adds the high noise levels where a tile's overall kind is decided.
