@@ -34,9 +34,8 @@ EXPORT_FORMAT = "canopy.model/2"
 # canopy.model/3: a conditioned model (its config's model holds `condition`), which a canopy
 # older than conditions cannot build; unconditioned exports stay /2, byte for byte.
 CONDITIONED_FORMAT = "canopy.model/3"
-# canopy.model/4: a network with attention (model.mid_attention_heads) or rectified flow's
-# coefficients (diffusion.preconditioning: flow), which an older canopy would fail to build
-# or, worse, sample under EDM's coefficients; exports without them keep their format.
+# canopy.model/4: a network with attention (model.mid_attention_heads), which an older canopy
+# cannot build; exports without it keep their format.
 NEWER_FORMAT = "canopy.model/4"
 READ_FORMATS = ("canopy.model/1", EXPORT_FORMAT, CONDITIONED_FORMAT, NEWER_FORMAT)
 EXPORT_FILE = "ema.safetensors"
@@ -83,8 +82,8 @@ def write_export(path: Path, state: dict[str, torch.Tensor], config: dict[str, A
 
 def export_format(config: dict[str, Any]) -> str:
     """The oldest format whose readers build this config's network and process rightly."""
-    model, diffusion = config.get("model", {}), config.get("diffusion", {})
-    if model.get("mid_attention_heads") or diffusion.get("preconditioning") == "flow":
+    model = config.get("model", {})
+    if model.get("mid_attention_heads"):
         return NEWER_FORMAT
     return CONDITIONED_FORMAT if model.get("condition") else EXPORT_FORMAT
 

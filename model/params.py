@@ -123,11 +123,8 @@ class DiffusionParams(StrictModel):
     # leaves readable long after its texture, pass through without the network relearning
     # them (model/spectral.py). A model conditioned on region gets one filter per region,
     # about the region's mean colour (etl measures each region's spectrum too). Needs
-    # standardize. flow: rectified flow (Liu et al. 2022; Esser et al. 2024, SD3) on this
-    # process: x_t = (1 - t) x_0 + t eps with t = sigma / (1 + sigma), the network predicting
-    # the velocity eps - x_0 with an unweighted loss; SD3's logit-normal t is lognormal_mean
-    # 0, lognormal_std 1. Same-run comparison with the others: docs/benchmarks.md.
-    preconditioning: Literal["scalar", "spectral", "flow"] = "scalar"
+    # standardize.
+    preconditioning: Literal["scalar", "spectral"] = "scalar"
     # spectral: how the filter treats the tile's border. periodic: the tile as one period of a
     # repeating image (the FFT's own assumption), so a border pixel's estimate draws on the
     # opposite border; mirror: the tile extended by its mirror images (a DCT's assumption), so

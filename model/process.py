@@ -28,17 +28,12 @@ and says what the network predicts. Two are here:
        noise level when the data has std sigma_data. v-prediction under the VP process is the
        same preconditioning with sigma_data = 1 (Karras et al. 2022, appendix B.6).
 
-       Rectified flow (Liu et al. 2022, "Flow Straight and Fast"; Esser et al. 2024, SD3) is
-       this process under other coefficients (diffusion.preconditioning: flow). Its
-       x_t = (1 - t) x_0 + t eps is x / (1 + sigma) at t = sigma / (1 + sigma), and its network
-       predicts the velocity v = eps - x_0, so x_0 = x_t - t v:
-
-           c_skip = c_in = 1 / (1 + sigma),   c_out = -sigma / (1 + sigma)
-
-       whose effective target (x_0 - c_skip x) / c_out is v, and lambda = 1 / c_out^2 makes
-       EDMLoss its unweighted loss ||F - v||^2. Its logit-normal t (SD3: logit t ~ N(0, 1)) is
-       ln sigma ~ N(0, 1), since logit t = ln sigma. The samplers integrate the same
-       probability-flow ODE through D; c_noise stays EDM's (a relabelling of the level).
+       Rectified flow (Liu et al. 2022; SD3, Esser et al. 2024) is this process under other
+       coefficients: its x_t = (1 - t) x_0 + t eps is x / (1 + sigma) at t = sigma / (1 + sigma),
+       and predicting the velocity eps - x_0 is c_skip = c_in = 1 / (1 + sigma), c_out =
+       -sigma / (1 + sigma); its logit-normal t is ln sigma ~ N(0, 1). Measured against EDM's
+       and the spectral skip in the same runs, it did not earn its place and is not offered
+       (docs/benchmarks.md, "Attention, rectified flow and the spread of the noise levels").
 
 The samplers (model/ddim.py, ddpm.py, dpmsolver.py, heun.py) ask a continuous process for
 alpha(t) and sigma(t); under it the network they call is the denoiser D (x_0 estimates).
@@ -133,7 +128,6 @@ class EDMProcess(nn.Module):
         data_space: DataSpace | None = None,
         lognormal_weights: Sequence[float] | None = None,
         spectral: SpectralSkip | ClassSpectralSkip | None = None,
-        flow: bool = False,
     ) -> None:
         super().__init__()
         if not sigma_data > 0:
@@ -147,9 +141,6 @@ class EDMProcess(nn.Module):
         self.data_space = data_space
         # diffusion.preconditioning: spectral: c_skip per frequency (model/spectral.py)
         self.spectral = spectral
-        if flow and spectral is not None:
-            raise ValueError("rectified flow has its own c_skip: not with a spectral one")
-        self.flow = flow  # diffusion.preconditioning: flow (rectified flow's coefficients)
 
     # --- the process: x_t = alpha(t) x_0 + sigma(t) eps ---------------------------------
     def alpha(self, t: float | torch.Tensor) -> float | torch.Tensor:
@@ -166,14 +157,11 @@ class EDMProcess(nn.Module):
     def coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(c_skip, c_out, c_in, c_noise) at `sigma` (any shape), float32 from float64."""
         s = sigma.double()
-        c_noise = EDM_NOISE_SCALE * s.log() / 4
-        if self.flow:  # x_t = x / (1 + sigma) and x_0 = x_t - t v, t = sigma / (1 + sigma)
-            c_skip = c_in = 1 / (1 + s)
-            return tuple(c.float() for c in (c_skip, -s / (1 + s), c_in, c_noise))
         sd2 = self.sigma_data**2
         c_skip = sd2 / (s**2 + sd2)
         c_out = s * self.sigma_data / (s**2 + sd2).sqrt()
         c_in = 1 / (s**2 + sd2).sqrt()
+        c_noise = EDM_NOISE_SCALE * s.log() / 4
         return tuple(c.float() for c in (c_skip, c_out, c_in, c_noise))
 
     def precondition(self, x: torch.Tensor, sigma: torch.Tensor,
@@ -401,7 +389,7 @@ def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
             spectral = spectral_skip(config["data_stats"], mirror=d["spectral_border"] == "mirror")
         return EDMProcess(sigma_data, d["lognormal_mean"], d["lognormal_std"],
                           d["sigma_min"], d["sigma_max"], data_space, d["lognormal_weights"],
-                          spectral, flow=d["preconditioning"] == "flow")
+                          spectral)
     raise ValueError(f"unknown process {process!r}: use one of {', '.join(PROCESSES)}")
 
 

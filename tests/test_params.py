@@ -211,7 +211,7 @@ def test_an_unknown_augment_names_the_choices():
                     "preconditioning": "spectral"}, "sample": {"spacing": "karras"}},
      "preconditioning spectral needs standardize: true"),
     ({"diffusion": {"preconditioning": "wiener"}},
-     "diffusion.preconditioning: Input should be 'scalar', 'spectral' or 'flow'"),
+     "diffusion.preconditioning: Input should be 'scalar' or 'spectral'"),
 ])
 def test_process_settings_that_do_not_fit_are_refused(raw, expected):
     assert expected in error_of(raw)

@@ -60,43 +60,6 @@ def test_a_perfect_network_has_zero_loss_and_denoises_exactly():
                           atol=1e-4)
 
 
-def test_rectified_flow_is_this_process_under_its_own_coefficients():
-    """preconditioning flow: the network's input is x_t = (1 - t) x_0 + t eps at
-    t = sigma / (1 + sigma), its effective target the velocity eps - x_0 (the loss is
-    unweighted flow matching), and the denoiser returns x_t - t F."""
-    p = EDMProcess(sigma_data=1.0, flow=True)
-    g = torch.Generator().manual_seed(0)
-    x0, noise = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
-    sigma = torch.tensor([0.01, 0.5, 3.0, 80.0])
-    t = (sigma / (1 + sigma)).reshape(-1, 1, 1, 1)
-    x = x0 + sigma.reshape(-1, 1, 1, 1) * noise
-    seen = {}
-
-    def velocity_oracle(x_in, c_noise):
-        seen["input"] = x_in
-        return noise - x0
-
-    assert p.loss(velocity_oracle, x0, sigma, noise).item() < 1e-9
-    assert torch.allclose(seen["input"], (1 - t) * x0 + t * noise, atol=1e-5)
-    assert torch.allclose(p.denoise(velocity_oracle, x, sigma), x0, atol=1e-4)
-    zero = p.denoise(lambda x_in, c_noise: torch.zeros_like(x_in), x, sigma)
-    assert torch.allclose(zero, (1 - t) * x0 + t * noise, atol=1e-5)  # D = x_t - t * 0
-    with pytest.raises(ValueError, match="not with a spectral one"):
-        EDMProcess(flow=True, spectral=object())
-
-
-def test_flow_is_built_from_the_config_and_refused_off_the_continuous_process():
-    from canopy.errors import UserError
-    from canopy.params import parse_params
-
-    config = {"diffusion": {"process": "edm", "preconditioning": "flow",
-                            "timestep_sampling": "lognormal"}, "schedule": "linear"}
-    assert build_process(config).flow and not build_process(
-        {**config, "diffusion": {**config["diffusion"], "preconditioning": "scalar"}}).flow
-    with pytest.raises(UserError, match="preconditioning flow needs process edm"):
-        parse_params({"diffusion": {"preconditioning": "flow"}})
-
-
 def test_noise_levels_are_drawn_continuously_from_the_lognormal():
     p = EDMProcess(lognormal_mean=-0.4, lognormal_std=1.1)
     sigma = p.sample_timesteps(20000, generator=torch.Generator().manual_seed(1))
