@@ -3,6 +3,7 @@ models/), and its params."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,14 @@ DIFFUSION = {"timesteps": 20, "objective": "eps", "loss": "l2", "min_snr_gamma":
 
 
 def write_checkpoint(models: Path, model: dict = MODEL, tile_size: int = 16, seed: int = 0,
-                     diffusion: dict = DIFFUSION, data_stats: dict | None = None) -> Path:
+                     diffusion: dict = DIFFUSION, data_stats: dict | None = None,
+                     adjust: Callable[[Unet], None] | None = None) -> Path:
+    """`adjust`: changes the fresh network's weights before they are written (e.g. a layer that
+    starts at zero, given weights as if trained)."""
     torch.manual_seed(seed)
     net = Unet(**model)
+    if adjust is not None:
+        adjust(net)
     config = {"model": model, "diffusion": diffusion, "schedule": "linear", "seed": 0,
               "tile_size": tile_size, "step": 7, "params_hash": "x", "data_hash": "y"}
     if data_stats is not None:
@@ -30,8 +36,8 @@ def write_checkpoint(models: Path, model: dict = MODEL, tile_size: int = 16, see
     return path
 
 
-def write_params(folder: Path, diffusion: dict = DIFFUSION, **sample) -> Path:
-    params = {"seed": 3, "schedule": "linear", "model": MODEL, "diffusion": diffusion,
+def write_params(folder: Path, diffusion: dict = DIFFUSION, model: dict = MODEL, **sample) -> Path:
+    params = {"seed": 3, "schedule": "linear", "model": model, "diffusion": diffusion,
               "etl": {"tile_size": 16, "stride": 16},
               "paths": {"models": str(folder / "models"), "samples": str(folder / "samples")},
               "sample": {"n": 6, "batch_size": 4, "steps": 5, "device": "cpu", **sample}}

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-import yaml
 from typer.testing import CliRunner
 
 from canopy.cli import app
@@ -343,14 +342,20 @@ def test_the_continuous_process_samples_reproducibly_whatever_the_batch(tmp_path
     assert manifest["timestep_spacing"] == "karras" and manifest["sampler"] == sampler
 
 
-def test_a_spectral_export_samples_reproducibly_whatever_the_batch(tmp_path):
-    workspace = _edm_workspace(tmp_path, "spectral", sampler="dpmpp2m", precision="fp32")
+def _four_images_at_batch_3_and_1(workspace):
+    """The images of `canopy sample --n 4` at batch sizes 3 and 1, each run's {file: bytes}."""
     runs = []
     for batch in (3, 1):
         out = workspace / f"s-{batch}"
         result = sample(workspace, "--n", "4", "--batch-size", str(batch), "--samples", str(out))
         assert result.exit_code == 0, result.output
         runs.append(images(out))
+    return runs
+
+
+def test_a_spectral_export_samples_reproducibly_whatever_the_batch(tmp_path):
+    workspace = _edm_workspace(tmp_path, "spectral", sampler="dpmpp2m", precision="fp32")
+    runs = _four_images_at_batch_3_and_1(workspace)
     assert runs[0] == runs[1] and len(set(runs[0].values())) == 4
     scalar = _edm_workspace(tmp_path / "scalar", sampler="dpmpp2m", precision="fp32")
     assert sample(scalar, "--n", "4", "--samples", str(scalar / "s")).exit_code == 0
@@ -361,27 +366,14 @@ def test_a_spectral_export_samples_reproducibly_whatever_the_batch(tmp_path):
 def test_an_export_with_mid_attention_samples_the_same_bits_whatever_the_batch(tmp_path,
                                                                               precision):
     """Attention mixes a tile's pixels, never the batch's images: image i stays fixed."""
-    from canopy import weights
-    from canopy.model.unet import Unet
-    from tests.sample.conftest import DIFFUSION
-
     model = {**MODEL, "mid_attention_heads": 2}
-    torch.manual_seed(0)
-    net = Unet(**model)
-    torch.nn.init.normal_(net.mid_attention.out.weight, std=0.3)  # as if trained: not zero
-    config = {"model": model, "diffusion": DIFFUSION, "schedule": "linear", "seed": 0,
-              "tile_size": 16, "step": 7, "params_hash": "x", "data_hash": "y"}
-    (tmp_path / "models").mkdir()
-    weights.write_export(tmp_path / "models" / weights.EXPORT_FILE, net.state_dict(), config)
-    params = yaml.safe_load(write_params(tmp_path, precision=precision).read_text())
-    params["model"] = model
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    runs = []
-    for batch in (3, 1):
-        out = tmp_path / f"s-{batch}"
-        result = sample(tmp_path, "--n", "4", "--batch-size", str(batch), "--samples", str(out))
-        assert result.exit_code == 0, result.output
-        runs.append(images(out))
+
+    def trained_attention(net):  # its output projection starts at zero: give it weights
+        torch.nn.init.normal_(net.mid_attention.out.weight, std=0.3)
+
+    write_checkpoint(tmp_path / "models", model=model, adjust=trained_attention)
+    write_params(tmp_path, model=model, precision=precision)
+    runs = _four_images_at_batch_3_and_1(tmp_path)
     assert runs[0] == runs[1] and len(set(runs[0].values())) == 4
 
 
