@@ -144,7 +144,7 @@ class ChannelStats:
     tiles (diffusion.preconditioning: spectral, model/spectral.py). The mean and std are exact
     integer sums, so they do not depend on the order the tiles came in."""
 
-    def __init__(self) -> None:
+    def __init__(self, tile_means: bool = True) -> None:
         self.pixels = 0
         self.sums = np.zeros(3, dtype=np.int64)
         self.squares = np.zeros(3, dtype=np.int64)  # 255^2 x 2^40 pixels still fits
@@ -163,6 +163,10 @@ class ChannelStats:
         # tile's opposite borders put into its DFT
         self.mirror_cross_power: np.ndarray | None = None
         self.mirror_bin_counts: np.ndarray | None = None
+        # each tile's channel sums: the tiles' mean colours, whose distribution the spectral
+        # skip's tile-mean prior estimates (diffusion.mean_prior: tiles)
+        self.keep_tile_means = tile_means
+        self.tile_sums: list[tuple[int, int, int]] = []
 
     def add(self, rgb: np.ndarray) -> None:
         values = rgb.reshape(-1, 3).astype(np.int64)
@@ -191,6 +195,8 @@ class ChannelStats:
         self._add_mirror_spectrum(planes)
         for i, (c, d) in enumerate(CHANNEL_PAIRS):
             self.tile_sum_products[i] += int(tile_sums[c]) * int(tile_sums[d])
+        if self.keep_tile_means:
+            self.tile_sums.append(tuple(int(v) for v in tile_sums))
         self.tiles += 1
 
     def _add_mirror_spectrum(self, planes: np.ndarray) -> None:
@@ -200,9 +206,10 @@ class ChannelStats:
 
     def to_json(self) -> dict[str, Any] | None:
         """{"mean": [r, g, b], "std": [r, g, b]} in [-1, 1] units, with "spectrum" (the
-        tile size and the 3 x 3 cross-power matrix at each integer radius, DC first) and
-        "mirror_spectrum" (the same of the tiles' DCT) where every image was one square tile
-        of one size; None without pixels."""
+        tile size and the 3 x 3 cross-power matrix at each integer radius, DC first),
+        "mirror_spectrum" (the same of the tiles' DCT) and "tile_means" (each tile's mean
+        colour, _tile_means_json) where every image was one square tile of one size; None
+        without pixels."""
         if not self.pixels:
             return None
         n = self.pixels
@@ -219,7 +226,17 @@ class ChannelStats:
                                    len(self.mirror_bin_counts))
             stats["mirror_spectrum"] = self._spectrum_json(std, mirror_power,
                                                            self.mirror_bin_counts, mirrored=True)
+            if self.keep_tile_means:
+                stats["tile_means"] = self._tile_means_json()
         return stats
+
+    def _tile_means_json(self) -> list[list[float]]:
+        """Every tile's mean colour in [-1, 1] units, sorted (so independent of the tiles'
+        order), at most MAX_TILE_MEANS of them, evenly spaced through the sorted list."""
+        pixels = self.tile_size**2
+        ordered = sorted(self.tile_sums)
+        step = max(1, -(-len(ordered) // MAX_TILE_MEANS))
+        return [[round(v / pixels / 127.5 - 1, 5) for v in sums] for sums in ordered[::step]]
 
     def _spectrum_json(self, std: np.ndarray, power: np.ndarray, counts: np.ndarray,
                        mirrored: bool = False) -> dict[str, Any]:
@@ -251,8 +268,8 @@ class TrainStats:
 
     def add(self, rgb: np.ndarray, region: str | None) -> None:
         self.all.add(rgb)
-        if region is not None:
-            self.regions.setdefault(region, ChannelStats()).add(rgb)
+        if region is not None:  # a region's tile means: not used (no prior per class)
+            self.regions.setdefault(region, ChannelStats(tile_means=False)).add(rgb)
 
     def to_json(self) -> dict[str, Any] | None:
         """ChannelStats.to_json of all tiles, with "regions": {name: its own, for each region
@@ -267,6 +284,9 @@ class TrainStats:
             stats["regions"] = regions
         return stats
 
+
+# tile means kept in the manifest: enough for a kernel density estimate in three dimensions
+MAX_TILE_MEANS = 4096
 
 # the channel pairs (c, d), c <= d, of a symmetric 3 x 3 cross-power matrix
 CHANNEL_PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
@@ -397,8 +417,8 @@ def read_manifest(root: Path, point_at: str) -> dict[str, Any]:
 
 def train_stats(manifest: dict[str, Any], root: Path) -> dict[str, list[float]] | None:
     """The train tiles' per-channel {"mean", "std"} ([-1, 1] units) and, where etl measured
-    them, their "spectrum" and each region's stats ("regions") from a manifest; None for
-    manifests written before etl measured them."""
+    them, their "spectrum", "mirror_spectrum", "tile_means" and each region's stats
+    ("regions") from a manifest; None for manifests written before etl measured them."""
     stats = manifest.get("train_stats")
     if stats is None:
         return None
@@ -414,8 +434,8 @@ def train_stats(manifest: dict[str, Any], root: Path) -> dict[str, list[float]] 
 
 
 def _checked_stats(stats: Any, root: Path, where: str) -> dict[str, Any]:
-    """{"mean", "std"[, "spectrum", "mirror_spectrum"]} of one ChannelStats entry of a
-    manifest, checked."""
+    """{"mean", "std"[, "spectrum", "mirror_spectrum", "tile_means"]} of one ChannelStats
+    entry of a manifest, checked."""
     ok = (isinstance(stats, dict)
           and all(isinstance(stats.get(k), list) and len(stats[k]) == 3
                   and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stats[k])
@@ -432,7 +452,20 @@ def _checked_stats(stats: Any, root: Path, where: str) -> dict[str, Any]:
                 raise UserError(f"{root / MANIFEST_FILE}: {where}.{key} is not a tile size and "
                                 f"symmetric 3 x 3 cross-power matrices; {_FIX}")
             found[key] = stats[key]
+    if "tile_means" in stats:
+        if not are_tile_means(stats["tile_means"]):
+            raise UserError(f"{root / MANIFEST_FILE}: {where}.tile_means is not a list of "
+                            f"mean colours in [-1, 1]; {_FIX}")
+        found["tile_means"] = stats["tile_means"]
     return found
+
+
+def are_tile_means(means: Any) -> bool:
+    """Whether `means` is a non-empty list of mean colours, three numbers in [-1, 1] each
+    (ChannelStats; model/spectral.py's TileMeanPrior reads them)."""
+    return (isinstance(means, list) and len(means) >= 1
+            and all(isinstance(m, list) and len(m) == 3
+                    and all(type(v) in (int, float) and -1 <= v <= 1 for v in m) for m in means))
 
 
 def is_spectrum(spectrum: Any) -> bool:

@@ -132,6 +132,11 @@ class DiffusionParams(StrictModel):
     # Mirror halves the skip's error on the outermost pixels and takes the faint frame off the
     # samples; SWD and FID did not move on the demo or NEON (docs/benchmarks.md).
     spectral_border: Literal["periodic", "mirror"] = "periodic"
+    # spectral: the prior of a tile's mean colour in the skip. gaussian: the one the spectrum
+    # implies (the Wiener filter's DC); tiles: the distribution of the train tiles' means
+    # (a kernel density estimate, etl records them), so tiles take the mean colours real
+    # tiles have rather than blends of them (model/spectral.py TileMeanPrior).
+    mean_prior: Literal["gaussian", "tiles"] = "gaussian"
 
     @field_validator("sigma_data")
     @classmethod
@@ -185,6 +190,8 @@ class DiffusionParams(StrictModel):
                                  "no min_snr_gamma (its own loss weighting)")
             if self.spectral_border != "periodic" and self.preconditioning != "spectral":
                 raise ValueError("spectral_border applies to preconditioning spectral only")
+            if self.mean_prior != "gaussian" and self.preconditioning != "spectral":
+                raise ValueError("mean_prior applies to preconditioning spectral only")
             if self.preconditioning == "spectral" and not self.standardize:
                 raise ValueError("preconditioning spectral needs standardize: true (the spectrum "
                                  "is measured on the standardised tiles)")
@@ -208,4 +215,5 @@ class DiffusionParams(StrictModel):
 # The diffusion keys newer than the first exports: absent from their configs, where the
 # defaults hold (canopy/weights.py fills them on read).
 ADDED_KEYS = ("process", "standardize", "sigma_data", "sigma_min", "sigma_max",
-              "loss_weighting", "lognormal_weights", "preconditioning", "spectral_border")
+              "loss_weighting", "lognormal_weights", "preconditioning", "spectral_border",
+              "mean_prior")

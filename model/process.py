@@ -312,7 +312,7 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
     "timestep_sampling": "uniform", "lognormal_mean": -1.2, "lognormal_std": 1.2,
     "process": "vp", "standardize": False, "sigma_data": "auto", "sigma_min": 0.002,
     "sigma_max": 80.0, "loss_weighting": "fixed", "lognormal_weights": None,
-    "preconditioning": "scalar", "spectral_border": "periodic",
+    "preconditioning": "scalar", "spectral_border": "periodic", "mean_prior": "gaussian",
 }
 
 
@@ -344,6 +344,16 @@ def process_config(diffusion: Mapping[str, Any], schedule: str,
                              "tiles' power spectrum, which this tiles manifest lacks: re-run "
                              "`canopy etl`")
         config["data_stats"]["spectrum"] = stats[key]
+        if full["mean_prior"] == "tiles":
+            if "tile_means" not in stats:
+                raise ValueError("diffusion.mean_prior tiles needs the train tiles' mean colours, "
+                                 "which this tiles manifest lacks: re-run `canopy etl`")
+            if classes:
+                raise ValueError("diffusion.mean_prior tiles is for models without a condition")
+            config["data_stats"]["tile_means"] = stats["tile_means"]
+            # chosen once here and recorded, so sampling rebuilds the same prior at once
+            config["data_stats"]["tile_mean_bandwidth"] = spectral_skip(
+                config["data_stats"]).mean_prior.bandwidth
         if classes:
             config["data_stats"]["class_stats"] = _class_stats(stats, classes, key)
     return config

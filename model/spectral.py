@@ -82,7 +82,7 @@ class SpectralSkip:
     MIN_POWER = 1e-9
 
     def __init__(self, tile_size: int, radial: Sequence[Sequence[Sequence[float]]],
-                 mirror: bool = False) -> None:
+                 mirror: bool = False, mean_prior: TileMeanPrior | None = None) -> None:
         if tile_size < 2:
             raise ValueError(f"tile_size must be at least 2, got {tile_size}")
         matrices = torch.tensor(radial, dtype=torch.float64)
@@ -94,12 +94,16 @@ class SpectralSkip:
         self.tile_size = tile_size
         self.radial = matrices
         self.mirror = mirror
+        # the tile's mean colour estimated under the distribution of the train tiles' means
+        # instead of the Gaussian the spectrum implies (TileMeanPrior)
+        self.mean_prior = mean_prior
         self._grids: dict[tuple[int, int, bool, int | None], tuple[torch.Tensor, torch.Tensor]] = {}
         self._device_grids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def from_config(cls, spectrum: Mapping[str, Any], mirror: bool = False) -> SpectralSkip:
-        return cls(int(spectrum["tile_size"]), spectrum["radial"], mirror)
+    def from_config(cls, spectrum: Mapping[str, Any], mirror: bool = False,
+                    mean_prior: TileMeanPrior | None = None) -> SpectralSkip:
+        return cls(int(spectrum["tile_size"]), spectrum["radial"], mirror, mean_prior)
 
     # --- the spectrum on an image's frequency grid -----------------------------------------
     def power(self, height: int, width: int, half: bool = True, pixels: int | None = None
@@ -157,7 +161,99 @@ class SpectralSkip:
         mixing, which gives each image the same bits whatever the batch."""
         values, basis = self._on_device(*_filter_grid(x, self.mirror), x.device, half=True,
                                         pixels=x.shape[-2] * x.shape[-1])
-        return _wiener(x, sigma, values, basis, self.mirror)
+        filtered = _wiener(x, sigma, values, basis, self.mirror)
+        if self.mean_prior is None:
+            return filtered
+        with torch.autocast(x.device.type, enabled=False):
+            mean = self.mean_prior.posterior_mean(x.float().mean(dim=(-2, -1)), sigma,
+                                                  x.shape[-2] * x.shape[-1])
+            return filtered - filtered.mean(dim=(-2, -1), keepdim=True) + mean[..., None, None]
+
+
+class TileMeanPrior:
+    """The posterior mean of a tile's mean colour m given its noisy mean y = m + e,
+    e ~ N(0, sigma^2 / pixels I), under a kernel density estimate of the train tiles' means:
+    p(m) = (1/n) sum_i N(m; m_i, h^2 S), S their covariance. Each kernel is a Gaussian, so
+
+        E[m | y] = sum_i w_i (m_i + G (y - m_i)),   G = h^2 S (h^2 S + s^2 I)^-1,
+        w_i proportional to N(y; m_i, h^2 S + s^2 I),  s^2 = sigma^2 / pixels
+
+    computed in S's eigenbasis, where G is diagonal. At low noise it is y; at high noise the
+    average of the tiles' means; between, it moves y towards the means of the tiles near it,
+    where the Gaussian prior the spectrum implies (the Wiener filter's DC) moves it towards
+    the mean of all tiles: the mean colours of real tiles lie in clusters and arms (sites,
+    bare ground, water), which a Gaussian fills in with colours no tile has.
+
+    The bandwidth h is the one under which each tile's mean is likeliest given the others
+    (leave-one-out likelihood over a grid: Scott's rule, n^(-1/7), assumes one Gaussian and
+    smooths the clusters of real tiles about twice too much)."""
+
+    # bandwidths tried: factors of S's scale, geometric from the first to the second
+    BANDWIDTHS = (0.02, 1.0, 25)
+
+    def __init__(self, means: Sequence[Sequence[float]], bandwidth: float | None = None
+                 ) -> None:
+        points = torch.tensor(means, dtype=torch.float64)
+        if points.ndim != 2 or len(points) < 8:
+            raise ValueError("the tile-mean prior needs at least 8 tile means")
+        centred = points - points.mean(dim=0)
+        covariance = centred.T @ centred / (len(points) - 1)
+        values, vectors = torch.linalg.eigh(covariance)
+        values = values.clamp(min=1e-12)
+        self.basis = vectors
+        self.points = points @ vectors  # the means in S's eigenbasis
+        self.bandwidth = (float(bandwidth) if bandwidth is not None
+                          else likeliest_bandwidth(centred @ vectors / values.sqrt()))
+        self.kernel_var = values * self.bandwidth**2
+        self._device: dict[str, tuple[torch.Tensor, ...]] = {}
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        key = str(device)
+        if key not in self._device:
+            self._device[key] = tuple(t.to(device) for t in (self.kernel_var, self.basis,
+                                                             self.points))
+        return self._device[key]
+
+    def posterior_mean(self, noisy_mean: torch.Tensor, sigma: torch.Tensor, pixels: int
+                       ) -> torch.Tensor:
+        """E[m | y] for y = `noisy_mean` (B, C) at `sigma` (B or 1 levels), float32; float64
+        inside, and only elementwise products and per-row sums, so each image gets the same
+        bits whatever the batch."""
+        kernel_var, basis, points = self._on(noisy_mean.device)
+        y = _mix_rows(noisy_mean.double(), basis, into_basis=True)  # (B, C)
+        noise_var = (sigma.double().reshape(-1, 1) ** 2) / pixels  # (B or 1, 1)
+        total = kernel_var + noise_var  # (B, C)
+        distance = ((y[:, None, :] - points[None]) ** 2 / total[:, None, :]).sum(-1)
+        weights = torch.softmax(-0.5 * distance, dim=1)  # (B, n)
+        nearby = (weights[:, :, None] * points[None]).sum(1)
+        gain = kernel_var / total
+        estimate = gain * y + (1 - gain) * nearby
+        return _mix_rows(estimate, basis, into_basis=False).float()
+
+
+def _mix_rows(rows: torch.Tensor, basis: torch.Tensor, into_basis: bool) -> torch.Tensor:
+    """rows (B, C) into the basis U (C, C) (y = x U) or back (x = y U^T), as elementwise
+    products and sums: a matrix product's bits may depend on the batch."""
+    matrix = basis if into_basis else basis.T
+    return (rows[:, :, None] * matrix[None]).sum(1)
+
+
+def likeliest_bandwidth(whitened: torch.Tensor, chunk: int = 512) -> float:
+    """The factor h (of TileMeanPrior.BANDWIDTHS' grid) under which the kernel density of
+    the other points gives each of `whitened` (n, d; unit covariance) the highest mean log
+    likelihood (leave-one-out)."""
+    low, high, count = TileMeanPrior.BANDWIDTHS
+    factors = torch.logspace(torch.log10(torch.tensor(low)), torch.log10(torch.tensor(high)),
+                             count, dtype=torch.float64)
+    n, d = whitened.shape
+    totals = torch.zeros(count, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        rows = whitened[start:start + chunk]
+        squared = torch.cdist(rows, whitened).square()
+        squared[torch.arange(len(rows)), torch.arange(start, start + len(rows))] = float("inf")
+        for k, h in enumerate(factors):
+            totals[k] += (torch.logsumexp(-0.5 * squared / h**2, dim=1) - d * h.log()).sum()
+    return float(factors[int(totals.argmax())])
 
 
 class ClassSpectralSkip:
@@ -229,7 +325,13 @@ def spectral_skip(data_stats: Mapping[str, Any], mirror: bool = False
     "class_stats" (one entry per class of a model conditioned on region: {"mean", "std",
     "spectrum"} of its train tiles in [-1, 1] units, or None), a filter per class. `mirror`:
     each filters the image extended by its mirror images (module docstring)."""
-    unconditional = SpectralSkip.from_config(data_stats["spectrum"], mirror)
+    mean_prior = None
+    if "tile_means" in data_stats:
+        mean = torch.tensor(data_stats["mean"], dtype=torch.float64)
+        std = torch.tensor(data_stats["std"], dtype=torch.float64)
+        means = (torch.tensor(data_stats["tile_means"], dtype=torch.float64) - mean) / std
+        mean_prior = TileMeanPrior(means.tolist(), data_stats.get("tile_mean_bandwidth"))
+    unconditional = SpectralSkip.from_config(data_stats["spectrum"], mirror, mean_prior)
     if "class_stats" not in data_stats:
         return unconditional
     mean = torch.tensor(data_stats["mean"], dtype=torch.float64)

@@ -19,7 +19,7 @@ from canopy.hashing import sha256_bytes, sha256_file
 from canopy.model.diffusion import GaussianDiffusion
 from canopy.model.process import EDMProcess, build
 from canopy.model.unet import Unet
-from canopy.tiles import is_spectrum
+from canopy.tiles import are_tile_means, is_spectrum
 
 
 @dataclass
@@ -158,6 +158,13 @@ def check_export_config(config: dict[str, Any], path: Path) -> None:
             isinstance(stats, dict) and is_spectrum(stats.get("spectrum"))):
         raise invalid("data_stats.spectrum", "preconditioning spectral needs the tile size and "
                                              "symmetric 3 x 3 cross-power matrices")
+    if config["diffusion"].get("mean_prior", "gaussian") == "tiles":
+        means, bandwidth = stats.get("tile_means"), stats.get("tile_mean_bandwidth")
+        if not (are_tile_means(means) and len(means) >= 8):
+            raise invalid("data_stats.tile_means", "mean_prior tiles needs at least 8 mean "
+                                                   "colours in [-1, 1]")
+        if type(bandwidth) is not float or not 0 < bandwidth < math.inf:
+            raise invalid("data_stats.tile_mean_bandwidth", "expected a positive number")
 
 
 def _check_tile_size(config: dict[str, Any], invalid: Callable[[str, str], UserError]) -> None:

@@ -282,6 +282,29 @@ def test_channel_stats_do_not_depend_on_the_order_of_the_tiles():
     assert tiles.ChannelStats().to_json() is None
 
 
+def test_the_tile_means_are_each_tiles_mean_colour_sorted_and_thinned_evenly(monkeypatch):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
+    stats = tiles.ChannelStats()
+    for image in images:
+        stats.add(image)
+    expected = sorted((image.reshape(-1, 3) / 127.5 - 1).mean(axis=0).tolist() for image in images)
+    found = stats.to_json()["tile_means"]
+    assert np.allclose(found, expected, atol=1e-5)
+    assert tiles.train_stats({"train_stats": stats.to_json()}, Path("x"))["tile_means"] == found
+    # past the cap, every k-th of the sorted means: still spread over all of them
+    monkeypatch.setattr(tiles, "MAX_TILE_MEANS", 4)
+    assert stats.to_json()["tile_means"] == found[::3]
+
+
+@pytest.mark.parametrize("means", [[], [[0, 0]] * 8, [[0, 0, 2]] * 8,
+                                   [[0, 0, "x"]] * 8, {"a": 1}])
+def test_malformed_tile_means_are_refused(tmp_path, means):
+    stats = {"mean": [0, 0, 0], "std": [1, 1, 1], "tile_means": means}
+    with pytest.raises(UserError, match="train_stats.tile_means is not a list"):
+        tiles.train_stats({"train_stats": stats}, tmp_path)
+
+
 @pytest.mark.parametrize("stats", [{"mean": [0, 0], "std": [1, 1]},
                                    {"mean": [0, 0, 0], "std": [1, 0, 1]},
                                    {"mean": [0, 0, "x"], "std": [1, 1, 1]}, [1, 2]])
@@ -402,7 +425,7 @@ def test_train_stats_measure_each_region_on_its_own_tiles():
         every.add(image)
     assert {k: v for k, v in found.items() if k != "regions"} == every.to_json()
     assert sorted(found["regions"]) == ["a", "b", "c"]
-    own = tiles.ChannelStats()
+    own = tiles.ChannelStats(tile_means=False)  # a region's tile means are not kept
     for image, region in zip(images, regions):
         if region == "b":
             own.add(image)

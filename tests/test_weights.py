@@ -28,11 +28,14 @@ def test_the_reader_gets_back_what_the_writer_wrote(tmp_path):
     ({"dim": 8, "condition": {"region": ["a"]}}, {}, "canopy.model/3"),
     ({"dim": 8, "mid_attention_heads": 2}, {}, "canopy.model/4"),
     ({"dim": 8, "condition": {"region": ["a"]}, "mid_attention_heads": 1}, {}, "canopy.model/4"),
+    ({"dim": 8}, {"preconditioning": "spectral", "mean_prior": "tiles"}, "canopy.model/5"),
+    ({"dim": 8, "mid_attention_heads": 2}, {"mean_prior": "tiles"}, "canopy.model/5"),
 ])
 def test_an_export_takes_the_oldest_format_that_builds_it_rightly(tmp_path, model, diffusion,
                                                                  expected):
     """A canopy that predates attention refuses such an export in one line instead of failing
-    to build it; the others keep their format."""
+    to build it, and one that predates the tile-mean prior instead of sampling without it;
+    the others keep their format."""
     from safetensors import safe_open
 
     path = tmp_path / weights.EXPORT_FILE

@@ -302,3 +302,102 @@ def test_the_border_is_chosen_by_the_config_and_older_configs_keep_the_periodic_
     with pytest.raises(ValueError, match="spectral_border applies to preconditioning spectral"):
         DiffusionParams(process="edm", standardize=True, timestep_sampling="lognormal",
                         spectral_border="mirror")
+
+
+# --- the tile-mean prior -----------------------------------------------------------------
+
+def _two_clusters(generator: torch.Generator) -> torch.Tensor:
+    """Tile means in two tight clusters of colour (e.g. two sites), none between them."""
+    centre = torch.tensor([0.6, 0.2, -0.1], dtype=torch.float64)
+    spread = torch.randn(400, 3, generator=generator, dtype=torch.float64) * 0.05
+    return torch.cat([centre + spread[:200], -centre + spread[200:]])
+
+
+def test_the_tile_mean_prior_is_the_posterior_mean_of_its_kernel_density():
+    from canopy.model.spectral import TileMeanPrior
+
+    g = torch.Generator().manual_seed(5)
+    means = _two_clusters(g)
+    prior = TileMeanPrior(means.tolist(), bandwidth=0.3)
+    noisy = torch.randn(4, 3, generator=g, dtype=torch.float64) * 0.5
+    pixels, sigma = 64, torch.tensor([0.3, 2.0, 8.0, 40.0])
+    got = prior.posterior_mean(noisy.float(), sigma, pixels).double()
+    # the same estimate written out in the colour space itself: each kernel N(m_i, H) with H
+    # Scott's bandwidth times the means' covariance; y ~ N(m, s^2 I)
+    n = len(means)
+    bandwidth = torch.cov(means.T) * 0.3**2
+    for row, level in enumerate(sigma.double()):
+        s2 = level**2 / pixels
+        spread = bandwidth + s2 * torch.eye(3, dtype=torch.float64)
+        log_w = torch.distributions.MultivariateNormal(means, spread).log_prob(noisy[row])
+        weights = torch.softmax(log_w, dim=0)
+        gain = bandwidth @ torch.linalg.inv(spread)
+        each = means + (noisy[row] - means) @ gain.T
+        expected = (weights[:, None] * each).sum(0)
+        assert torch.allclose(got[row], expected, atol=1e-5)
+
+
+def test_the_tile_mean_prior_reads_low_noise_means_and_takes_the_nearer_cluster_at_high():
+    from canopy.model.spectral import TileMeanPrior
+
+    means = _two_clusters(torch.Generator().manual_seed(6))
+    prior = TileMeanPrior(means.tolist())
+    near_first = torch.tensor([[0.2, 0.05, -0.05]])
+    # readable: the mean itself
+    low = prior.posterior_mean(near_first, torch.tensor([1e-3]), 4096)
+    assert torch.allclose(low, near_first, atol=1e-5)
+    # half-readable: pulled to the nearer cluster, where the Gaussian prior pulls it towards
+    # the average of all tiles (between the clusters, a colour no tile has)
+    middle = prior.posterior_mean(near_first, torch.tensor([20.0]), 4096)
+    first = means[:200].mean(0).float()
+    distance = torch.linalg.vector_norm
+    assert distance(middle - first) < 0.5 * distance(near_first - first)
+    # unreadable: the average of all tile means
+    high = prior.posterior_mean(near_first, torch.tensor([1e4]), 4096)
+    assert torch.allclose(high, means.mean(0, keepdim=True).float(), atol=1e-3)
+
+
+def test_the_skip_with_the_tile_mean_prior_changes_the_tile_mean_alone_whatever_the_batch():
+    from canopy.model.spectral import TileMeanPrior
+
+    g = torch.Generator().manual_seed(7)
+    prior = TileMeanPrior(_two_clusters(g).tolist())
+    plain = _spectrum()
+    skip = SpectralSkip(SIZE, plain.radial.tolist(), mean_prior=prior)
+    x = _gaussian_field(plain, 5, g) + torch.randn(5, 3, SIZE, SIZE, generator=g) * 3.0
+    level = torch.tensor([3.0])
+    got, wiener = skip.skip(x, level), plain.skip(x, level)
+    expected_mean = prior.posterior_mean(x.mean(dim=(-2, -1)), level, SIZE * SIZE)
+    assert torch.allclose(got.mean(dim=(-2, -1)), expected_mean, atol=1e-5)
+    centred = wiener - wiener.mean(dim=(-2, -1), keepdim=True)
+    assert torch.allclose(got - got.mean(dim=(-2, -1), keepdim=True), centred, atol=1e-5)
+    assert torch.equal(skip.skip(x[3:4], level), got[3:4])
+    per_image = torch.tensor([0.5, 1.0, 3.0, 9.0, 27.0])
+    batched = skip.skip(x, per_image)
+    assert torch.equal(skip.skip(x[1:2], per_image[1:2]), batched[1:2])
+
+
+def test_the_tile_mean_prior_comes_from_the_config_and_needs_the_tiles_means():
+    from canopy.model.params import DiffusionParams
+    from canopy.model.process import build_process, process_config
+
+    means = _two_clusters(torch.Generator().manual_seed(8))
+    stats = {"mean": [0.1, 0.0, -0.1], "std": [0.5, 0.5, 0.5],
+             "spectrum": {"tile_size": SIZE, "radial": _spectrum().radial.tolist()},
+             "tile_means": (means * 0.5 + torch.tensor([0.1, 0.0, -0.1])).tolist()}
+    base = {"process": "edm", "standardize": True, "preconditioning": "spectral"}
+    assert build_process(process_config(base, "linear", stats)).spectral.mean_prior is None
+    with_prior = process_config({**base, "mean_prior": "tiles"}, "linear", stats)
+    assert with_prior["data_stats"]["tile_means"] == stats["tile_means"]
+    prior = build_process(with_prior).spectral.mean_prior
+    # read in the standardised units of the data
+    assert torch.allclose(prior.points @ prior.basis.T, means, atol=1e-6)
+    lacking = {k: v for k, v in stats.items() if k != "tile_means"}
+    with pytest.raises(ValueError, match="re-run `canopy etl`"):
+        process_config({**base, "mean_prior": "tiles"}, "linear", lacking)
+    with pytest.raises(ValueError, match="without a condition"):
+        process_config({**base, "mean_prior": "tiles"}, "linear", stats, classes=["a", "b"])
+    assert "mean_prior" not in DiffusionParams(**base, timestep_sampling="lognormal").config()
+    with pytest.raises(ValueError, match="mean_prior applies to preconditioning spectral"):
+        DiffusionParams(process="edm", standardize=True, timestep_sampling="lognormal",
+                        mean_prior="tiles")

@@ -312,7 +312,12 @@ SPECTRUM = {"tile_size": 16, "radial": [[[p, 0.8 * p, 0.7 * p], [0.8 * p, p, 0.8
                                                    0.1, 0.1, 0.1)]}
 
 
-def _edm_workspace(tmp_path, preconditioning="scalar", **sample):
+# tile means in two clusters of colour, [-1, 1] units
+TILE_MEANS = [[-0.7 + 0.01 * (i % 5), -0.5 + 0.01 * (i % 3), -0.8] for i in range(10)] + [
+    [-0.1 + 0.01 * (i % 5), -0.2 + 0.01 * (i % 3), -0.4] for i in range(10)]
+
+
+def _edm_workspace(tmp_path, preconditioning="scalar", mean_prior="gaussian", **sample):
     """A tiny export of the continuous process on standardised data, and its params."""
     from tests.sample.conftest import DIFFUSION
 
@@ -321,6 +326,9 @@ def _edm_workspace(tmp_path, preconditioning="scalar", **sample):
     stats = {"mean": [-0.4, -0.3, -0.6], "std": [0.3, 0.25, 0.2]}
     if preconditioning == "spectral":
         stats["spectrum"] = SPECTRUM
+    if mean_prior == "tiles":
+        diffusion["mean_prior"] = "tiles"
+        stats.update(tile_means=TILE_MEANS, tile_mean_bandwidth=0.2)
     write_checkpoint(tmp_path / "models", diffusion=diffusion, data_stats=stats)
     write_params(tmp_path, diffusion=diffusion, spacing="karras", **sample)
     return tmp_path
@@ -360,6 +368,31 @@ def test_a_spectral_export_samples_reproducibly_whatever_the_batch(tmp_path):
     scalar = _edm_workspace(tmp_path / "scalar", sampler="dpmpp2m", precision="fp32")
     assert sample(scalar, "--n", "4", "--samples", str(scalar / "s")).exit_code == 0
     assert images(scalar / "s") != runs[0]  # the same weights, another denoiser
+
+
+def test_an_export_with_the_tile_mean_prior_samples_reproducibly_whatever_the_batch(tmp_path):
+    workspace = _edm_workspace(tmp_path, "spectral", "tiles", sampler="dpmpp2m",
+                               precision="fp32")
+    runs = _four_images_at_batch_3_and_1(workspace)
+    assert runs[0] == runs[1] and len(set(runs[0].values())) == 4
+    gaussian = _edm_workspace(tmp_path / "gaussian", "spectral", sampler="dpmpp2m",
+                              precision="fp32")
+    assert sample(gaussian, "--n", "4", "--samples", str(gaussian / "s")).exit_code == 0
+    assert images(gaussian / "s") != runs[0]  # the same weights, another prior
+
+
+@pytest.mark.parametrize("changes, where", [
+    ({"data_stats__tile_means": [[0.1, 0.2, 0.3]] * 7}, "data_stats.tile_means"),
+    ({"data_stats__tile_means": [[0.1, 0.2, 3.0]] * 8}, "data_stats.tile_means"),
+    ({"data_stats__tile_mean_bandwidth": 0.0}, "data_stats.tile_mean_bandwidth"),
+    ({"data_stats__tile_mean_bandwidth": "wide"}, "data_stats.tile_mean_bandwidth")])
+def test_an_export_with_a_damaged_tile_mean_prior_is_refused(tmp_path, changes, where):
+    workspace = _edm_workspace(tmp_path, "spectral", "tiles", sampler="dpmpp2m",
+                               precision="fp32")
+    _rewrite_export(workspace, **changes)
+    result = sample(workspace)
+    assert result.exit_code == 2
+    assert f"its config is invalid ({where}:" in result.stderr
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

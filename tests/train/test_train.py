@@ -290,9 +290,10 @@ MIXTURE = {"lognormal_mean": [-0.5, 2.5], "lognormal_std": [1.6, 1.0], "lognorma
 
 
 @pytest.mark.parametrize("diffusion", [{"standardize": True}, EDM, {**EDM, "loss_weighting": "learned"},
-                                       {**EDM, **MIXTURE}, {**EDM, "preconditioning": "spectral"}],
+                                       {**EDM, **MIXTURE}, {**EDM, "preconditioning": "spectral"},
+                                       {**EDM, "preconditioning": "spectral", "mean_prior": "tiles"}],
                          ids=["vp-std", "edm-std", "edm-learned-weighting", "edm-mixture",
-                              "edm-spectral"])
+                              "edm-spectral", "edm-spectral-tile-means"])
 def test_resume_is_exact_for_the_new_processes(tiles, tmp_path, diffusion):
     straight = tiny_params(tiles, tmp_path / "straight", diffusion, {"spacing": "karras"}
                            if "process" in diffusion else None, steps=6, checkpoint_every=3)
@@ -374,6 +375,33 @@ def test_the_spectral_export_carries_the_spectrum_it_was_trained_with(tiles, tmp
     assert config["diffusion"]["preconditioning"] == "spectral"
     _, process = build(config)
     assert process.spectral is not None and process.spectral.tile_size == 16
+
+
+def test_the_tile_mean_prior_export_carries_the_tiles_means_and_its_bandwidth(tiles, tmp_path):
+    from safetensors import safe_open
+
+    from canopy import tiles as tiles_io
+    from canopy.model.process import build
+
+    out = tmp_path / "models"
+    diffusion = {**EDM, "preconditioning": "spectral", "mean_prior": "tiles"}
+    train(tiny_params(tiles, out, diffusion, {"spacing": "karras"}, steps=2), quiet=True)
+    _, config = read_export(out / EXPORT_FILE)
+    stats = tiles_io.train_stats(tiles_io.read_manifest(tiles, "x"), tiles)
+    assert config["data_stats"]["tile_means"] == stats["tile_means"]
+    bandwidth = config["data_stats"]["tile_mean_bandwidth"]
+    _, process = build(config)
+    assert process.spectral.mean_prior.bandwidth == bandwidth > 0
+    with safe_open(str(out / EXPORT_FILE), "pt") as handle:
+        assert handle.metadata()["format"] == "canopy.model/5"
+    # without the tiles' means (a manifest of before etl recorded them): one clear error
+    manifest = json.loads((tiles / "manifest.json").read_text())
+    del manifest["train_stats"]["tile_means"]
+    (tiles / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="mean_prior tiles needs the train tiles' mean colours.*"
+                                        "re-run `canopy etl`"):
+        train(tiny_params(tiles, tmp_path / "m2", diffusion, {"spacing": "karras"}, steps=1),
+              quiet=True)
 
 
 def test_spectral_preconditioning_without_a_spectrum_in_the_manifest_is_one_clear_error(tiles,
