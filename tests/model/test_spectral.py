@@ -323,8 +323,7 @@ def test_the_tile_mean_prior_is_the_posterior_mean_of_its_kernel_density():
     pixels, sigma = 64, torch.tensor([0.3, 2.0, 8.0, 40.0])
     got = prior.posterior_mean(noisy.float(), sigma, pixels).double()
     # the same estimate written out in the colour space itself: each kernel N(m_i, H) with H
-    # Scott's bandwidth times the means' covariance; y ~ N(m, s^2 I)
-    n = len(means)
+    # the bandwidth's square times the means' covariance; y ~ N(m, s^2 I)
     bandwidth = torch.cov(means.T) * 0.3**2
     for row, level in enumerate(sigma.double()):
         s2 = level**2 / pixels
