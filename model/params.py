@@ -111,7 +111,13 @@ class DiffusionParams(StrictModel):
     # the manifest's per-channel stds, else 0.5 (EDM's for images in [-1, 1]).
     sigma_data: float | Literal["auto"] = "auto"
     sigma_min: float = Field(0.002, gt=0.0, le=10.0)  # edm: the lowest noise level sampled
-    sigma_max: float = Field(80.0, gt=0.0, le=10_000.0)  # edm: the highest, where sampling starts
+    # edm: the highest noise level, where sampling starts. auto: where a tile's mean colour,
+    # the signal that noise drowns last (its power grows with the tile's pixel count), keeps
+    # under 1% of the noise's power: 10 x the square root of the largest eigenvalue of the
+    # tiles' DC power (the manifest's spectrum), at least 80 (EDM's, made for 32 px images);
+    # about 470 for the demo's 64 px tiles and 630 for NEON's. From 80, the samples' mean
+    # colours varied 30-40% less than the tiles' (docs/benchmarks.md). Sampling only.
+    sigma_max: float | Literal["auto"] = 80.0
     # edm: how the noise levels' losses are weighted. fixed: EDM's lambda(sigma) alone;
     # learned: EDM2's uncertainty weighting, a tiny network u(sigma) trained beside the U-Net,
     # each image's loss L / exp(u) + u, so every noise level weighs about the same
@@ -143,6 +149,13 @@ class DiffusionParams(StrictModel):
     def _positive_sigma_data(cls, value: float | str) -> float | str:
         if value != "auto" and not 0 < value <= 100:
             raise ValueError(f"sigma_data must be 'auto' or in (0, 100], got {value}")
+        return value
+
+    @field_validator("sigma_max")
+    @classmethod
+    def _sigma_max_range(cls, value: float | str) -> float | str:
+        if value != "auto" and not 0 < value <= 10_000:
+            raise ValueError(f"sigma_max must be 'auto' or in (0, 10000], got {value}")
         return value
 
     @field_validator("lognormal_mean", "lognormal_std")
@@ -182,7 +195,7 @@ class DiffusionParams(StrictModel):
     @model_validator(mode="after")
     def _process_fits(self) -> DiffusionParams:
         if self.process == "edm":
-            if not self.sigma_min < self.sigma_max:
+            if self.sigma_max != "auto" and not self.sigma_min < self.sigma_max:
                 raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max "
                                  f"({self.sigma_max})")
             if self.timestep_sampling != "lognormal" or self.loss != "l2" or self.min_snr_gamma:

@@ -331,6 +331,8 @@ def process_config(diffusion: Mapping[str, Any], schedule: str,
                          "tiles manifest lacks: re-run `canopy etl`")
     if full["process"] != "vp":
         d["sigma_data"] = resolve_sigma_data(full["sigma_data"], full["standardize"], stats)
+        if full["sigma_max"] == "auto":
+            d["sigma_max"] = resolve_sigma_max(full["standardize"], stats)
     config: dict[str, Any] = {"diffusion": d, "schedule": schedule}
     if full["standardize"]:
         config["data_stats"] = {"mean": list(stats["mean"]), "std": list(stats["std"])}
@@ -406,6 +408,28 @@ def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
 def build(config: Mapping[str, Any]) -> tuple[nn.Module, GaussianDiffusion | EDMProcess]:
     """(network, process) from an export's config: what train, sample and bench all build."""
     return build_network(config["model"]), build_process(config)
+
+
+# sigma_max: auto starts sampling where the tiles' mean colour keeps this share of the power
+MEAN_COLOUR_POWER_AT_SIGMA_MAX = 0.01
+
+
+def resolve_sigma_max(standardize: bool, stats: Mapping[str, Any] | None) -> float:
+    """`diffusion.sigma_max: auto`: the noise level at which the tiles' mean colour holds
+    1% of the power, at least EDM's 80. A tile's mean colour carries n^2 Cov(mean) of power
+    in the DC coefficient of its n x n orthonormal DFT (the spectrum's DC, etl), which noise
+    of level sigma meets with sigma^2 per colour direction: sampling from N(0, sigma_max^2)
+    assumes the DC's own power is negligible beside that, else the samples' mean colours
+    vary too little (by sqrt(1 + lambda / sigma_max^2)). Without a spectrum: 80."""
+    if stats is None or "spectrum" not in stats:
+        return 80.0
+    dc = torch.tensor(stats["spectrum"]["radial"][0], dtype=torch.float64)
+    if not standardize:  # the spectrum is of the standardised tiles: back to [-1, 1] units
+        std = torch.tensor(stats["std"], dtype=torch.float64)
+        dc = dc * torch.outer(std, std)
+    largest = float(torch.linalg.eigvalsh(dc).max())
+    level = math.sqrt(max(largest, 0.0) / MEAN_COLOUR_POWER_AT_SIGMA_MAX)
+    return max(80.0, float(f"{level:.3g}"))
 
 
 def resolve_sigma_data(sigma_data: float | str, standardize: bool,

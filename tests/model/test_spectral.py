@@ -400,3 +400,81 @@ def test_the_tile_mean_prior_comes_from_the_config_and_needs_the_tiles_means():
     with pytest.raises(ValueError, match="mean_prior applies to preconditioning spectral"):
         DiffusionParams(process="edm", standardize=True, timestep_sampling="lognormal",
                         mean_prior="tiles")
+
+
+def test_the_bandwidth_is_scotts_on_one_gaussian_and_narrower_on_clusters():
+    from canopy.model.spectral import likeliest_bandwidth
+
+    g = torch.Generator().manual_seed(9)
+    gaussian = torch.randn(1000, 3, generator=g, dtype=torch.float64)
+    scott = 1000 ** (-1 / 7)
+    assert 0.7 * scott < likeliest_bandwidth(gaussian) < 1.4 * scott
+    clusters = _two_clusters(g)
+    whitened = (clusters - clusters.mean(0)) @ torch.linalg.inv(
+        torch.linalg.cholesky(torch.cov(clusters.T))).T
+    assert likeliest_bandwidth(whitened) < 0.5 * len(clusters) ** (-1 / 7)
+
+
+# --- where sampling starts ---------------------------------------------------------------
+
+class _Zero(torch.nn.Module):
+    channels = 3
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def _mean_colour_variance(sigma_max: float, dc_power: float) -> float:
+    """The variance of the tiles' mean colour that DPM-Solver++(2M) (20 steps) draws from
+    N(0, sigma_max^2) with the exact denoiser of Gaussian tiles whose DC holds `dc_power` in
+    every colour direction: the spectral skip with a network that adds nothing."""
+    from canopy.model.registry import make_scheduler
+
+    radial = torch.stack([torch.eye(3, dtype=torch.float64) * (dc_power if r == 0 else 0.5)
+                          for r in range(BINS)])
+    process = EDMProcess(sigma_data=1.0, sigma_max=sigma_max,
+                         spectral=SpectralSkip(SIZE, radial.tolist()))
+    scheduler = make_scheduler("dpmpp2m", process, steps=20, eta=0.0, spacing="karras")
+    scheduler.clip = False
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 3, SIZE, SIZE, generator=g) * scheduler.init_noise_sigma
+    denoiser = process.denoiser(_Zero())
+    for t, t_prev in scheduler.pairs():
+        x = scheduler.step(denoiser(x, torch.tensor([t])), t, t_prev, x)
+    return x.mean(dim=(-2, -1)).var().item() * SIZE * SIZE  # the DC's power
+
+
+def test_sampling_from_sigma_max_auto_gives_the_tiles_their_spread_of_mean_colours():
+    from canopy.model.process import resolve_sigma_max
+
+    dc_power = 3000.0
+    stats = {"mean": [0.0] * 3, "std": [1.0] * 3,
+             "spectrum": {"tile_size": SIZE, "radial": [
+                 (torch.eye(3) * dc_power).tolist(), torch.eye(3).tolist()]}}
+    auto = resolve_sigma_max(True, stats)
+    assert auto == pytest.approx(10 * dc_power**0.5, rel=1e-3)
+    assert _mean_colour_variance(auto, dc_power) == pytest.approx(dc_power, rel=0.1)
+    # from EDM's 80 the DC starts as if it held nothing: its spread shrinks by 1 + P / 80^2
+    assert _mean_colour_variance(80.0, dc_power) < 0.75 * dc_power
+
+
+def test_sigma_max_auto_reads_the_dc_power_in_the_data_units_and_keeps_80_at_least():
+    from canopy.model.params import DiffusionParams
+    from canopy.model.process import process_config, resolve_sigma_max
+
+    dc = [[400.0, 0.0, 0.0], [0.0, 100.0, 0.0], [0.0, 0.0, 2500.0]]
+    stats = {"mean": [0.0] * 3, "std": [0.5, 0.5, 0.2],
+             "spectrum": {"tile_size": 8, "radial": [dc, torch.eye(3).tolist()]}}
+    assert resolve_sigma_max(True, stats) == 500.0
+    # raw [-1, 1] data: the standardised spectrum times std_c std_d: at most 100 (400 x 0.25,
+    # 2500 x 0.04), so 10 x sqrt(100)
+    assert resolve_sigma_max(False, stats) == 100.0
+    assert resolve_sigma_max(True, {"mean": [0.0] * 3, "std": [1.0] * 3}) == 80.0
+    weak = {**stats, "spectrum": {"tile_size": 8, "radial": [torch.eye(3).tolist()] * 2}}
+    assert resolve_sigma_max(True, weak) == 80.0
+    base = {"process": "edm", "standardize": True, "timestep_sampling": "lognormal",
+            "sigma_max": "auto"}
+    assert process_config(base, "linear", stats)["diffusion"]["sigma_max"] == 500.0
+    assert DiffusionParams(**base).config()["sigma_max"] == "auto"
+    with pytest.raises(ValueError, match="sigma_max must be 'auto' or in"):
+        DiffusionParams(**{**base, "sigma_max": -1.0})
