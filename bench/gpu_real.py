@@ -144,12 +144,14 @@ class Recipe:
 
 
 # params.yaml's diffusion section (EDM's continuous process on standardised data, v target at
-# EDM's lognormal noise levels, the spectral skip) and its sampler; tests/bench checks both
+# EDM's lognormal noise levels, the spectral skip with the tiles' mean colours, sampling from
+# sigma_max auto, the network bounded at 80) and its sampler; tests/bench checks both
 # against params.yaml.
 PRODUCT_DIFFUSION = {"timesteps": 1000, "objective": "v", "loss": "l2", "min_snr_gamma": None,
                      "timestep_sampling": "lognormal", "lognormal_mean": -0.25,
                      "lognormal_std": 1.3, "process": "edm", "standardize": True,
-                     "preconditioning": "spectral"}
+                     "preconditioning": "spectral", "mean_prior": "tiles", "sigma_max": "auto",
+                     "network_sigma_max": 80}
 PRODUCT_AUGMENT = "transpose"
 PRODUCT_TIME_MODULATION = "scale_shift"  # params.yaml's model.time_modulation
 

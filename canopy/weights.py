@@ -37,11 +37,12 @@ CONDITIONED_FORMAT = "canopy.model/3"
 # canopy.model/4: a network with attention (model.mid_attention_heads), which an older canopy
 # cannot build; exports without it keep their format.
 ATTENTION_FORMAT = "canopy.model/4"
-# canopy.model/5: a denoiser with the tile-mean prior (diffusion.mean_prior: tiles), which an
-# older canopy would build without it and sample wrongly, without a word.
-MEAN_PRIOR_FORMAT = "canopy.model/5"
+# canopy.model/5: a denoiser with the tile-mean prior (diffusion.mean_prior: tiles) or the
+# network bounded in noise level (diffusion.network_sigma_max), which an older canopy would
+# build without them and sample wrongly, without a word.
+DENOISER_FORMAT = "canopy.model/5"
 READ_FORMATS = ("canopy.model/1", EXPORT_FORMAT, CONDITIONED_FORMAT, ATTENTION_FORMAT,
-                MEAN_PRIOR_FORMAT)
+                DENOISER_FORMAT)
 EXPORT_FILE = "ema.safetensors"
 STATE_DIR = "state"
 STEP_DIR_PREFIX = "step-"
@@ -87,8 +88,10 @@ def write_export(path: Path, state: dict[str, torch.Tensor], config: dict[str, A
 def export_format(config: dict[str, Any]) -> str:
     """The oldest format whose readers build this config's network and process rightly."""
     model = config.get("model", {})
-    if config.get("diffusion", {}).get("mean_prior", "gaussian") != "gaussian":
-        return MEAN_PRIOR_FORMAT
+    diffusion = config.get("diffusion", {})
+    if (diffusion.get("mean_prior", "gaussian") != "gaussian"
+            or diffusion.get("network_sigma_max") is not None):
+        return DENOISER_FORMAT
     if model.get("mid_attention_heads"):
         return ATTENTION_FORMAT
     return CONDITIONED_FORMAT if model.get("condition") else EXPORT_FORMAT

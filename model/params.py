@@ -151,6 +151,12 @@ class DiffusionParams(StrictModel):
             raise ValueError(f"sigma_data must be 'auto' or in (0, 100], got {value}")
         return value
 
+    # edm: the highest noise level at which the network is asked; above it the denoiser is
+    # the skip alone (its prior's estimate of the mean colour; all else is noise there).
+    # Training draws levels above about 80 a few times in ten thousand, so the network's
+    # output there is untrained; null: asked at every level.
+    network_sigma_max: float | None = Field(None, gt=0.0, le=10_000.0)
+
     @field_validator("sigma_max")
     @classmethod
     def _sigma_max_range(cls, value: float | str) -> float | str:
@@ -212,6 +218,8 @@ class DiffusionParams(StrictModel):
             raise ValueError("loss_weighting learned needs process edm")
         elif self.preconditioning != "scalar":
             raise ValueError(f"preconditioning {self.preconditioning} needs process edm")
+        elif self.network_sigma_max is not None:
+            raise ValueError("network_sigma_max needs process edm")
         return self
 
     def config(self) -> dict[str, Any]:
@@ -229,4 +237,4 @@ class DiffusionParams(StrictModel):
 # defaults hold (canopy/weights.py fills them on read).
 ADDED_KEYS = ("process", "standardize", "sigma_data", "sigma_min", "sigma_max",
               "loss_weighting", "lognormal_weights", "preconditioning", "spectral_border",
-              "mean_prior")
+              "mean_prior", "network_sigma_max")

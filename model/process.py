@@ -128,6 +128,7 @@ class EDMProcess(nn.Module):
         data_space: DataSpace | None = None,
         lognormal_weights: Sequence[float] | None = None,
         spectral: SpectralSkip | ClassSpectralSkip | None = None,
+        network_sigma_max: float | None = None,
     ) -> None:
         super().__init__()
         if not sigma_data > 0:
@@ -141,6 +142,8 @@ class EDMProcess(nn.Module):
         self.data_space = data_space
         # diffusion.preconditioning: spectral: c_skip per frequency (model/spectral.py)
         self.spectral = spectral
+        # above this level D is the skip alone: the network is not asked where it never trained
+        self.network_sigma_max = network_sigma_max
 
     # --- the process: x_t = alpha(t) x_0 + sigma(t) eps ---------------------------------
     def alpha(self, t: float | torch.Tensor) -> float | torch.Tensor:
@@ -184,10 +187,22 @@ class EDMProcess(nn.Module):
                 cond: torch.Tensor | None = None) -> torch.Tensor:
         """D(x; sigma): the network's estimate of x_0. `sigma` is one level per image (B,) or
         one for the whole batch ((), (1,)), which the network embeds once and broadcasts;
-        `cond` the condition rows of a conditioned network (model/condition.py)."""
+        `cond` the condition rows of a conditioned network (model/condition.py). Above
+        `network_sigma_max` D is the skip alone (and the network is not run at all when the
+        whole batch is above it, as the first steps of sampling are)."""
         skipped, c_out, c_in, c_noise = self.precondition(x, sigma, cond)
+        asked = self._network_levels(sigma)
+        if asked is not None and not bool(asked.any()):
+            return skipped
         f = call_network(net, (c_in * x).to(x.dtype), c_noise, cond).float()
-        return skipped + c_out * f
+        return skipped + c_out * (f if asked is None else f * asked)
+
+    def _network_levels(self, sigma: torch.Tensor) -> torch.Tensor | None:
+        """Where the network is asked: 1 at each level (B, 1, 1, 1) up to network_sigma_max,
+        0 above; None without that bound."""
+        if self.network_sigma_max is None:
+            return None
+        return (sigma.reshape(-1, 1, 1, 1) <= self.network_sigma_max).float()
 
     def denoiser(self, net: nn.Module) -> nn.Module:
         """The network as the samplers call it: (x_t, t) -> x_0 estimate."""
@@ -211,6 +226,9 @@ class EDMProcess(nn.Module):
         x = x0 + t.reshape(-1, 1, 1, 1).to(x0.dtype) * noise
         skipped, c_out, c_in, c_noise = self.precondition(x, t, cond)
         prediction = call_network(model, (c_in * x).to(x0.dtype), c_noise.reshape(-1), cond).float()
+        asked = self._network_levels(t)
+        if asked is not None:  # D is the skip there: its error is no loss the network can lower
+            prediction = prediction * asked
         target = (x0.float() - skipped) / c_out
         per_image = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
         if uncertainty is not None:
@@ -313,6 +331,7 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
     "process": "vp", "standardize": False, "sigma_data": "auto", "sigma_min": 0.002,
     "sigma_max": 80.0, "loss_weighting": "fixed", "lognormal_weights": None,
     "preconditioning": "scalar", "spectral_border": "periodic", "mean_prior": "gaussian",
+    "network_sigma_max": None,
 }
 
 
@@ -401,7 +420,7 @@ def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
             spectral = spectral_skip(config["data_stats"], mirror=d["spectral_border"] == "mirror")
         return EDMProcess(sigma_data, d["lognormal_mean"], d["lognormal_std"],
                           d["sigma_min"], d["sigma_max"], data_space, d["lognormal_weights"],
-                          spectral)
+                          spectral, d["network_sigma_max"])
     raise ValueError(f"unknown process {process!r}: use one of {', '.join(PROCESSES)}")
 
 

@@ -283,3 +283,59 @@ def test_the_mirror_border_takes_the_tiles_dct_spectrum_for_all_tiles_and_each_c
     del stats["mirror_spectrum"]
     with pytest.raises(ValueError, match="spectral_border mirror needs.*re-run `canopy etl`"):
         process_config(diffusion, "linear", stats)
+
+
+class _Refuses(torch.nn.Module):
+    channels = 3
+
+    def forward(self, x, t):
+        raise AssertionError("the network was asked above network_sigma_max")
+
+
+class _Ones(torch.nn.Module):
+    channels = 3
+
+    def forward(self, x, t):
+        return torch.ones_like(x)
+
+
+def test_above_network_sigma_max_the_denoiser_is_the_skip_and_the_network_is_not_run():
+    bounded = EDMProcess(sigma_data=1.0, network_sigma_max=80.0)
+    free = EDMProcess(sigma_data=1.0)
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 200
+    high = torch.tensor([200.0])
+    skip = bounded.precondition(x, high)[0]
+    assert torch.equal(bounded.denoise(_Refuses(), x, high), skip)
+    low = torch.tensor([80.0])  # the bound itself is asked
+    assert torch.equal(bounded.denoise(_Ones(), x, low), free.denoise(_Ones(), x, low))
+    # one level per image: each image by its own, whatever the batch
+    levels = torch.tensor([10.0, 200.0, 80.0, 81.0])
+    mixed = bounded.denoise(_Ones(), x, levels)
+    assert torch.equal(mixed[1], bounded.precondition(x[1:2], levels[1:2])[0][0])
+    assert torch.equal(mixed[0], free.denoise(_Ones(), x[:1], levels[:1])[0])
+    assert torch.equal(bounded.denoise(_Ones(), x[3:], levels[3:]), mixed[3:])
+
+
+def test_above_network_sigma_max_training_gives_the_network_no_gradient():
+    process = EDMProcess(sigma_data=1.0, network_sigma_max=80.0)
+    net = torch.nn.Conv2d(3, 3, 1)
+    net.channels = 3
+    wrapped = lambda x, t: net(x)  # noqa: E731
+    x0 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    process.loss(wrapped, x0, torch.tensor([300.0, 500.0]), noise).backward()
+    assert net.weight.grad is None or not net.weight.grad.any()
+    process.loss(wrapped, x0, torch.tensor([300.0, 5.0]), noise).backward()
+    assert net.weight.grad.any()
+
+
+def test_network_sigma_max_is_recorded_and_needs_the_continuous_process():
+    from canopy.model.params import DiffusionParams
+
+    edm = {"process": "edm", "standardize": True, "timestep_sampling": "lognormal"}
+    assert "network_sigma_max" not in DiffusionParams(**edm).config()
+    config = process_config({**edm, "network_sigma_max": 80.0}, "linear",
+                            {"mean": [0.0] * 3, "std": [1.0] * 3})
+    assert build_process(config).network_sigma_max == 80.0
+    with pytest.raises(ValueError, match="network_sigma_max needs process edm"):
+        DiffusionParams(network_sigma_max=80.0)

@@ -326,8 +326,8 @@ def _edm_workspace(tmp_path, preconditioning="scalar", mean_prior="gaussian", **
     stats = {"mean": [-0.4, -0.3, -0.6], "std": [0.3, 0.25, 0.2]}
     if preconditioning == "spectral":
         stats["spectrum"] = SPECTRUM
-    if mean_prior == "tiles":
-        diffusion["mean_prior"] = "tiles"
+    if mean_prior == "tiles":  # with the network bounded in level, as params.yaml has it
+        diffusion.update(mean_prior="tiles", sigma_max=300.0, network_sigma_max=80.0)
         stats.update(tile_means=TILE_MEANS, tile_mean_bandwidth=0.2)
     write_checkpoint(tmp_path / "models", diffusion=diffusion, data_stats=stats)
     write_params(tmp_path, diffusion=diffusion, spacing="karras", **sample)
