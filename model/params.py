@@ -116,7 +116,8 @@ class DiffusionParams(StrictModel):
     # under 1% of the noise's power: 10 x the square root of the largest eigenvalue of the
     # tiles' DC power (the manifest's spectrum), at least 80 (EDM's, made for 32 px images);
     # about 470 for the demo's 64 px tiles and 630 for NEON's. From 80, the samples' mean
-    # colours varied 30-40% less than the tiles' (docs/benchmarks.md). Sampling only.
+    # colours had 30-37% less variance than the tiles' (docs/benchmarks.md). Training does not
+    # read it.
     sigma_max: float | Literal["auto"] = 80.0
     # edm: how the noise levels' losses are weighted. fixed: EDM's lambda(sigma) alone;
     # learned: EDM2's uncertainty weighting, a tiny network u(sigma) trained beside the U-Net,
