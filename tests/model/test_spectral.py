@@ -478,3 +478,126 @@ def test_sigma_max_auto_reads_the_dc_power_in_the_data_units_and_keeps_80_at_lea
     assert DiffusionParams(**base).config()["sigma_max"] == "auto"
     with pytest.raises(ValueError, match="sigma_max must be 'auto' or in"):
         DiffusionParams(**{**base, "sigma_max": -1.0})
+
+
+# --- c_out per frequency and colour --------------------------------------------------------
+
+def _scaled_operator(skip, sigma: float) -> torch.Tensor:
+    """scale_output as a matrix: its response to every unit image of SIZE x SIZE x 3."""
+    basis = torch.eye(3 * SIZE * SIZE).reshape(-1, 3, SIZE, SIZE)
+    return skip.scale_output(basis, torch.tensor([sigma])).reshape(3 * SIZE * SIZE, -1)
+
+
+@pytest.mark.parametrize("sigma", [0.1, 1.0, 20.0])
+def test_the_spectral_c_out_is_the_skips_error_per_component_and_scalar_c_out_on_average(sigma):
+    """White noise through the output scaling has, under the Gaussian, the covariance of the
+    skip's error: the scaling is the error covariance's symmetric root, and its mean power
+    per pixel is the scalar c_out^2."""
+    skip = _spectrum()
+    g = torch.Generator().manual_seed(9)
+    operator = _scaled_operator(skip, sigma).double()
+    assert torch.allclose(operator, operator.T, atol=1e-5)  # a symmetric root
+    pixels = 3 * SIZE * SIZE
+    mean_power = (operator**2).sum().item() / pixels
+    assert mean_power == pytest.approx(skip.c_out(torch.tensor([sigma]), SIZE, SIZE).item() ** 2,
+                                       rel=1e-4)
+    # the error covariance: E[(skip - x0)(skip - x0)^T] from Gaussian images of the spectrum
+    x0 = _gaussian_field(skip, 40000, g).double().reshape(40000, -1)
+    noisy = x0 + sigma * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    error = skip.skip(noisy.float().reshape(-1, 3, SIZE, SIZE), torch.tensor([sigma])
+                      ).double().reshape(40000, -1) - x0
+    measured = error.T @ error / len(error)
+    predicted = operator @ operator.T
+    assert ((measured - predicted).norm() / predicted.norm()).item() < 0.1
+
+
+def test_the_spectral_c_out_weakens_the_colour_the_tiles_barely_vary_in():
+    """Where the tiles vary little in one colour direction, the network's output enters that
+    direction far more weakly than the scalar c_out lets it."""
+    colours = torch.tensor([[1.0, 0.99, 0.98], [0.99, 1.0, 0.99], [0.98, 0.99, 1.0]],
+                           dtype=torch.float64)
+    skip = _spectrum(colours)
+    hue = torch.tensor([1.0, -2.0, 1.0]) / 6**0.5  # the tiles' least-varying colour direction
+    pattern = hue.reshape(1, 3, 1, 1) * torch.randn(1, 1, SIZE, SIZE,
+                                                    generator=torch.Generator().manual_seed(10))
+    level = torch.tensor([1.0])
+    spectral = skip.scale_output(pattern, level).pow(2).mean()
+    scalar = (skip.c_out(level, SIZE, SIZE) * pattern).pow(2).mean()
+    assert spectral < 0.05 * scalar
+
+
+def _c_out_process(c_out: str = "spectral", mirror: bool = False, sigma_max_net=None):
+    from canopy.model.process import build_process
+
+    stats = {"mean": [0.0] * 3, "std": [1.0] * 3,
+             "spectrum": {"tile_size": SIZE, "radial": _spectrum().radial.tolist()}}
+    diffusion = {"process": "edm", "standardize": True, "preconditioning": "spectral",
+                 "c_out": c_out, "network_sigma_max": sigma_max_net,
+                 "spectral_border": "mirror" if mirror else "periodic"}
+    return build_process({"diffusion": diffusion, "schedule": "linear", "data_stats": stats})
+
+
+def test_the_spectral_c_out_keeps_edms_loss_in_the_denoisers_units_and_a_perfect_network():
+    p = _c_out_process()
+    assert p.spectral_c_out and not _c_out_process("scalar").spectral_c_out
+    g = torch.Generator().manual_seed(11)
+    x0, noise = torch.randn(4, 3, SIZE, SIZE, generator=g), torch.randn(4, 3, SIZE, SIZE, generator=g)
+    sigma = torch.tensor([0.05, 1.0, 10.0, 60.0])
+    x = x0 + sigma.reshape(-1, 1, 1, 1) * noise
+
+    def net(x_in, c_noise):
+        return torch.tanh(3 * x_in)
+
+    skipped, c_out, _, _ = p.precondition(x, sigma)
+    denoised = p.denoise(net, x, sigma)
+    expected = ((denoised - x0) ** 2).mean(dim=(1, 2, 3)) / c_out.reshape(-1) ** 2
+    assert p.loss(net, x0, sigma, noise).item() == pytest.approx(expected.mean().item(), rel=1e-4)
+    assert not torch.allclose(denoised, _c_out_process("scalar").denoise(net, x, sigma))
+
+    # the network that outputs the whitened residual denoises exactly: the scaling is invertible
+    operator = _scaled_operator(p.spectral, 1.0).double()
+    residual = (x0 - p.spectral.skip(x, torch.tensor([1.0]))).double().reshape(4, -1)
+    whitened = torch.linalg.solve(operator, residual.T).T.float().reshape(x0.shape)
+
+    def oracle(x_in, c_noise):
+        return whitened
+
+    assert torch.allclose(p.denoise(oracle, x, torch.tensor([1.0])), x0, atol=1e-3)
+
+
+def test_the_spectral_c_out_is_fp32_and_the_same_whatever_the_batch_and_gated_as_the_network():
+    for mirror in (False, True):
+        p = _c_out_process(mirror=mirror, sigma_max_net=5.0)
+        g = torch.Generator().manual_seed(12)
+        x = torch.randn(5, 3, SIZE, SIZE, generator=g)
+        sigma = torch.tensor([0.1, 0.5, 2.0, 4.0, 50.0])
+
+        def net(x_in, c_noise):
+            return torch.sin(x_in) + c_noise.reshape(-1, 1, 1, 1)
+
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            whole = p.denoise(net, x, sigma)
+        assert whole.dtype == torch.float32
+        for i in range(5):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert torch.equal(p.denoise(net, x[i:i + 1], sigma[i:i + 1]), whole[i:i + 1])
+        # above network_sigma_max the denoiser is the skip alone
+        assert torch.equal(whole[4:], p.spectral.skip(x[4:], sigma[4:]))
+
+
+def test_c_out_spectral_is_validated_recorded_and_its_exports_are_a_format_of_their_own():
+    from canopy.model.params import DiffusionParams
+    from canopy.weights import export_format
+
+    base = {"process": "edm", "standardize": True, "timestep_sampling": "lognormal",
+            "preconditioning": "spectral"}
+    assert "c_out" not in DiffusionParams(**base).config()  # earlier exports' configs unchanged
+    assert DiffusionParams(**base, c_out="spectral").config()["c_out"] == "spectral"
+    with pytest.raises(ValueError, match="c_out spectral needs preconditioning spectral"):
+        DiffusionParams(**{**base, "preconditioning": "scalar"}, c_out="spectral")
+    with pytest.raises(ValueError, match="c_out spectral needs process edm"):
+        DiffusionParams(c_out="spectral")
+    with pytest.raises(ValueError):
+        DiffusionParams(**base, c_out="perchannel")
+    assert export_format({"model": {}, "diffusion": {"c_out": "spectral"}}) == "canopy.model/6"
+    assert export_format({"model": {}, "diffusion": {"c_out": "scalar"}}) != "canopy.model/6"
