@@ -149,7 +149,7 @@ class DiffusionParams(StrictModel):
     # spectral: times the skip's error in each frequency and colour direction, so the network
     # adds to each no more than the skip leaves uncertain there (model/spectral.py). The loss
     # is the same squared error of the denoiser either way.
-    c_out: Literal["scalar", "spectral"] = "scalar"
+    c_out: Literal["scalar", "spectral", "capped"] = "scalar"
 
     @field_validator("sigma_data")
     @classmethod
@@ -219,7 +219,7 @@ class DiffusionParams(StrictModel):
             if self.mean_prior != "gaussian" and self.preconditioning != "spectral":
                 raise ValueError("mean_prior applies to preconditioning spectral only")
             if self.c_out != "scalar" and self.preconditioning != "spectral":
-                raise ValueError("c_out spectral needs preconditioning spectral")
+                raise ValueError(f"c_out {self.c_out} needs preconditioning spectral")
             if self.preconditioning == "spectral" and not self.standardize:
                 raise ValueError("preconditioning spectral needs standardize: true (the spectrum "
                                  "is measured on the standardised tiles)")
@@ -230,7 +230,7 @@ class DiffusionParams(StrictModel):
         elif self.network_sigma_max is not None:
             raise ValueError("network_sigma_max needs process edm")
         elif self.c_out != "scalar":
-            raise ValueError("c_out spectral needs process edm")
+            raise ValueError(f"c_out {self.c_out} needs process edm")
         return self
 
     def config(self) -> dict[str, Any]:

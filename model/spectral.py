@@ -166,13 +166,15 @@ class SpectralSkip:
         return _error(self._on_device(height, width, sigma.device, half=False)[0], sigma)
 
     def scale_output(self, f: torch.Tensor, sigma: torch.Tensor,
-                     cond: torch.Tensor | None = None) -> torch.Tensor:
+                     cond: torch.Tensor | None = None, cap: torch.Tensor | None = None
+                     ) -> torch.Tensor:
         """The network's output f (B, C, H, W) scaled per frequency and colour direction by
         the std of the skip's error there (diffusion.c_out: spectral, module docstring),
-        float32: what the network adds to the skip."""
+        at most `cap` (B or 1, 1, 1, 1) where given, float32: what the network adds to the
+        skip."""
         values, basis = self._on_device(*_filter_grid(f, self.mirror), f.device, half=True,
                                         pixels=f.shape[-2] * f.shape[-1])
-        return _error_scale(f, sigma, values, basis, self.mirror)
+        return _error_scale(f, sigma, values, basis, self.mirror, cap)
 
     def skip(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None
              ) -> torch.Tensor:
@@ -333,12 +335,13 @@ class ClassSpectralSkip:
         return mean + _wiener(x.float() - mean, sigma, values[which], basis[which], self.mirror)
 
     def scale_output(self, f: torch.Tensor, sigma: torch.Tensor,
-                     cond: torch.Tensor | None = None) -> torch.Tensor:
+                     cond: torch.Tensor | None = None, cap: torch.Tensor | None = None
+                     ) -> torch.Tensor:
         """SpectralSkip.scale_output with each image's class filter."""
         values, basis, _ = self._on_device(*_filter_grid(f, self.mirror), f.device, half=True,
                                            pixels=f.shape[-2] * f.shape[-1])
         which = self.filter_index(cond, f.device)
-        return _error_scale(f, sigma, values[which], basis[which], self.mirror)
+        return _error_scale(f, sigma, values[which], basis[which], self.mirror, cap)
 
     def c_out(self, sigma: torch.Tensor, height: int, width: int,
               cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -412,12 +415,16 @@ def _wiener(x: torch.Tensor, sigma: torch.Tensor, values: torch.Tensor, basis: t
 
 
 def _error_scale(f: torch.Tensor, sigma: torch.Tensor, values: torch.Tensor, basis: torch.Tensor,
-                 mirror: bool = False) -> torch.Tensor:
+                 mirror: bool = False, cap: torch.Tensor | None = None) -> torch.Tensor:
     """The Wiener estimate's error std sqrt(lambda sigma^2 / (lambda + sigma^2)) in each
-    frequency's colour eigenbasis, applied to f (B, C, H, W) as _wiener applies its gain."""
+    frequency's colour eigenbasis, at most `cap`, applied to f (B, C, H, W) as _wiener
+    applies its gain."""
     with torch.autocast(f.device.type, enabled=False):
         s2 = sigma.to(device=f.device, dtype=torch.float32).reshape(-1, 1, 1, 1) ** 2
-        return _filtered(f, (values * s2 / (values + s2)).sqrt(), basis, mirror)
+        gain = (values * s2 / (values + s2)).sqrt()
+        if cap is not None:
+            gain = torch.minimum(gain, cap.float().reshape(-1, 1, 1, 1))
+        return _filtered(f, gain, basis, mirror)
 
 
 def _filtered(x: torch.Tensor, gain: torch.Tensor, basis: torch.Tensor, mirror: bool

@@ -482,10 +482,10 @@ def test_sigma_max_auto_reads_the_dc_power_in_the_data_units_and_keeps_80_at_lea
 
 # --- c_out per frequency and colour --------------------------------------------------------
 
-def _scaled_operator(skip, sigma: float) -> torch.Tensor:
+def _scaled_operator(skip, sigma: float, cap: torch.Tensor | None = None) -> torch.Tensor:
     """scale_output as a matrix: its response to every unit image of SIZE x SIZE x 3."""
     basis = torch.eye(3 * SIZE * SIZE).reshape(-1, 3, SIZE, SIZE)
-    return skip.scale_output(basis, torch.tensor([sigma])).reshape(3 * SIZE * SIZE, -1)
+    return skip.scale_output(basis, torch.tensor([sigma]), cap=cap).reshape(3 * SIZE * SIZE, -1)
 
 
 @pytest.mark.parametrize("sigma", [0.1, 1.0, 20.0])
@@ -601,3 +601,22 @@ def test_c_out_spectral_is_validated_recorded_and_its_exports_are_a_format_of_th
         DiffusionParams(**base, c_out="perchannel")
     assert export_format({"model": {}, "diffusion": {"c_out": "spectral"}}) == "canopy.model/6"
     assert export_format({"model": {}, "diffusion": {"c_out": "scalar"}}) != "canopy.model/6"
+
+
+@pytest.mark.parametrize("sigma", [0.1, 1.0, 20.0])
+def test_the_capped_c_out_weakens_where_the_skip_is_surer_and_never_strengthens(sigma):
+    """Capped at the scalar c_out, the per-component scale is the skip's error where that is
+    smaller (so a unit output adds no more than the scalar c_out lets it, anywhere) and the
+    scalar c_out elsewhere, at high noise the low frequencies and the mean colour among
+    them."""
+    skip = _spectrum()
+    level = torch.tensor([sigma])
+    scalar = skip.c_out(level, SIZE, SIZE).item()
+    capped = _scaled_operator(skip, sigma, cap=torch.tensor([scalar])).double()
+    spectral = _scaled_operator(skip, sigma).double()
+    assert torch.linalg.matrix_norm(capped, ord=2).item() <= scalar * (1 + 1e-4)
+    # the uncapped scale exceeds the scalar c_out in some components: the cap binds there
+    assert torch.linalg.matrix_norm(spectral, ord=2).item() > 1.05 * scalar
+    mean_colour = torch.ones(1, 3, SIZE, SIZE) / SIZE
+    assert skip.scale_output(mean_colour, level, cap=torch.tensor([scalar])).mean().item() == \
+        pytest.approx(scalar / SIZE, rel=1e-4)
