@@ -129,7 +129,7 @@ class EDMProcess(nn.Module):
         lognormal_weights: Sequence[float] | None = None,
         spectral: SpectralSkip | ClassSpectralSkip | None = None,
         network_sigma_max: float | None = None,
-        spectral_c_out: bool | str = False,
+        spectral_c_out: bool = False,
     ) -> None:
         super().__init__()
         if not sigma_data > 0:
@@ -146,12 +146,10 @@ class EDMProcess(nn.Module):
         # above this level D is the skip alone: the network is not asked where it never trained
         self.network_sigma_max = network_sigma_max
         # diffusion.c_out: spectral: the network's output scaled per frequency and colour by
-        # the skip's error there, not by one number (model/spectral.py)
+        # the skip's error there, at most the scalar c_out (model/spectral.py)
         if spectral_c_out and spectral is None:
             raise ValueError("c_out spectral needs the spectral skip")
-        self.spectral_c_out = bool(spectral_c_out)
-        # capped: the per-component scale at most the scalar c_out (it only ever weakens)
-        self.c_out_capped = spectral_c_out == "capped"
+        self.spectral_c_out = spectral_c_out
 
     # --- the process: x_t = alpha(t) x_0 + sigma(t) eps ---------------------------------
     def alpha(self, t: float | torch.Tensor) -> float | torch.Tensor:
@@ -205,11 +203,8 @@ class EDMProcess(nn.Module):
         f = call_network(net, (c_in * x).to(x.dtype), c_noise, cond).float()
         if self.spectral_c_out:
             return skipped + self.spectral.scale_output(f if asked is None else f * asked,
-                                                        sigma, cond, self._cap(c_out))
+                                                        sigma, cond, cap=c_out)
         return skipped + c_out * (f if asked is None else f * asked)
-
-    def _cap(self, c_out: torch.Tensor) -> torch.Tensor | None:
-        return c_out if self.c_out_capped else None
 
     def _network_levels(self, sigma: torch.Tensor) -> torch.Tensor | None:
         """Where the network is asked: 1 at each level (B, 1, 1, 1) up to network_sigma_max,
@@ -244,7 +239,7 @@ class EDMProcess(nn.Module):
         if asked is not None:  # D is the skip there: its error is no loss the network can lower
             prediction = prediction * asked
         if self.spectral_c_out:  # the same loss, in the denoiser's units
-            added = self.spectral.scale_output(prediction, t, cond, self._cap(c_out))
+            added = self.spectral.scale_output(prediction, t, cond, cap=c_out)
             per_image = (F.mse_loss(added, x0.float() - skipped, reduction="none")
                          .mean(dim=(1, 2, 3)) / c_out.reshape(-1) ** 2)
         else:
@@ -439,8 +434,7 @@ def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
             spectral = spectral_skip(config["data_stats"], mirror=d["spectral_border"] == "mirror")
         return EDMProcess(sigma_data, d["lognormal_mean"], d["lognormal_std"],
                           d["sigma_min"], d["sigma_max"], data_space, d["lognormal_weights"],
-                          spectral, d["network_sigma_max"],
-                          d["c_out"] if d["c_out"] != "scalar" else False)
+                          spectral, d["network_sigma_max"], d["c_out"] == "spectral")
     raise ValueError(f"unknown process {process!r}: use one of {', '.join(PROCESSES)}")
 
 

@@ -35,12 +35,15 @@ one of them at the same scale, though the skip's error is far smaller in some (f
 high noise, the colour direction along which the tiles vary least) than in others. With
 diffusion.c_out: spectral the output is scaled per frequency and colour direction instead,
 
-    D = c_skip x + C_out F,   C_out(f) = U sqrt(lambda sigma^2 / (lambda + sigma^2)) U^T
+    D = c_skip x + C_out F,   C_out(f) = U min(sqrt(lambda sigma^2 / (lambda + sigma^2)), c_out) U^T
 
-(applied in the Fourier domain, as c_skip), so that under the Gaussian each component of the
-network's target has unit variance, and an error of the network's adds to a component no more
-than the skip's own uncertainty there. The loss stays EDM's in the denoiser's units,
-||D - x_0||^2 / c_out^2 with the scalar c_out above.
+(applied in the Fourier domain, as c_skip): where the skip is surer than on average, an error
+of the network's adds no more than the skip's own uncertainty there. The cap at the scalar
+c_out matters: uncapped, the low frequencies and the mean colour, whose error at high noise
+is about sigma itself, took the network's output at up to 50x the scalar c_out, and the
+samples' layout and colour went wrong (SWD 2-3x higher on the demo and NEON,
+docs/benchmarks.md). The loss stays EDM's in the denoiser's units, ||D - x_0||^2 / c_out^2
+with the scalar c_out.
 
 The FFT treats a tile as one period of a repeating image, so at the border the filter would
 blend in the opposite border, which in a window of a larger scene has nothing to do with it: on
@@ -165,12 +168,11 @@ class SpectralSkip:
         serves every condition."""
         return _error(self._on_device(height, width, sigma.device, half=False)[0], sigma)
 
-    def scale_output(self, f: torch.Tensor, sigma: torch.Tensor,
-                     cond: torch.Tensor | None = None, cap: torch.Tensor | None = None
-                     ) -> torch.Tensor:
+    def scale_output(self, f: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None,
+                     cap: torch.Tensor) -> torch.Tensor:
         """The network's output f (B, C, H, W) scaled per frequency and colour direction by
-        the std of the skip's error there (diffusion.c_out: spectral, module docstring),
-        at most `cap` (B or 1, 1, 1, 1) where given, float32: what the network adds to the
+        the std of the skip's error there, at most `cap` (the scalar c_out, B or 1 values;
+        diffusion.c_out: spectral, module docstring), float32: what the network adds to the
         skip."""
         values, basis = self._on_device(*_filter_grid(f, self.mirror), f.device, half=True,
                                         pixels=f.shape[-2] * f.shape[-1])
@@ -334,9 +336,8 @@ class ClassSpectralSkip:
         mean = means[which]
         return mean + _wiener(x.float() - mean, sigma, values[which], basis[which], self.mirror)
 
-    def scale_output(self, f: torch.Tensor, sigma: torch.Tensor,
-                     cond: torch.Tensor | None = None, cap: torch.Tensor | None = None
-                     ) -> torch.Tensor:
+    def scale_output(self, f: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None,
+                     cap: torch.Tensor) -> torch.Tensor:
         """SpectralSkip.scale_output with each image's class filter."""
         values, basis, _ = self._on_device(*_filter_grid(f, self.mirror), f.device, half=True,
                                            pixels=f.shape[-2] * f.shape[-1])
@@ -415,15 +416,14 @@ def _wiener(x: torch.Tensor, sigma: torch.Tensor, values: torch.Tensor, basis: t
 
 
 def _error_scale(f: torch.Tensor, sigma: torch.Tensor, values: torch.Tensor, basis: torch.Tensor,
-                 mirror: bool = False, cap: torch.Tensor | None = None) -> torch.Tensor:
+                 mirror: bool, cap: torch.Tensor) -> torch.Tensor:
     """The Wiener estimate's error std sqrt(lambda sigma^2 / (lambda + sigma^2)) in each
-    frequency's colour eigenbasis, at most `cap`, applied to f (B, C, H, W) as _wiener
-    applies its gain."""
+    frequency's colour eigenbasis, at most `cap` (B or 1 values), applied to f (B, C, H, W)
+    as _wiener applies its gain."""
     with torch.autocast(f.device.type, enabled=False):
         s2 = sigma.to(device=f.device, dtype=torch.float32).reshape(-1, 1, 1, 1) ** 2
-        gain = (values * s2 / (values + s2)).sqrt()
-        if cap is not None:
-            gain = torch.minimum(gain, cap.float().reshape(-1, 1, 1, 1))
+        cap = cap.to(device=f.device, dtype=torch.float32).reshape(-1, 1, 1, 1)
+        gain = torch.minimum((values * s2 / (values + s2)).sqrt(), cap)
         return _filtered(f, gain, basis, mirror)
 
 

@@ -482,17 +482,18 @@ def test_sigma_max_auto_reads_the_dc_power_in_the_data_units_and_keeps_80_at_lea
 
 # --- c_out per frequency and colour --------------------------------------------------------
 
-def _scaled_operator(skip, sigma: float, cap: torch.Tensor | None = None) -> torch.Tensor:
+def _scaled_operator(skip, sigma: float, cap: float = float("inf")) -> torch.Tensor:
     """scale_output as a matrix: its response to every unit image of SIZE x SIZE x 3."""
     basis = torch.eye(3 * SIZE * SIZE).reshape(-1, 3, SIZE, SIZE)
-    return skip.scale_output(basis, torch.tensor([sigma]), cap=cap).reshape(3 * SIZE * SIZE, -1)
+    return skip.scale_output(basis, torch.tensor([sigma]), None, cap=torch.tensor([cap])
+                             ).reshape(3 * SIZE * SIZE, -1)
 
 
 @pytest.mark.parametrize("sigma", [0.1, 1.0, 20.0])
-def test_the_spectral_c_out_is_the_skips_error_per_component_and_scalar_c_out_on_average(sigma):
-    """White noise through the output scaling has, under the Gaussian, the covariance of the
-    skip's error: the scaling is the error covariance's symmetric root, and its mean power
-    per pixel is the scalar c_out^2."""
+def test_the_uncapped_scale_is_the_skips_error_per_component_and_scalar_c_out_on_average(sigma):
+    """White noise through the output scaling, uncapped, has under the Gaussian the covariance
+    of the skip's error: the scaling is the error covariance's symmetric root, and its mean
+    power per pixel is the scalar c_out^2."""
     skip = _spectrum()
     g = torch.Generator().manual_seed(9)
     operator = _scaled_operator(skip, sigma).double()
@@ -521,7 +522,8 @@ def test_the_spectral_c_out_weakens_the_colour_the_tiles_barely_vary_in():
     pattern = hue.reshape(1, 3, 1, 1) * torch.randn(1, 1, SIZE, SIZE,
                                                     generator=torch.Generator().manual_seed(10))
     level = torch.tensor([1.0])
-    spectral = skip.scale_output(pattern, level).pow(2).mean()
+    spectral = skip.scale_output(pattern, level, None, cap=skip.c_out(level, SIZE, SIZE)
+                                 ).pow(2).mean()
     scalar = (skip.c_out(level, SIZE, SIZE) * pattern).pow(2).mean()
     assert spectral < 0.05 * scalar
 
@@ -555,7 +557,9 @@ def test_the_spectral_c_out_keeps_edms_loss_in_the_denoisers_units_and_a_perfect
     assert not torch.allclose(denoised, _c_out_process("scalar").denoise(net, x, sigma))
 
     # the network that outputs the whitened residual denoises exactly: the scaling is invertible
-    operator = _scaled_operator(p.spectral, 1.0).double()
+    level = torch.tensor([1.0])
+    operator = _scaled_operator(p.spectral, 1.0, p.spectral.c_out(level, SIZE, SIZE).item())
+    operator = operator.double()
     residual = (x0 - p.spectral.skip(x, torch.tensor([1.0]))).double().reshape(4, -1)
     whitened = torch.linalg.solve(operator, residual.T).T.float().reshape(x0.shape)
 
@@ -612,11 +616,11 @@ def test_the_capped_c_out_weakens_where_the_skip_is_surer_and_never_strengthens(
     skip = _spectrum()
     level = torch.tensor([sigma])
     scalar = skip.c_out(level, SIZE, SIZE).item()
-    capped = _scaled_operator(skip, sigma, cap=torch.tensor([scalar])).double()
+    capped = _scaled_operator(skip, sigma, cap=scalar).double()
     spectral = _scaled_operator(skip, sigma).double()
     assert torch.linalg.matrix_norm(capped, ord=2).item() <= scalar * (1 + 1e-4)
     # the uncapped scale exceeds the scalar c_out in some components: the cap binds there
     assert torch.linalg.matrix_norm(spectral, ord=2).item() > 1.05 * scalar
     mean_colour = torch.ones(1, 3, SIZE, SIZE) / SIZE
-    assert skip.scale_output(mean_colour, level, cap=torch.tensor([scalar])).mean().item() == \
+    assert skip.scale_output(mean_colour, level, None, cap=torch.tensor([scalar])).mean().item() == \
         pytest.approx(scalar / SIZE, rel=1e-4)
