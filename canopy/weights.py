@@ -41,11 +41,8 @@ ATTENTION_FORMAT = "canopy.model/4"
 # network bounded in noise level (diffusion.network_sigma_max), which an older canopy would
 # build without them and sample wrongly, without a word.
 DENOISER_FORMAT = "canopy.model/5"
-# canopy.model/6: the network's output scaled per frequency and colour (diffusion.c_out:
-# spectral), which a canopy of /5 would read as the scalar c_out.
-SPECTRAL_OUT_FORMAT = "canopy.model/6"
 READ_FORMATS = ("canopy.model/1", EXPORT_FORMAT, CONDITIONED_FORMAT, ATTENTION_FORMAT,
-                DENOISER_FORMAT, SPECTRAL_OUT_FORMAT)
+                DENOISER_FORMAT)
 EXPORT_FILE = "ema.safetensors"
 STATE_DIR = "state"
 STEP_DIR_PREFIX = "step-"
@@ -92,8 +89,6 @@ def export_format(config: dict[str, Any]) -> str:
     """The oldest format whose readers build this config's network and process rightly."""
     model = config.get("model", {})
     diffusion = config.get("diffusion", {})
-    if diffusion.get("c_out", "scalar") != "scalar":
-        return SPECTRAL_OUT_FORMAT
     if (diffusion.get("mean_prior", "gaussian") != "gaussian"
             or diffusion.get("network_sigma_max") is not None):
         return DENOISER_FORMAT

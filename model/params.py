@@ -144,14 +144,6 @@ class DiffusionParams(StrictModel):
     # (a kernel density estimate, etl records them), so tiles take the mean colours real
     # tiles have rather than blends of them (model/spectral.py TileMeanPrior).
     mean_prior: Literal["gaussian", "tiles"] = "gaussian"
-    # spectral: how the network's output enters the denoiser. scalar: times EDM's c_out, one
-    # number per noise level (the skip's error averaged over frequencies and colours);
-    # spectral: times the skip's error in each frequency and colour direction, at most that
-    # number, so the network adds to each no more than the skip leaves uncertain there
-    # (model/spectral.py). The loss is the same squared error of the denoiser either way.
-    # Measured against scalar: FID 2-11 lower, SWD 3-18% higher on the demo and NEON
-    # (docs/benchmarks.md), so scalar stays the default.
-    c_out: Literal["scalar", "spectral"] = "scalar"
 
     @field_validator("sigma_data")
     @classmethod
@@ -220,8 +212,6 @@ class DiffusionParams(StrictModel):
                 raise ValueError("spectral_border applies to preconditioning spectral only")
             if self.mean_prior != "gaussian" and self.preconditioning != "spectral":
                 raise ValueError("mean_prior applies to preconditioning spectral only")
-            if self.c_out != "scalar" and self.preconditioning != "spectral":
-                raise ValueError(f"c_out {self.c_out} needs preconditioning spectral")
             if self.preconditioning == "spectral" and not self.standardize:
                 raise ValueError("preconditioning spectral needs standardize: true (the spectrum "
                                  "is measured on the standardised tiles)")
@@ -231,8 +221,6 @@ class DiffusionParams(StrictModel):
             raise ValueError(f"preconditioning {self.preconditioning} needs process edm")
         elif self.network_sigma_max is not None:
             raise ValueError("network_sigma_max needs process edm")
-        elif self.c_out != "scalar":
-            raise ValueError(f"c_out {self.c_out} needs process edm")
         return self
 
     def config(self) -> dict[str, Any]:
@@ -250,4 +238,4 @@ class DiffusionParams(StrictModel):
 # defaults hold (canopy/weights.py fills them on read).
 ADDED_KEYS = ("process", "standardize", "sigma_data", "sigma_min", "sigma_max",
               "loss_weighting", "lognormal_weights", "preconditioning", "spectral_border",
-              "mean_prior", "network_sigma_max", "c_out")
+              "mean_prior", "network_sigma_max")

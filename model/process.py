@@ -129,7 +129,6 @@ class EDMProcess(nn.Module):
         lognormal_weights: Sequence[float] | None = None,
         spectral: SpectralSkip | ClassSpectralSkip | None = None,
         network_sigma_max: float | None = None,
-        spectral_c_out: bool = False,
     ) -> None:
         super().__init__()
         if not sigma_data > 0:
@@ -145,11 +144,6 @@ class EDMProcess(nn.Module):
         self.spectral = spectral
         # above this level D is the skip alone: the network is not asked where it never trained
         self.network_sigma_max = network_sigma_max
-        # diffusion.c_out: spectral: the network's output scaled per frequency and colour by
-        # the skip's error there, at most the scalar c_out (model/spectral.py)
-        if spectral_c_out and spectral is None:
-            raise ValueError("c_out spectral needs the spectral skip")
-        self.spectral_c_out = spectral_c_out
 
     # --- the process: x_t = alpha(t) x_0 + sigma(t) eps ---------------------------------
     def alpha(self, t: float | torch.Tensor) -> float | torch.Tensor:
@@ -201,9 +195,6 @@ class EDMProcess(nn.Module):
         if asked is not None and not bool(asked.any()):
             return skipped
         f = call_network(net, (c_in * x).to(x.dtype), c_noise, cond).float()
-        if self.spectral_c_out:
-            return skipped + self.spectral.scale_output(f if asked is None else f * asked,
-                                                        sigma, cond, cap=c_out)
         return skipped + c_out * (f if asked is None else f * asked)
 
     def _network_levels(self, sigma: torch.Tensor) -> torch.Tensor | None:
@@ -238,13 +229,8 @@ class EDMProcess(nn.Module):
         asked = self._network_levels(t)
         if asked is not None:  # D is the skip there: its error is no loss the network can lower
             prediction = prediction * asked
-        if self.spectral_c_out:  # the same loss, in the denoiser's units
-            added = self.spectral.scale_output(prediction, t, cond, cap=c_out)
-            per_image = (F.mse_loss(added, x0.float() - skipped, reduction="none")
-                         .mean(dim=(1, 2, 3)) / c_out.reshape(-1) ** 2)
-        else:
-            target = (x0.float() - skipped) / c_out
-            per_image = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
+        target = (x0.float() - skipped) / c_out
+        per_image = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
         if uncertainty is not None:
             per_image = weighted(per_image, uncertainty(c_noise.reshape(-1)))
         return per_image.mean()
@@ -345,7 +331,7 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
     "process": "vp", "standardize": False, "sigma_data": "auto", "sigma_min": 0.002,
     "sigma_max": 80.0, "loss_weighting": "fixed", "lognormal_weights": None,
     "preconditioning": "scalar", "spectral_border": "periodic", "mean_prior": "gaussian",
-    "network_sigma_max": None, "c_out": "scalar",
+    "network_sigma_max": None,
 }
 
 
@@ -434,7 +420,7 @@ def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
             spectral = spectral_skip(config["data_stats"], mirror=d["spectral_border"] == "mirror")
         return EDMProcess(sigma_data, d["lognormal_mean"], d["lognormal_std"],
                           d["sigma_min"], d["sigma_max"], data_space, d["lognormal_weights"],
-                          spectral, d["network_sigma_max"], d["c_out"] == "spectral")
+                          spectral, d["network_sigma_max"])
     raise ValueError(f"unknown process {process!r}: use one of {', '.join(PROCESSES)}")
 
 

@@ -30,21 +30,6 @@ data is that Gaussian, and what the network learns is the part of the image that
 flat spectrum (P = I everywhere) this is EDM's preconditioning with sigma_data = 1 exactly. The
 loss weight stays lambda = 1 / c_out^2 (the squared error of F against its target).
 
-That c_out is one number for all frequencies and colours: the network's output enters every
-one of them at the same scale, though the skip's error is far smaller in some (fine detail at
-high noise, the colour direction along which the tiles vary least) than in others. With
-diffusion.c_out: spectral the output is scaled per frequency and colour direction instead,
-
-    D = c_skip x + C_out F,   C_out(f) = U min(sqrt(lambda sigma^2 / (lambda + sigma^2)), c_out) U^T
-
-(applied in the Fourier domain, as c_skip): where the skip is surer than on average, an error
-of the network's adds no more than the skip's own uncertainty there. The cap at the scalar
-c_out matters: uncapped, the low frequencies and the mean colour, whose error at high noise
-is about sigma itself, took the network's output at up to 50x the scalar c_out, and the
-samples' layout and colour went wrong (SWD 2-3x higher on the demo and NEON,
-docs/benchmarks.md). The loss stays EDM's in the denoiser's units, ||D - x_0||^2 / c_out^2
-with the scalar c_out.
-
 The FFT treats a tile as one period of a repeating image, so at the border the filter would
 blend in the opposite border, which in a window of a larger scene has nothing to do with it: on
 the demo's val tiles the outermost pixels' skip error was twice the inside's (0.112 against
@@ -167,16 +152,6 @@ class SpectralSkip:
         sigma's device, float32. `cond` is for ClassSpectralSkip's signature: one filter
         serves every condition."""
         return _error(self._on_device(height, width, sigma.device, half=False)[0], sigma)
-
-    def scale_output(self, f: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None,
-                     cap: torch.Tensor) -> torch.Tensor:
-        """The network's output f (B, C, H, W) scaled per frequency and colour direction by
-        the std of the skip's error there, at most `cap` (the scalar c_out, B or 1 values;
-        diffusion.c_out: spectral, module docstring), float32: what the network adds to the
-        skip."""
-        values, basis = self._on_device(*_filter_grid(f, self.mirror), f.device, half=True,
-                                        pixels=f.shape[-2] * f.shape[-1])
-        return _error_scale(f, sigma, values, basis, self.mirror, cap)
 
     def skip(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None
              ) -> torch.Tensor:
@@ -336,14 +311,6 @@ class ClassSpectralSkip:
         mean = means[which]
         return mean + _wiener(x.float() - mean, sigma, values[which], basis[which], self.mirror)
 
-    def scale_output(self, f: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None,
-                     cap: torch.Tensor) -> torch.Tensor:
-        """SpectralSkip.scale_output with each image's class filter."""
-        values, basis, _ = self._on_device(*_filter_grid(f, self.mirror), f.device, half=True,
-                                           pixels=f.shape[-2] * f.shape[-1])
-        which = self.filter_index(cond, f.device)
-        return _error_scale(f, sigma, values[which], basis[which], self.mirror, cap)
-
     def c_out(self, sigma: torch.Tensor, height: int, width: int,
               cond: torch.Tensor | None = None) -> torch.Tensor:
         """SpectralSkip.c_out of each image's class filter (B or 1 entries)."""
@@ -410,30 +377,10 @@ def _wiener(x: torch.Tensor, sigma: torch.Tensor, values: torch.Tensor, basis: t
     (H, W', C, C) of one filter, or (B, ...) of one per image, on the grid of the filtered
     size (twice x's with `mirror`, where x is filtered with its mirror images and cropped
     back). float32, outside autocast."""
-    with torch.autocast(x.device.type, enabled=False):
-        s2 = sigma.to(device=x.device, dtype=torch.float32).reshape(-1, 1, 1, 1) ** 2
-        return _filtered(x, values / (values + s2), basis, mirror)
-
-
-def _error_scale(f: torch.Tensor, sigma: torch.Tensor, values: torch.Tensor, basis: torch.Tensor,
-                 mirror: bool, cap: torch.Tensor) -> torch.Tensor:
-    """The Wiener estimate's error std sqrt(lambda sigma^2 / (lambda + sigma^2)) in each
-    frequency's colour eigenbasis, at most `cap` (B or 1 values), applied to f (B, C, H, W)
-    as _wiener applies its gain."""
-    with torch.autocast(f.device.type, enabled=False):
-        s2 = sigma.to(device=f.device, dtype=torch.float32).reshape(-1, 1, 1, 1) ** 2
-        cap = cap.to(device=f.device, dtype=torch.float32).reshape(-1, 1, 1, 1)
-        gain = torch.minimum((values * s2 / (values + s2)).sqrt(), cap)
-        return _filtered(f, gain, basis, mirror)
-
-
-def _filtered(x: torch.Tensor, gain: torch.Tensor, basis: torch.Tensor, mirror: bool
-              ) -> torch.Tensor:
-    """x (B, C, H, W) scaled by `gain` (B or 1, C, H', W'//2+1) in each frequency's colour
-    eigenbasis U (H', W'//2+1, C, C), on the rfft2 grid of x or of x with its mirror images,
-    and back, float32."""
     height, width = x.shape[-2:]
     with torch.autocast(x.device.type, enabled=False):
+        s2 = sigma.to(device=x.device, dtype=torch.float32).reshape(-1, 1, 1, 1) ** 2
+        gain = values / (values + s2)
         image = _mirrored(x.float()) if mirror else x.float()
         spectrum = torch.fft.rfft2(image, norm="ortho")
         # into each frequency's colour eigenbasis, scaled, and back
