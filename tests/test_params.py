@@ -225,3 +225,23 @@ def test_a_continuous_process_takes_more_sampling_steps_than_timesteps():
                                          "timesteps": 10},
                            "sample": {"spacing": "karras", "steps": 20, "sampler": "heun"}})
     assert params.sample.steps == 20
+
+
+def test_every_key_the_docs_set_with_dvc_exp_run_is_in_params_yaml():
+    """`dvc exp run -S key=value` fails ("Could not override") for a key params.yaml lacks; the
+    docs' commands must run as written (a new key takes `+key=value`)."""
+    import re
+
+    import yaml
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    keys = {(page.name, key) for page in pages
+            for key in re.findall(r"-S ([a-z_][a-z_.]*)=", page.read_text())}
+    assert keys, "the docs give no -S overrides: the pattern has gone stale"
+    for page, key in sorted(keys):
+        node = params
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, (
+                f"{page}: `-S {key}=...` names a key params.yaml lacks")
+            node = node[part]
