@@ -182,7 +182,7 @@ def recipe_params(recipe: Recipe) -> SimpleNamespace:
 SAMPLER = {"name": "dpmpp2m", "steps": 20, "eta": 0.0, "spacing": "karras"}
 # Autoguidance as scored here: the guide is the EMA's copy at a quarter of the training
 # budget (sample.guide_at 0.25), w = 2, at the noise levels up to 1 (sample.guide_sigma_max):
-# on NEON at the demo's budget it lowered both SWD and FID on two seeds, where the guide at
+# on NEON at the demo's budget it lowered both SWD and FID on three seeds, where the guide at
 # half the budget guiding every level raised SWD on one (docs/benchmarks.md).
 AUTOGUIDANCE = {"weight": 2.0, "guide_at": 0.25, "sigma_max": 1.0}
 

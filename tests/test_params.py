@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import yaml
 
 from canopy.errors import UserError
 from canopy.params import load_params, parse_params
@@ -230,10 +233,6 @@ def test_a_continuous_process_takes_more_sampling_steps_than_timesteps():
 def test_every_key_the_docs_set_with_dvc_exp_run_is_in_params_yaml():
     """`dvc exp run -S key=value` fails ("Could not override") for a key params.yaml lacks; the
     docs' commands must run as written (a new key takes `+key=value`)."""
-    import re
-
-    import yaml
-
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
     keys = {(page.name, key) for page in pages
