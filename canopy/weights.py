@@ -41,8 +41,11 @@ ATTENTION_FORMAT = "canopy.model/4"
 # network bounded in noise level (diffusion.network_sigma_max), which an older canopy would
 # build without them and sample wrongly, without a word.
 DENOISER_FORMAT = "canopy.model/5"
+# canopy.model/6: a skip that is a mixture of the tiles' kinds (diffusion.skip_components),
+# whose fitted components an older canopy would not read.
+MIXTURE_FORMAT = "canopy.model/6"
 READ_FORMATS = ("canopy.model/1", EXPORT_FORMAT, CONDITIONED_FORMAT, ATTENTION_FORMAT,
-                DENOISER_FORMAT)
+                DENOISER_FORMAT, MIXTURE_FORMAT)
 EXPORT_FILE = "ema.safetensors"
 STATE_DIR = "state"
 STEP_DIR_PREFIX = "step-"
@@ -89,6 +92,8 @@ def export_format(config: dict[str, Any]) -> str:
     """The oldest format whose readers build this config's network and process rightly."""
     model = config.get("model", {})
     diffusion = config.get("diffusion", {})
+    if diffusion.get("skip_components", 1) > 1:
+        return MIXTURE_FORMAT
     if (diffusion.get("mean_prior", "gaussian") != "gaussian"
             or diffusion.get("network_sigma_max") is not None):
         return DENOISER_FORMAT

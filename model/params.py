@@ -144,6 +144,13 @@ class DiffusionParams(StrictModel):
     # (a kernel density estimate, etl records them), so tiles take the mean colours real
     # tiles have rather than blends of them (model/spectral.py TileMeanPrior).
     mean_prior: Literal["gaussian", "tiles"] = "gaussian"
+    # spectral: how many kinds of tile the skip's prior tells apart. 1: one stationary
+    # Gaussian of all tiles (one Wiener filter); k > 1: train clusters the train tiles by mean
+    # colour and texture into k kinds (water, soil, open and closed canopy, ...) and the skip
+    # is the posterior mean under the mixture of their Gaussians, each with its own spectrum
+    # (model/spectral.py MixtureSpectralSkip), so a noisy tile keeps its own kind's texture.
+    # Periodic border and models without a condition only.
+    skip_components: int = Field(1, ge=1, le=256)
 
     @field_validator("sigma_data")
     @classmethod
@@ -212,6 +219,10 @@ class DiffusionParams(StrictModel):
                 raise ValueError("spectral_border applies to preconditioning spectral only")
             if self.mean_prior != "gaussian" and self.preconditioning != "spectral":
                 raise ValueError("mean_prior applies to preconditioning spectral only")
+            if self.skip_components > 1 and (self.preconditioning != "spectral"
+                                             or self.spectral_border != "periodic"):
+                raise ValueError("skip_components above 1 needs preconditioning spectral with "
+                                 "spectral_border periodic")
             if self.preconditioning == "spectral" and not self.standardize:
                 raise ValueError("preconditioning spectral needs standardize: true (the spectrum "
                                  "is measured on the standardised tiles)")
@@ -221,6 +232,8 @@ class DiffusionParams(StrictModel):
             raise ValueError(f"preconditioning {self.preconditioning} needs process edm")
         elif self.network_sigma_max is not None:
             raise ValueError("network_sigma_max needs process edm")
+        elif self.skip_components != 1:
+            raise ValueError("skip_components needs process edm")
         return self
 
     def config(self) -> dict[str, Any]:
@@ -238,4 +251,4 @@ class DiffusionParams(StrictModel):
 # defaults hold (canopy/weights.py fills them on read).
 ADDED_KEYS = ("process", "standardize", "sigma_data", "sigma_min", "sigma_max",
               "loss_weighting", "lognormal_weights", "preconditioning", "spectral_border",
-              "mean_prior", "network_sigma_max")
+              "mean_prior", "network_sigma_max", "skip_components")

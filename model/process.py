@@ -331,7 +331,7 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
     "process": "vp", "standardize": False, "sigma_data": "auto", "sigma_min": 0.002,
     "sigma_max": 80.0, "loss_weighting": "fixed", "lognormal_weights": None,
     "preconditioning": "scalar", "spectral_border": "periodic", "mean_prior": "gaussian",
-    "network_sigma_max": None,
+    "network_sigma_max": None, "skip_components": 1,
 }
 
 
@@ -375,6 +375,13 @@ def process_config(diffusion: Mapping[str, Any], schedule: str,
             # chosen once here and recorded, so sampling rebuilds the same prior at once
             config["data_stats"]["tile_mean_bandwidth"] = spectral_skip(
                 config["data_stats"]).mean_prior.bandwidth
+        if full["skip_components"] > 1:
+            if "skip_mixture" not in stats:
+                raise ValueError("diffusion.skip_components needs the skip mixture fitted to "
+                                 "the train tiles (train/mixture.py), which these stats lack")
+            if classes:
+                raise ValueError("diffusion.skip_components is for models without a condition")
+            config["data_stats"]["skip_mixture"] = stats["skip_mixture"]
         if classes:
             config["data_stats"]["class_stats"] = _class_stats(stats, classes, key)
     return config

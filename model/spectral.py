@@ -256,6 +256,112 @@ def likeliest_bandwidth(whitened: torch.Tensor, chunk: int = 512) -> float:
     return float(factors[int(totals.argmax())])
 
 
+class MixtureSpectralSkip:
+    """The posterior mean under a mixture of stationary Gaussians, one per kind of tile.
+
+    Real tiles are not one stationary Gaussian: open water is flat, bare soil smooth, a crown
+    canopy full of texture, each with its own colour and spectrum, and the single Wiener filter
+    blends them, so at high noise every tile is pulled towards one average texture. Fitted to
+    clusters of the train tiles (train/mixture.py), component k is a Gaussian of mean colour
+    mu_k and spectrum P_k, of weight pi_k, and the best estimate of x_0 from x = x_0 + sigma n
+    is exact under the mixture:
+
+        E[x_0 | x] = sum_k w_k(x) (mu_k + P_k (P_k + sigma^2 I)^-1 (x - mu_k))
+        w_k(x) proportional to pi_k N(x; mu_k, P_k + sigma^2 I)
+
+    the log-likelihood of a stationary Gaussian being a sum over frequencies (orthonormal DFT;
+    each rfft2 column standing for both half-planes counts twice), in each frequency's colour
+    eigenbasis P_k = U diag(lambda) U^T:
+
+        log N = -1/2 sum_f sum_c (|(U^T (X - M_k))_c|^2 / (lambda_c + sigma^2)
+                                  + log(lambda_c + sigma^2)) + const
+
+    At low noise one component explains the tile and its own filter keeps its texture; at high
+    noise the weights tend to pi and the estimate to the mixture's mean. The noisy tile's kind
+    is read from all its frequencies, not only its mean colour. c_out stays the error of the
+    filter of all tiles (`overall`), which bounds the mixture's."""
+
+    def __init__(self, overall: SpectralSkip, weights: Sequence[float],
+                 components: Sequence[tuple[Sequence[float], SpectralSkip]],
+                 mean_prior: TileMeanPrior | None = None) -> None:
+        if len(weights) != len(components) or not components:
+            raise ValueError("the skip mixture needs one weight per component, and a component")
+        if not all(w > 0 for w in weights):
+            raise ValueError("the skip mixture's weights must be positive")
+        for _, component in components:
+            if component.tile_size != overall.tile_size:
+                raise ValueError("every component's spectrum must be of the tiles' size, "
+                                 f"{overall.tile_size}")
+        self.overall = overall
+        self.filters = [component for _, component in components]
+        self.means = torch.tensor([list(mean) for mean, _ in components], dtype=torch.float32)
+        total = float(sum(weights))
+        self.log_weights = torch.tensor([w / total for w in weights], dtype=torch.float64).log()
+        self.mean_prior = mean_prior
+        self.tile_size = overall.tile_size
+        self.mirror = False
+        self._device_grids: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+    def _on_device(self, height: int, width: int, device: torch.device
+                   ) -> tuple[torch.Tensor, ...]:
+        """(lambda (K, C, H, W'), U (K, H, W', C, C), means (K, C), log pi (K), column counts
+        (W')) on the image's rfft2 grid, on `device`, cached."""
+        key = (height, width, str(device))
+        if key not in self._device_grids:
+            grids = [f.eigen(height, width, half=True, pixels=height * width) for f in self.filters]
+            columns = torch.full((width // 2 + 1,), 2.0, dtype=torch.float64)
+            columns[0] = 1.0
+            if width % 2 == 0:
+                columns[-1] = 1.0
+            self._device_grids[key] = (
+                torch.stack([v for v, _ in grids]).to(device=device, dtype=torch.float32),
+                torch.stack([u for _, u in grids]).to(device=device, dtype=torch.float32),
+                self.means.to(device), self.log_weights.to(device), columns.to(device))
+        return self._device_grids[key]
+
+    def skip(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """E[x_0 | x] (B, C, H, W) at one level per image (`sigma`, B or 1 entries), float32,
+        outside autocast, with per-image products and sums only (the same bits whatever the
+        batch). `cond` is for the other skips' signature: one mixture serves every image."""
+        height, width = x.shape[-2:]
+        values, basis, means, log_weights, columns = self._on_device(height, width, x.device)
+        with torch.autocast(x.device.type, enabled=False):
+            s2 = sigma.to(device=x.device, dtype=torch.float32).reshape(-1, 1, 1, 1) ** 2
+            spectrum = torch.fft.rfft2(x.float(), norm="ortho")
+            # a mean colour mu is the DC coefficient mu sqrt(H W) of the orthonormal DFT
+            dc = means * (height * width) ** 0.5
+            log_likelihoods, estimates = [], []
+            for k in range(len(self.filters)):
+                real = spectrum.real.clone()
+                real[:, :, 0, 0] -= dc[k]
+                re = _mix(basis[k], real, into_basis=True)
+                im = _mix(basis[k], spectrum.imag, into_basis=True)
+                total = values[k] + s2
+                terms = ((re.square() + im.square()) / total + total.log()).double()
+                log_likelihoods.append(-0.5 * (terms * columns).sum(dim=(1, 2, 3)))
+                gain = values[k] / total
+                estimate = torch.complex(_mix(basis[k], re * gain, into_basis=False),
+                                         _mix(basis[k], im * gain, into_basis=False))
+                estimate[:, :, 0, 0] += dc[k]
+                estimates.append(estimate)
+            posterior = torch.softmax(torch.stack(log_likelihoods, dim=1) + log_weights, dim=1)
+            posterior = posterior.float()
+            combined = sum(posterior[:, k, None, None, None] * estimates[k]
+                           for k in range(len(estimates)))
+            filtered = torch.fft.irfft2(combined, s=(height, width), norm="ortho")
+            if self.mean_prior is None:
+                return filtered
+            mean = self.mean_prior.posterior_mean(x.float().mean(dim=(-2, -1)), sigma,
+                                                  height * width)
+            return filtered - filtered.mean(dim=(-2, -1), keepdim=True) + mean[..., None, None]
+
+    def c_out(self, sigma: torch.Tensor, height: int, width: int,
+              cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The overall filter's error (SpectralSkip.c_out): at least the mixture's."""
+        return self.overall.c_out(sigma, height, width)
+
+
 class ClassSpectralSkip:
     """One Wiener filter per class, each about its class's mean colour (module docstring), and
     the filter of all tiles for images without a class. A condition row's first value is the
@@ -326,16 +432,22 @@ def spectral_skip(data_stats: Mapping[str, Any], mirror: bool = False
     "spectrum"} of its train tiles in [-1, 1] units, or None), a filter per class. `mirror`:
     each filters the image extended by its mirror images (module docstring)."""
     mean_prior = None
+    mean = torch.tensor(data_stats["mean"], dtype=torch.float64)
+    std = torch.tensor(data_stats["std"], dtype=torch.float64)
     if "tile_means" in data_stats:
-        mean = torch.tensor(data_stats["mean"], dtype=torch.float64)
-        std = torch.tensor(data_stats["std"], dtype=torch.float64)
         means = (torch.tensor(data_stats["tile_means"], dtype=torch.float64) - mean) / std
         mean_prior = TileMeanPrior(means.tolist(), data_stats.get("tile_mean_bandwidth"))
+    if "skip_mixture" in data_stats:
+        if mirror:
+            raise ValueError("the skip mixture is for the periodic border")
+        overall = SpectralSkip.from_config(data_stats["spectrum"])
+        mixture = data_stats["skip_mixture"]
+        return MixtureSpectralSkip(overall, mixture["weights"], [
+            _standardised_class(entry, mean, std) for entry in mixture["components"]],
+            mean_prior)
     unconditional = SpectralSkip.from_config(data_stats["spectrum"], mirror, mean_prior)
     if "class_stats" not in data_stats:
         return unconditional
-    mean = torch.tensor(data_stats["mean"], dtype=torch.float64)
-    std = torch.tensor(data_stats["std"], dtype=torch.float64)
     return ClassSpectralSkip(unconditional, [
         None if entry is None or "spectrum" not in entry
         else _standardised_class(entry, mean, std, mirror)
