@@ -165,6 +165,24 @@ def check_export_config(config: dict[str, Any], path: Path) -> None:
                                                    "colours in [-1, 1]")
         if type(bandwidth) is not float or not 0 < bandwidth < math.inf:
             raise invalid("data_stats.tile_mean_bandwidth", "expected a positive number")
+    if config["diffusion"].get("skip_components", 1) > 1 and not _is_skip_mixture(
+            stats.get("skip_mixture")):
+        raise invalid("data_stats.skip_mixture", "skip_components needs positive weights, one "
+                                                 "per component of mean, std and spectrum")
+
+
+def _is_skip_mixture(mixture: Any) -> bool:
+    """Whether `mixture` is train/mixture.py's fit: {"weights", "components"} of equal length,
+    each component a ChannelStats entry with a spectrum."""
+    if not isinstance(mixture, dict):
+        return False
+    weights, components = mixture.get("weights"), mixture.get("components")
+    if not (isinstance(weights, list) and isinstance(components, list)
+            and 1 <= len(weights) == len(components)):
+        return False
+    if not all(type(w) in (int, float) and 0 < w < math.inf for w in weights):
+        return False
+    return all(_finite_stats(c) and is_spectrum(c.get("spectrum")) for c in components)
 
 
 def _check_tile_size(config: dict[str, Any], invalid: Callable[[str, str], UserError]) -> None:

@@ -317,8 +317,10 @@ TILE_MEANS = [[-0.7 + 0.01 * (i % 5), -0.5 + 0.01 * (i % 3), -0.8] for i in rang
     [-0.1 + 0.01 * (i % 5), -0.2 + 0.01 * (i % 3), -0.4] for i in range(10)]
 
 
-def _edm_workspace(tmp_path, preconditioning="scalar", mean_prior="gaussian", **sample):
-    """A tiny export of the continuous process on standardised data, and its params."""
+def _edm_workspace(tmp_path, preconditioning="scalar", mean_prior="gaussian", mixture=False,
+                   **sample):
+    """A tiny export of the continuous process on standardised data, and its params;
+    `mixture`: a skip of two kinds of tile (diffusion.skip_components)."""
     from tests.sample.conftest import DIFFUSION
 
     diffusion = {**DIFFUSION, "process": "edm", "standardize": True, "sigma_data": 1.0,
@@ -329,6 +331,11 @@ def _edm_workspace(tmp_path, preconditioning="scalar", mean_prior="gaussian", **
     if mean_prior == "tiles":  # with the network bounded in level, as params.yaml has it
         diffusion.update(mean_prior="tiles", sigma_max=300.0, network_sigma_max=80.0)
         stats.update(tile_means=TILE_MEANS, tile_mean_bandwidth=0.2)
+    if mixture:
+        diffusion["skip_components"] = 2
+        stats["skip_mixture"] = {"weights": [3, 1], "components": [
+            {"mean": [-0.5, -0.4, -0.6], "std": [0.3, 0.25, 0.2], "spectrum": SPECTRUM},
+            {"mean": [0.2, 0.3, 0.1], "std": [0.1, 0.1, 0.1], "spectrum": SPECTRUM}]}
     write_checkpoint(tmp_path / "models", diffusion=diffusion, data_stats=stats)
     write_params(tmp_path, diffusion=diffusion, spacing="karras", **sample)
     return tmp_path
@@ -379,6 +386,31 @@ def test_an_export_with_the_tile_mean_prior_samples_reproducibly_whatever_the_ba
                               precision="fp32")
     assert sample(gaussian, "--n", "4", "--samples", str(gaussian / "s")).exit_code == 0
     assert images(gaussian / "s") != runs[0]  # the same weights, another prior
+
+
+def test_an_export_with_the_skip_mixture_samples_reproducibly_whatever_the_batch(tmp_path):
+    workspace = _edm_workspace(tmp_path, "spectral", "tiles", mixture=True, sampler="dpmpp2m",
+                               precision="fp32")
+    runs = _four_images_at_batch_3_and_1(workspace)
+    assert runs[0] == runs[1] and len(set(runs[0].values())) == 4
+    single = _edm_workspace(tmp_path / "single", "spectral", "tiles", sampler="dpmpp2m",
+                            precision="fp32")
+    assert sample(single, "--n", "4", "--samples", str(single / "s")).exit_code == 0
+    assert images(single / "s") != runs[0]  # the same weights, another skip
+
+
+@pytest.mark.parametrize("changes", [
+    {"data_stats__skip_mixture": None},
+    {"data_stats__skip_mixture__weights": [3]},
+    {"data_stats__skip_mixture__weights": [3, 0]},
+    {"data_stats__skip_mixture__components": [{"mean": [0.0] * 3, "std": [0.1] * 3}] * 2}])
+def test_an_export_with_a_damaged_skip_mixture_is_refused(tmp_path, changes):
+    workspace = _edm_workspace(tmp_path, "spectral", mixture=True, sampler="dpmpp2m",
+                               precision="fp32")
+    _rewrite_export(workspace, **changes)
+    result = sample(workspace)
+    assert result.exit_code == 2
+    assert "its config is invalid (data_stats.skip_mixture: skip_components needs" in result.stderr
 
 
 @pytest.mark.parametrize("changes, where", [

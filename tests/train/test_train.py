@@ -404,6 +404,37 @@ def test_the_tile_mean_prior_export_carries_the_tiles_means_and_its_bandwidth(ti
               quiet=True)
 
 
+def test_the_skip_mixture_is_fitted_to_the_train_tiles_recorded_and_resumed_exactly(tmp_path):
+    from safetensors import safe_open
+
+    from canopy.model.process import build
+    from canopy.model.spectral import MixtureSpectralSkip
+    from tests.train.conftest import write_tiles
+
+    tiles = write_tiles(tmp_path / "tiles", n_train=24)
+    diffusion = {**EDM, "preconditioning": "spectral", "mean_prior": "tiles",
+                 "skip_components": 2}
+    straight = tiny_params(tiles, tmp_path / "straight", diffusion, {"spacing": "karras"},
+                           steps=6, checkpoint_every=3)
+    train(straight, quiet=True)
+    _, config = read_export(tmp_path / "straight" / EXPORT_FILE)
+    mixture = config["data_stats"]["skip_mixture"]
+    assert len(mixture["components"]) == 2 and sum(mixture["weights"]) == 24
+    assert isinstance(build(config)[1].spectral, MixtureSpectralSkip)
+    with safe_open(str(tmp_path / "straight" / EXPORT_FILE), "pt") as handle:
+        assert handle.metadata()["format"] == "canopy.model/6"
+    resumed = tiny_params(tiles, tmp_path / "resumed", diffusion, {"spacing": "karras"},
+                          steps=6, checkpoint_every=3)
+    train(resumed.model_copy(update={"train": resumed.train.model_copy(update={"steps": 3})}),
+          quiet=True)
+    assert train(resumed, quiet=True).start == 3
+    _assert_same_state(_state(tmp_path / "straight"), _state(tmp_path / "resumed"))
+    # more kinds than the tiles can fit: one line, before any step
+    with pytest.raises(UserError, match="skip_components 4 needs at least 32 train tiles"):
+        train(tiny_params(tiles, tmp_path / "m4", {**diffusion, "skip_components": 4},
+                          {"spacing": "karras"}, steps=1), quiet=True)
+
+
 def test_spectral_preconditioning_without_a_spectrum_in_the_manifest_is_one_clear_error(tiles,
                                                                                         tmp_path):
     manifest_path = tiles / "manifest.json"
