@@ -62,6 +62,12 @@ would hand the conditional and the unconditional branch the same low frequencies
 colour and density: what tells the classes apart), leaving the condition to a correction the
 network must learn at the rarely drawn high noise levels. Images without a class (the share
 dropped for classifier-free guidance, tiles without one) take the filter of all tiles.
+
+A model without a condition can have the same per-kind filters with the kind read from the
+noisy image itself (MixtureSpectralSkip, diffusion.skip_components): the train tiles clustered
+into kinds (train/mixture.py), the skip the posterior mean under the mixture of their
+Gaussians. Real tiles come in kinds of very different spectra (flat water, smooth soil, a
+canopy full of texture) that one Gaussian blends into one average texture.
 """
 
 from __future__ import annotations
@@ -281,6 +287,9 @@ class MixtureSpectralSkip:
     is read from all its frequencies, not only its mean colour. c_out stays the error of the
     filter of all tiles (`overall`), which bounds the mixture's."""
 
+    # a component's posterior weight below this is taken as zero (its estimate is not formed)
+    NEGLIGIBLE = 1e-9
+
     def __init__(self, overall: SpectralSkip, weights: Sequence[float],
                  components: Sequence[tuple[Sequence[float], SpectralSkip]],
                  mean_prior: TileMeanPrior | None = None) -> None:
@@ -331,7 +340,7 @@ class MixtureSpectralSkip:
             spectrum = torch.fft.rfft2(x.float(), norm="ortho")
             # a mean colour mu is the DC coefficient mu sqrt(H W) of the orthonormal DFT
             dc = means * (height * width) ** 0.5
-            log_likelihoods, estimates = [], []
+            log_likelihoods, projections = [], []
             for k in range(len(self.filters)):
                 real = spectrum.real.clone()
                 real[:, :, 0, 0] -= dc[k]
@@ -340,15 +349,19 @@ class MixtureSpectralSkip:
                 total = values[k] + s2
                 terms = ((re.square() + im.square()) / total + total.log()).double()
                 log_likelihoods.append(-0.5 * (terms * columns).sum(dim=(1, 2, 3)))
-                gain = values[k] / total
+                projections.append((re, im, values[k] / total))
+            posterior = torch.softmax(torch.stack(log_likelihoods, dim=1) + log_weights, dim=1)
+            # components too unlikely to change a bit of any estimate are left out; a weight
+            # of exactly zero adds exactly nothing, so each image's bits stay its own
+            posterior = torch.where(posterior < self.NEGLIGIBLE, 0.0, posterior)
+            posterior = (posterior / posterior.sum(dim=1, keepdim=True)).float()
+            combined = torch.zeros_like(spectrum)
+            for k in posterior.amax(dim=0).nonzero().flatten().tolist():
+                re, im, gain = projections[k]
                 estimate = torch.complex(_mix(basis[k], re * gain, into_basis=False),
                                          _mix(basis[k], im * gain, into_basis=False))
                 estimate[:, :, 0, 0] += dc[k]
-                estimates.append(estimate)
-            posterior = torch.softmax(torch.stack(log_likelihoods, dim=1) + log_weights, dim=1)
-            posterior = posterior.float()
-            combined = sum(posterior[:, k, None, None, None] * estimates[k]
-                           for k in range(len(estimates)))
+                combined = combined + posterior[:, k, None, None, None] * estimate
             filtered = torch.fft.irfft2(combined, s=(height, width), norm="ortho")
             if self.mean_prior is None:
                 return filtered
