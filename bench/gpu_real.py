@@ -69,6 +69,7 @@ from canopy.seeding import Stream, numpy_rng
 from canopy.train.data import BatchStream, build_index, make_loader, train_shards
 from canopy.train.ema import EMA
 from canopy.train.engine import Trainer
+from canopy.train.mixture import fit_to_train_tiles
 from canopy.train.runtime import Runtime
 
 from flops import count_sampling_flops, count_training_flops, mfu
@@ -146,13 +147,14 @@ class Recipe:
 
 # params.yaml's diffusion section (EDM's continuous process on standardised data, v target at
 # EDM's lognormal noise levels, the spectral skip with the tiles' mean colours, sampling from
-# sigma_max auto, the network bounded at 80) and its sampler; tests/bench checks both
+# sigma_max auto, the network bounded at 80, the skip a mixture of the tiles' kinds) and its
+# sampler; tests/bench checks both
 # against params.yaml.
 PRODUCT_DIFFUSION = {"timesteps": 1000, "objective": "v", "loss": "l2", "min_snr_gamma": None,
                      "timestep_sampling": "lognormal", "lognormal_mean": -0.25,
                      "lognormal_std": 1.3, "process": "edm", "standardize": True,
                      "preconditioning": "spectral", "mean_prior": "tiles", "sigma_max": "auto",
-                     "network_sigma_max": 80}
+                     "network_sigma_max": 80, "skip_components": 64}
 PRODUCT_AUGMENT = "transpose"
 PRODUCT_TIME_MODULATION = "scale_shift"  # params.yaml's model.time_modulation
 
@@ -235,11 +237,14 @@ def train(recipe: Recipe, tiles_dir: Path, dev: Device, log
                       channels_last=dev.channels_last, compile=recipe.compile,
                       num_workers=recipe.workers, pin_memory=dev.cuda)
     manifest = tiles.read_manifest(tiles_dir, point_at="--tiles")
-    process = process_config(PRODUCT_DIFFUSION, params.schedule,
-                             tiles.train_stats(manifest, tiles_dir))
+    index = build_index(train_shards(tiles_dir), tiles_dir)
+    stats = tiles.train_stats(manifest, tiles_dir)
+    if PRODUCT_DIFFUSION["skip_components"] > 1:  # fitted as canopy train fits it
+        stats = {**stats, "skip_mixture": fit_to_train_tiles(
+            index, stats, PRODUCT_DIFFUSION["skip_components"], params.seed, log)}
+    process = process_config(PRODUCT_DIFFUSION, params.schedule, stats)
     trainer = Trainer(params, runtime, process_config=process)
     extra = {d: EMA(trainer.model, d, recipe.warmup_steps, 1) for d in recipe.ema_decays[1:]}
-    index = build_index(train_shards(tiles_dir), tiles_dir)
     stream = BatchStream(index, recipe.batch, params.seed, augment=PRODUCT_AUGMENT)
     workers = loader_workers(recipe.workers, log)
     loader = iter(make_loader(stream, workers, dev.cuda))

@@ -26,8 +26,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from canopy import conditions, distributed, phema, tiles, weights
 from canopy.distributed import Dist
 from canopy.errors import UserError
@@ -48,7 +46,7 @@ from canopy.train.data import (
     train_shards,
 )
 from canopy.train.engine import Trainer, network_config
-from canopy.train.mixture import MAX_FIT_TILES, fit_skip_mixture
+from canopy.train.mixture import fit_to_train_tiles
 from canopy.train.params import LATER_RESUME_TRAIN_KEYS, RESUME_TRAIN_KEYS, steps_shape_training
 from canopy.train.preview import sample_grid
 from canopy.train.runtime import Runtime, resolve_runtime
@@ -106,19 +104,6 @@ def train(
         return _train(params, runtime, dist, quiet=quiet, fresh=fresh, on_step=on_step)
 
 
-def _fit_skip_mixture(index: TileIndex, stats: dict, params: CanopyParams,
-                      say: Callable[[str], None]) -> dict:
-    """The skip's mixture (train/mixture.py) fitted to the train tiles, at most
-    MAX_FIT_TILES of them evenly spaced through the index: a function of the tiles and the
-    seed alone, so a resumed run rebuilds the same process."""
-    k = params.diffusion.skip_components
-    step = -(-len(index) // MAX_FIT_TILES)
-    chosen = index.locations[::step]
-    say(f"fitting the skip's mixture of {k} kinds of tile to {len(chosen)} train tiles")
-    images = np.stack(list(tiles.read_tiles(chosen, index.tile_size)))
-    return fit_skip_mixture(images, stats["mean"], stats["std"], k, params.seed)
-
-
 def _check_batch_split(batch_size: int, world: int) -> None:
     """Each rank takes an equal slice of the global batch (so DDP's mean of the gradients is
     the gradient of the whole batch's mean loss)."""
@@ -164,7 +149,8 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
     try:
         stats = tiles.train_stats(manifest, data_dir)
         if params.diffusion.skip_components > 1 and stats is not None:
-            stats = {**stats, "skip_mixture": _fit_skip_mixture(index, stats, params, say)}
+            stats = {**stats, "skip_mixture": fit_to_train_tiles(
+                index, stats, params.diffusion.skip_components, params.seed, say)}
         process = process_config(params.diffusion.config(), params.schedule, stats,
                                  (condition or {}).get("region"))
     except ValueError as err:

@@ -12,13 +12,15 @@ units, with its weight, the share of tiles in it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from canopy import tiles as tiles_io
 from canopy.seeding import Stream, numpy_rng
 from canopy.tiles import ChannelStats
+from canopy.train.data import TileIndex
 
 # at most this many train tiles are read to fit the mixture, evenly spaced through the index
 MAX_FIT_TILES = 8192
@@ -29,16 +31,31 @@ LLOYD_ITERATIONS = 100
 OCTAVES = ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 128), (128, 256))
 
 
+def fit_to_train_tiles(index: TileIndex, stats: dict[str, Any], components: int, seed: int,
+                       say: Callable[[str], None]) -> dict[str, Any]:
+    """fit_skip_mixture on the train tiles of `index` (at most MAX_FIT_TILES, evenly spaced),
+    standardised with their `stats`; as many kinds as they fit, up to `components`. A
+    function of the tiles and the seed alone, so a resumed run rebuilds the same process."""
+    step = -(-len(index) // MAX_FIT_TILES)
+    chosen = index.locations[::step]
+    k = min(components, max_components(len(chosen)))
+    if k < components:
+        say(f"diffusion.skip_components {components}: {len(chosen)} train tiles fit at most "
+            f"{k} kinds of tile ({MIN_COMPONENT_TILES} tiles each); fitting {k}")
+    say(f"fitting the skip's mixture of {k} kinds of tile to {len(chosen)} train tiles")
+    images = np.stack(list(tiles_io.read_tiles(chosen, index.tile_size)))
+    return fit_skip_mixture(images, stats["mean"], stats["std"], k, seed)
+
+
 def fit_skip_mixture(tiles: np.ndarray, mean: Sequence[float], std: Sequence[float],
                      components: int, seed: int) -> dict[str, Any]:
     """{"weights": [...], "components": [{"mean", "std", "spectrum"}, ...]} of `components`
     clusters of `tiles` (N, H, W, 3 uint8, square), standardised with the train tiles' `mean`
     and `std` ([-1, 1] units) for the clustering. The same tiles and seed give the same fit."""
-    if len(tiles) < components * MIN_COMPONENT_TILES:
-        raise ValueError(f"diffusion.skip_components {components} needs at least "
+    if components > max_components(len(tiles)):
+        raise ValueError(f"{components} kinds of tile need at least "
                          f"{components * MIN_COMPONENT_TILES} train tiles "
-                         f"({MIN_COMPONENT_TILES} per component), there are {len(tiles)}: "
-                         "use fewer components")
+                         f"({MIN_COMPONENT_TILES} per kind), there are {len(tiles)}")
     labels = _kmeans(tile_features(tiles, mean, std), components, seed)
     weights, entries = [], []
     for k in range(components):
@@ -57,6 +74,11 @@ def fit_skip_mixture(tiles: np.ndarray, mean: Sequence[float], std: Sequence[flo
         raise ValueError("no cluster of the train tiles has a spectrum: use "
                          "diffusion.skip_components 1")
     return {"weights": weights, "components": entries}
+
+
+def max_components(tiles: int) -> int:
+    """The most kinds `tiles` train tiles can fit, MIN_COMPONENT_TILES each (at least one)."""
+    return max(1, tiles // MIN_COMPONENT_TILES)
 
 
 def tile_features(tiles: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from canopy.tiles import ChannelStats
-from canopy.train.mixture import MIN_COMPONENT_TILES, fit_skip_mixture
+from canopy.train.mixture import MIN_COMPONENT_TILES, fit_skip_mixture, max_components
 
 
 def _two_kinds(rng: np.random.Generator, textured: int, flat: int, size: int = 16) -> np.ndarray:
@@ -48,6 +48,7 @@ def test_a_cluster_too_small_for_a_spectrum_joins_none_and_too_few_tiles_is_one_
     overall = _stats(tiles)
     fit = fit_skip_mixture(tiles, overall["mean"], overall["std"], 2, seed=0)
     assert all(w >= MIN_COMPONENT_TILES for w in fit["weights"])
-    with pytest.raises(ValueError, match="skip_components 8 needs at least 64 train tiles.*"
-                                         "there are 43: use fewer components"):
+    with pytest.raises(ValueError, match="8 kinds of tile need at least 64 train tiles.*"
+                                         "there are 43"):
         fit_skip_mixture(tiles, overall["mean"], overall["std"], 8, seed=0)
+    assert max_components(43) == 5 and max_components(3) == 1
