@@ -69,7 +69,7 @@ from canopy.seeding import Stream, numpy_rng
 from canopy.train.data import BatchStream, build_index, make_loader, train_shards
 from canopy.train.ema import EMA
 from canopy.train.engine import Trainer
-from canopy.train.mixture import fit_to_train_tiles
+from canopy.train.mixture import with_skip_mixture
 from canopy.train.runtime import Runtime
 
 from flops import count_sampling_flops, count_training_flops, mfu
@@ -238,10 +238,9 @@ def train(recipe: Recipe, tiles_dir: Path, dev: Device, log
                       num_workers=recipe.workers, pin_memory=dev.cuda)
     manifest = tiles.read_manifest(tiles_dir, point_at="--tiles")
     index = build_index(train_shards(tiles_dir), tiles_dir)
-    stats = tiles.train_stats(manifest, tiles_dir)
-    if PRODUCT_DIFFUSION["skip_components"] > 1:  # fitted as canopy train fits it
-        stats = {**stats, "skip_mixture": fit_to_train_tiles(
-            index, stats, PRODUCT_DIFFUSION["skip_components"], params.seed, log)}
+    # the skip's mixture fitted as canopy train fits it
+    stats = with_skip_mixture(tiles.train_stats(manifest, tiles_dir), index,
+                              PRODUCT_DIFFUSION["skip_components"], params.seed, log)
     process = process_config(PRODUCT_DIFFUSION, params.schedule, stats)
     trainer = Trainer(params, runtime, process_config=process)
     extra = {d: EMA(trainer.model, d, recipe.warmup_steps, 1) for d in recipe.ema_decays[1:]}

@@ -366,25 +366,31 @@ def process_config(diffusion: Mapping[str, Any], schedule: str,
                              "`canopy etl`")
         config["data_stats"]["spectrum"] = stats[key]
         if full["mean_prior"] == "tiles":
-            if "tile_means" not in stats:
-                raise ValueError("diffusion.mean_prior tiles needs the train tiles' mean colours, "
-                                 "which this tiles manifest lacks: re-run `canopy etl`")
-            if classes:
-                raise ValueError("diffusion.mean_prior tiles is for models without a condition")
-            config["data_stats"]["tile_means"] = stats["tile_means"]
+            config["data_stats"]["tile_means"] = _unconditioned_stat(
+                stats, "tile_means", "mean_prior tiles", classes,
+                "the train tiles' mean colours, which this tiles manifest lacks: re-run "
+                "`canopy etl`")
             # chosen once here and recorded, so sampling rebuilds the same prior at once
             config["data_stats"]["tile_mean_bandwidth"] = spectral_skip(
                 config["data_stats"]).mean_prior.bandwidth
         if full["skip_components"] > 1:
-            if "skip_mixture" not in stats:
-                raise ValueError("diffusion.skip_components needs the skip mixture fitted to "
-                                 "the train tiles (train/mixture.py), which these stats lack")
-            if classes:
-                raise ValueError("diffusion.skip_components is for models without a condition")
-            config["data_stats"]["skip_mixture"] = stats["skip_mixture"]
+            config["data_stats"]["skip_mixture"] = _unconditioned_stat(
+                stats, "skip_mixture", "skip_components", classes,
+                "the skip mixture fitted to the train tiles (train/mixture.py), which these "
+                "stats lack")
         if classes:
             config["data_stats"]["class_stats"] = _class_stats(stats, classes, key)
     return config
+
+
+def _unconditioned_stat(stats: Mapping[str, Any], key: str, setting: str,
+                        classes: Sequence[str] | None, lacking: str) -> Any:
+    """stats[key], which `setting` (of diffusion) needs, for a model without a condition."""
+    if key not in stats:
+        raise ValueError(f"diffusion.{setting} needs {lacking}")
+    if classes:
+        raise ValueError(f"diffusion.{setting} is for models without a condition")
+    return stats[key]
 
 
 def _class_stats(stats: Mapping[str, Any], classes: Sequence[str], key: str = "spectrum"

@@ -170,10 +170,7 @@ class SpectralSkip:
         filtered = _wiener(x, sigma, values, basis, self.mirror)
         if self.mean_prior is None:
             return filtered
-        with torch.autocast(x.device.type, enabled=False):
-            mean = self.mean_prior.posterior_mean(x.float().mean(dim=(-2, -1)), sigma,
-                                                  x.shape[-2] * x.shape[-1])
-            return filtered - filtered.mean(dim=(-2, -1), keepdim=True) + mean[..., None, None]
+        return self.mean_prior.with_mean_of(filtered, x, sigma)
 
 
 class TileMeanPrior:
@@ -235,6 +232,16 @@ class TileMeanPrior:
         gain = kernel_var / total
         estimate = gain * y + (1 - gain) * nearby
         return _mix_rows(estimate, basis, into_basis=False).float()
+
+
+    def with_mean_of(self, estimate: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor
+                     ) -> torch.Tensor:
+        """`estimate` of x_0 (B, C, H, W) with its mean colour replaced by E[m | y], y the
+        noisy image x's mean, float32, outside autocast."""
+        with torch.autocast(x.device.type, enabled=False):
+            mean = self.posterior_mean(x.float().mean(dim=(-2, -1)), sigma,
+                                       x.shape[-2] * x.shape[-1])
+            return estimate - estimate.mean(dim=(-2, -1), keepdim=True) + mean[..., None, None]
 
 
 def _mix_rows(rows: torch.Tensor, basis: torch.Tensor, into_basis: bool) -> torch.Tensor:
@@ -363,11 +370,9 @@ class MixtureSpectralSkip:
                 estimate[:, :, 0, 0] += dc[k]
                 combined = combined + posterior[:, k, None, None, None] * estimate
             filtered = torch.fft.irfft2(combined, s=(height, width), norm="ortho")
-            if self.mean_prior is None:
-                return filtered
-            mean = self.mean_prior.posterior_mean(x.float().mean(dim=(-2, -1)), sigma,
-                                                  height * width)
-            return filtered - filtered.mean(dim=(-2, -1), keepdim=True) + mean[..., None, None]
+        if self.mean_prior is None:
+            return filtered
+        return self.mean_prior.with_mean_of(filtered, x, sigma)
 
     def c_out(self, sigma: torch.Tensor, height: int, width: int,
               cond: torch.Tensor | None = None) -> torch.Tensor:

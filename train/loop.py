@@ -46,7 +46,7 @@ from canopy.train.data import (
     train_shards,
 )
 from canopy.train.engine import Trainer, network_config
-from canopy.train.mixture import fit_to_train_tiles
+from canopy.train.mixture import with_skip_mixture
 from canopy.train.params import LATER_RESUME_TRAIN_KEYS, RESUME_TRAIN_KEYS, steps_shape_training
 from canopy.train.preview import sample_grid
 from canopy.train.runtime import Runtime, resolve_runtime
@@ -147,10 +147,8 @@ def _train(params: CanopyParams, runtime: Runtime, dist: Dist, *, quiet: bool, f
     if params.model.condition:
         index, condition = _with_conditions(index, params.model.condition, say)
     try:
-        stats = tiles.train_stats(manifest, data_dir)
-        if params.diffusion.skip_components > 1 and stats is not None:
-            stats = {**stats, "skip_mixture": fit_to_train_tiles(
-                index, stats, params.diffusion.skip_components, params.seed, say)}
+        stats = with_skip_mixture(tiles.train_stats(manifest, data_dir), index,
+                                  params.diffusion.skip_components, params.seed, say)
         process = process_config(params.diffusion.config(), params.schedule, stats,
                                  (condition or {}).get("region"))
     except ValueError as err:

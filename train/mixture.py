@@ -31,6 +31,16 @@ LLOYD_ITERATIONS = 100
 OCTAVES = ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 128), (128, 256))
 
 
+def with_skip_mixture(stats: dict[str, Any] | None, index: TileIndex, components: int,
+                      seed: int, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """The train tiles' `stats` with the skip's mixture of `components` kinds fitted to them
+    ("skip_mixture"), as process_config reads it; `stats` as they are for one component (or
+    none, as in manifests written before etl measured them)."""
+    if components <= 1 or stats is None:
+        return stats
+    return {**stats, "skip_mixture": fit_to_train_tiles(index, stats, components, seed, say)}
+
+
 def fit_to_train_tiles(index: TileIndex, stats: dict[str, Any], components: int, seed: int,
                        say: Callable[[str], None]) -> dict[str, Any]:
     """fit_skip_mixture on the train tiles of `index` (at most MAX_FIT_TILES, evenly spaced),
