@@ -44,8 +44,12 @@ DENOISER_FORMAT = "canopy.model/5"
 # canopy.model/6: a skip that is a mixture of the tiles' kinds (diffusion.skip_components),
 # whose fitted components an older canopy would not read.
 MIXTURE_FORMAT = "canopy.model/6"
+# canopy.model/7: a network that reads the skip's estimate beside the noisy image
+# (diffusion.skip_input), whose first convolution an older canopy would build for the image
+# alone and fail to load.
+SKIP_INPUT_FORMAT = "canopy.model/7"
 READ_FORMATS = ("canopy.model/1", EXPORT_FORMAT, CONDITIONED_FORMAT, ATTENTION_FORMAT,
-                DENOISER_FORMAT, MIXTURE_FORMAT)
+                DENOISER_FORMAT, MIXTURE_FORMAT, SKIP_INPUT_FORMAT)
 EXPORT_FILE = "ema.safetensors"
 STATE_DIR = "state"
 STEP_DIR_PREFIX = "step-"
@@ -92,6 +96,8 @@ def export_format(config: dict[str, Any]) -> str:
     """The oldest format whose readers build this config's network and process rightly."""
     model = config.get("model", {})
     diffusion = config.get("diffusion", {})
+    if diffusion.get("skip_input"):
+        return SKIP_INPUT_FORMAT
     if diffusion.get("skip_components", 1) > 1:
         return MIXTURE_FORMAT
     if (diffusion.get("mean_prior", "gaussian") != "gaussian"

@@ -151,6 +151,10 @@ class DiffusionParams(StrictModel):
     # (model/spectral.py MixtureSpectralSkip), so a noisy tile keeps its own kind's texture.
     # Periodic border and models without a condition only.
     skip_components: int = Field(1, ge=1, le=256)
+    # the network reads the skip's estimate of x_0 as 3 more input channels beside the noisy
+    # image: what the skip keeps (a tile's colour, layout and kind) is handed to the network
+    # instead of being read again from the noise by each network call (edm only)
+    skip_input: bool = False
 
     @field_validator("sigma_data")
     @classmethod
@@ -234,6 +238,8 @@ class DiffusionParams(StrictModel):
             raise ValueError("network_sigma_max needs process edm")
         elif self.skip_components != 1:
             raise ValueError("skip_components needs process edm")
+        elif self.skip_input:
+            raise ValueError("skip_input needs process edm")
         return self
 
     def config(self) -> dict[str, Any]:
@@ -251,4 +257,4 @@ class DiffusionParams(StrictModel):
 # defaults hold (canopy/weights.py fills them on read).
 ADDED_KEYS = ("process", "standardize", "sigma_data", "sigma_min", "sigma_max",
               "loss_weighting", "lognormal_weights", "preconditioning", "spectral_border",
-              "mean_prior", "network_sigma_max", "skip_components")
+              "mean_prior", "network_sigma_max", "skip_components", "skip_input")

@@ -129,6 +129,7 @@ class EDMProcess(nn.Module):
         lognormal_weights: Sequence[float] | None = None,
         spectral: SpectralSkip | ClassSpectralSkip | None = None,
         network_sigma_max: float | None = None,
+        skip_input: bool = False,
     ) -> None:
         super().__init__()
         if not sigma_data > 0:
@@ -144,6 +145,8 @@ class EDMProcess(nn.Module):
         self.spectral = spectral
         # above this level D is the skip alone: the network is not asked where it never trained
         self.network_sigma_max = network_sigma_max
+        # diffusion.skip_input: the network reads the skip's estimate of x_0 beside c_in x
+        self.skip_input = skip_input
 
     # --- the process: x_t = alpha(t) x_0 + sigma(t) eps ---------------------------------
     def alpha(self, t: float | torch.Tensor) -> float | torch.Tensor:
@@ -194,8 +197,19 @@ class EDMProcess(nn.Module):
         asked = self._network_levels(sigma)
         if asked is not None and not bool(asked.any()):
             return skipped
-        f = call_network(net, (c_in * x).to(x.dtype), c_noise, cond).float()
+        f = call_network(net, self.network_input(x, skipped, c_in), c_noise, cond).float()
         return skipped + c_out * (f if asked is None else f * asked)
+
+    def network_input(self, x: torch.Tensor, skipped: torch.Tensor, c_in: torch.Tensor
+                      ) -> torch.Tensor:
+        """What the network reads, in x's dtype: c_in x, and with skip_input the skip's
+        estimate of x_0 after it as more channels. The skip keeps what the noise leaves
+        readable (a tile's colour, its layout, its kind) at every level; handed to the
+        network it need not rebuild that from the noisy image before correcting it."""
+        scaled = c_in * x
+        if not self.skip_input:
+            return scaled.to(x.dtype)
+        return torch.cat((scaled, skipped), dim=1).to(x.dtype)
 
     def _network_levels(self, sigma: torch.Tensor) -> torch.Tensor | None:
         """Where the network is asked: 1 at each level (B, 1, 1, 1) up to network_sigma_max,
@@ -225,7 +239,8 @@ class EDMProcess(nn.Module):
         diffusion.loss_weighting: learned) each image's loss is L / exp(u) + u."""
         x = x0 + t.reshape(-1, 1, 1, 1).to(x0.dtype) * noise
         skipped, c_out, c_in, c_noise = self.precondition(x, t, cond)
-        prediction = call_network(model, (c_in * x).to(x0.dtype), c_noise.reshape(-1), cond).float()
+        prediction = call_network(model, self.network_input(x, skipped, c_in), c_noise.reshape(-1),
+                                  cond).float()
         asked = self._network_levels(t)
         if asked is not None:  # D is the skip there: its error is no loss the network can lower
             prediction = prediction * asked
@@ -316,10 +331,14 @@ def call_network(net: nn.Module, x: torch.Tensor, t: torch.Tensor,
 
 # --- the one builder ------------------------------------------------------------------------
 
-def build_network(model_config: Mapping[str, Any]) -> nn.Module:
+def build_network(model_config: Mapping[str, Any], skip_input: bool = False) -> nn.Module:
+    """The U-Net of `model_config`; with `skip_input` (diffusion.skip_input) it reads the
+    skip's estimate of x_0 as as many more channels as the image has."""
     from canopy.model.unet import Unet
 
-    return Unet(**model_config)
+    if not skip_input:
+        return Unet(**model_config)
+    return Unet(**model_config, skip_channels=int(model_config.get("channels", 3)))
 
 
 # Every diffusion key with the default it takes where a config lacks it: the schema's
@@ -331,7 +350,7 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
     "process": "vp", "standardize": False, "sigma_data": "auto", "sigma_min": 0.002,
     "sigma_max": 80.0, "loss_weighting": "fixed", "lognormal_weights": None,
     "preconditioning": "scalar", "spectral_border": "periodic", "mean_prior": "gaussian",
-    "network_sigma_max": None, "skip_components": 1,
+    "network_sigma_max": None, "skip_components": 1, "skip_input": False,
 }
 
 
@@ -433,13 +452,14 @@ def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
             spectral = spectral_skip(config["data_stats"], mirror=d["spectral_border"] == "mirror")
         return EDMProcess(sigma_data, d["lognormal_mean"], d["lognormal_std"],
                           d["sigma_min"], d["sigma_max"], data_space, d["lognormal_weights"],
-                          spectral, d["network_sigma_max"])
+                          spectral, d["network_sigma_max"], d["skip_input"])
     raise ValueError(f"unknown process {process!r}: use one of {', '.join(PROCESSES)}")
 
 
 def build(config: Mapping[str, Any]) -> tuple[nn.Module, GaussianDiffusion | EDMProcess]:
     """(network, process) from an export's config: what train, sample and bench all build."""
-    return build_network(config["model"]), build_process(config)
+    skip_input = {**DIFFUSION_DEFAULTS, **config["diffusion"]}["skip_input"]
+    return build_network(config["model"], skip_input), build_process(config)
 
 
 # sigma_max: auto starts sampling where the tiles' mean colour keeps this share of the power

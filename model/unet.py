@@ -231,17 +231,21 @@ class Unet(nn.Module):
         time_modulation: str = "add",
         condition: Mapping[str, Sequence[str] | None] | None = None,
         mid_attention_heads: int = 0,
+        skip_channels: int = 0,
     ) -> None:
         super().__init__()
         validate_config(dim, init_dim, dim_mults, channels, convnext_mult, norm, norm_groups,
                         kernel_size, mlp_kernel_size, time_modulation, mid_attention_heads)
         init_dim = init_dim or dim
         self.channels = channels
+        # the input's channels after the image's: the preconditioning's own estimate of x_0
+        # (diffusion.skip_input), which the first convolution reads beside the noisy image
+        self.skip_channels = skip_channels
         self.downsample_factor = 2 ** (len(dim_mults) - 1)
         block = _block_factory(convnext_mult, norm, norm_groups, 4 * dim, kernel_size,
                                mlp_kernel_size, time_modulation)
 
-        self.init_conv = nn.Conv2d(channels, init_dim, 7, padding=3)
+        self.init_conv = nn.Conv2d(channels + skip_channels, init_dim, 7, padding=3)
         self.time_mlp = nn.Sequential(
             SinusoidalTimeEmbedding(dim),
             nn.Linear(dim, 4 * dim),
@@ -323,9 +327,10 @@ class Unet(nn.Module):
         return self.final_conv(x)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.channels:
+        expected = self.channels + self.skip_channels
+        if x.ndim != 4 or x.shape[1] != expected:
             raise ValueError(
-                f"expected images of shape (B, {self.channels}, H, W), got {tuple(x.shape)}"
+                f"expected images of shape (B, {expected}, H, W), got {tuple(x.shape)}"
             )
         f = self.downsample_factor
         if x.shape[-2] % f or x.shape[-1] % f:

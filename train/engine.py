@@ -71,7 +71,8 @@ class Trainer:
         # `condition`: a conditioned model's kinds with their classes (train/loop.py reads
         # them from the tiles; canopy/conditions.py model_condition)
         self.condition = condition or None
-        self.model = build_network(network_config(params, self.condition)).to(
+        self.model = build_network(network_config(params, self.condition),
+                                   getattr(params.diffusion, "skip_input", False)).to(
             device, memory_format=fmt)
         self.ema = EMA(self.model, tp.ema_decay, tp.ema_warmup_steps, tp.ema_every)
         # Post-hoc EMA profiles (None when train.phema_stds is empty)

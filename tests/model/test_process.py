@@ -339,3 +339,56 @@ def test_network_sigma_max_is_recorded_and_needs_the_continuous_process():
     assert build_process(config).network_sigma_max == 80.0
     with pytest.raises(ValueError, match="network_sigma_max needs process edm"):
         DiffusionParams(network_sigma_max=80.0)
+
+
+class _Records(torch.nn.Module):
+    """Returns zeros and keeps what it was given."""
+    channels = 3
+
+    def forward(self, x, t):
+        self.seen = x.clone()
+        return torch.zeros_like(x[:, :3])
+
+
+def _spectral_process(**kw) -> EDMProcess:
+    from canopy.model.spectral import SpectralSkip
+
+    radial = [[[p, 0.5 * p, 0.2 * p], [0.5 * p, p, 0.5 * p], [0.2 * p, 0.5 * p, p]]
+              for p in (50.0, 8.0, 3.0, 1.0, 0.5, 0.3, 0.2)]
+    return EDMProcess(sigma_data=1.0, spectral=SpectralSkip(8, radial), **kw)
+
+
+def test_with_skip_input_the_network_reads_the_skips_estimate_beside_the_noisy_image():
+    process = _spectral_process(skip_input=True)
+    x0 = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    sigma = torch.tensor([0.3, 2.0, 20.0])
+    x = x0 + sigma.reshape(-1, 1, 1, 1) * noise
+    skipped, _, c_in, _ = process.precondition(x, sigma)
+    net = _Records()
+    assert torch.equal(process.denoise(net, x, sigma), skipped)  # a zero network adds nothing
+    assert net.seen.shape == (3, 6, 8, 8)
+    assert torch.equal(net.seen[:, :3], c_in * x) and torch.equal(net.seen[:, 3:], skipped)
+    process.loss(net, x0, sigma, noise)  # training reads the same
+    assert torch.equal(net.seen[:, 3:], skipped)
+    plain = _spectral_process()
+    plain.denoise(net, x, sigma)
+    assert net.seen.shape == (3, 3, 8, 8)
+
+
+def test_skip_input_is_recorded_builds_a_network_of_twice_the_input_and_needs_edm():
+    from canopy.model.params import DiffusionParams
+    from canopy.model.process import build
+
+    edm = {"process": "edm", "standardize": True, "timestep_sampling": "lognormal"}
+    assert "skip_input" not in DiffusionParams(**edm).config()  # older exports keep theirs
+    assert DiffusionParams(**edm, skip_input=True).config()["skip_input"] is True
+    stats = {"mean": [0.0] * 3, "std": [1.0] * 3}
+    model = {"dim": 8, "dim_mults": [1, 2]}
+    with_input = {"model": model, **process_config({**edm, "skip_input": True}, "linear", stats)}
+    net, process = build(with_input)
+    assert net.init_conv.in_channels == 6 and net.channels == 3 and process.skip_input
+    net, process = build({"model": model, **process_config(edm, "linear", stats)})
+    assert net.init_conv.in_channels == 3 and not process.skip_input
+    with pytest.raises(ValueError, match="skip_input needs process edm"):
+        DiffusionParams(skip_input=True)

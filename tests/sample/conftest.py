@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from canopy import weights
+from canopy.model.process import build_network
 from canopy.model.unet import Unet
 
 MODEL = {"dim": 8, "init_dim": None, "dim_mults": [1, 2], "channels": 3, "convnext_mult": 2,
@@ -24,7 +25,7 @@ def write_checkpoint(models: Path, model: dict = MODEL, tile_size: int = 16, see
     """`adjust`: changes the fresh network's weights before they are written (e.g. a layer that
     starts at zero, given weights as if trained)."""
     torch.manual_seed(seed)
-    net = Unet(**model)
+    net = build_network(model, diffusion.get("skip_input", False))
     if adjust is not None:
         adjust(net)
     config = {"model": model, "diffusion": diffusion, "schedule": "linear", "seed": 0,

@@ -318,9 +318,10 @@ TILE_MEANS = [[-0.7 + 0.01 * (i % 5), -0.5 + 0.01 * (i % 3), -0.8] for i in rang
 
 
 def _edm_workspace(tmp_path, preconditioning="scalar", mean_prior="gaussian", mixture=False,
-                   **sample):
+                   skip_input=False, **sample):
     """A tiny export of the continuous process on standardised data, and its params;
-    `mixture`: a skip of two kinds of tile (diffusion.skip_components)."""
+    `mixture`: a skip of two kinds of tile (diffusion.skip_components); `skip_input`: a
+    network that reads the skip's estimate too."""
     from tests.sample.conftest import DIFFUSION
 
     diffusion = {**DIFFUSION, "process": "edm", "standardize": True, "sigma_data": 1.0,
@@ -336,6 +337,8 @@ def _edm_workspace(tmp_path, preconditioning="scalar", mean_prior="gaussian", mi
         stats["skip_mixture"] = {"weights": [3, 1], "components": [
             {"mean": [-0.5, -0.4, -0.6], "std": [0.3, 0.25, 0.2], "spectrum": SPECTRUM},
             {"mean": [0.2, 0.3, 0.1], "std": [0.1, 0.1, 0.1], "spectrum": SPECTRUM}]}
+    if skip_input:
+        diffusion["skip_input"] = True
     write_checkpoint(tmp_path / "models", diffusion=diffusion, data_stats=stats)
     write_params(tmp_path, diffusion=diffusion, spacing="karras", **sample)
     return tmp_path
@@ -397,6 +400,18 @@ def test_an_export_with_the_skip_mixture_samples_reproducibly_whatever_the_batch
                             precision="fp32")
     assert sample(single, "--n", "4", "--samples", str(single / "s")).exit_code == 0
     assert images(single / "s") != runs[0]  # the same weights, another skip
+
+
+def test_a_network_that_reads_the_skip_samples_reproducibly_whatever_the_batch(tmp_path):
+    from safetensors import safe_open
+
+    workspace = _edm_workspace(tmp_path, "spectral", "tiles", mixture=True, skip_input=True,
+                               sampler="dpmpp2m", precision="fp32")
+    runs = _four_images_at_batch_3_and_1(workspace)
+    assert runs[0] == runs[1] and len(set(runs[0].values())) == 4
+    with safe_open(str(workspace / "models" / "ema.safetensors"), "pt") as handle:
+        assert handle.metadata()["format"] == "canopy.model/7"
+        assert handle.get_tensor("init_conv.weight").shape[1] == 6
 
 
 @pytest.mark.parametrize("changes", [

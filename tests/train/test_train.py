@@ -451,3 +451,26 @@ def test_spectral_preconditioning_without_a_spectrum_in_the_manifest_is_one_clea
     with pytest.raises(UserError, match="preconditioning spectral needs the train tiles' power "
                                         "spectrum.*re-run `canopy etl`"):
         train(params, quiet=True)
+
+
+def test_a_network_that_reads_the_skip_trains_exports_and_resumes_exactly(tmp_path):
+    from canopy.model.process import build
+    from tests.train.conftest import write_tiles
+
+    tiles = write_tiles(tmp_path / "tiles", n_train=24)
+    diffusion = {**EDM, "preconditioning": "spectral", "skip_input": True}
+    straight = tiny_params(tiles, tmp_path / "straight", diffusion, {"spacing": "karras"},
+                           steps=6, checkpoint_every=3)
+    train(straight, quiet=True)
+    state, config = read_export(tmp_path / "straight" / EXPORT_FILE)
+    assert config["diffusion"]["skip_input"] is True
+    assert state["init_conv.weight"].shape[1] == 6
+    net, process = build(config)
+    net.load_state_dict(state)  # the export alone rebuilds the network it holds
+    assert process.skip_input
+    resumed = tiny_params(tiles, tmp_path / "resumed", diffusion, {"spacing": "karras"},
+                          steps=6, checkpoint_every=3)
+    train(resumed.model_copy(update={"train": resumed.train.model_copy(update={"steps": 3})}),
+          quiet=True)
+    assert train(resumed, quiet=True).start == 3
+    _assert_same_state(_state(tmp_path / "straight"), _state(tmp_path / "resumed"))
