@@ -147,14 +147,13 @@ class Recipe:
 
 # params.yaml's diffusion section (EDM's continuous process on standardised data, v target at
 # EDM's lognormal noise levels, the spectral skip with the tiles' mean colours, sampling from
-# sigma_max auto, the network bounded at 80, the skip a mixture of the tiles' kinds) and its
-# sampler; tests/bench checks both
-# against params.yaml.
+# sigma_max auto, the network bounded at 80, the skip a mixture of the tiles' kinds that the
+# network reads) and its sampler; tests/bench checks both against params.yaml.
 PRODUCT_DIFFUSION = {"timesteps": 1000, "objective": "v", "loss": "l2", "min_snr_gamma": None,
                      "timestep_sampling": "lognormal", "lognormal_mean": -0.25,
                      "lognormal_std": 1.3, "process": "edm", "standardize": True,
                      "preconditioning": "spectral", "mean_prior": "tiles", "sigma_max": "auto",
-                     "network_sigma_max": 80, "skip_components": 64}
+                     "network_sigma_max": 80, "skip_components": 64, "skip_input": True}
 PRODUCT_AUGMENT = "transpose"
 PRODUCT_TIME_MODULATION = "scale_shift"  # params.yaml's model.time_modulation
 

@@ -96,9 +96,10 @@ def test_example_params_are_valid(path):
         assert params.train.steps == demo.train.steps
         # ... and its recipe (the spectral skip: one filter per region for a model
         # conditioned on region, model/spectral.py), less the tile-mean prior, where
-        # sampling starts and the skip's mixture of kinds, which have no per-region form yet
-        # and were not measured on it
-        unmeasured = {"mean_prior", "sigma_max", "network_sigma_max", "skip_components"}
+        # sampling starts, the skip's mixture of kinds (no per-region form yet) and the
+        # network reading the skip, which were not measured on it
+        unmeasured = {"mean_prior", "sigma_max", "network_sigma_max", "skip_components",
+                      "skip_input"}
         assert params.diffusion.model_dump(exclude=unmeasured) == demo.diffusion.model_dump(
             exclude=unmeasured)
         return
