@@ -392,3 +392,17 @@ def test_skip_input_is_recorded_builds_a_network_of_twice_the_input_and_needs_ed
     assert net.init_conv.in_channels == 3 and not process.skip_input
     with pytest.raises(ValueError, match="skip_input needs process edm"):
         DiffusionParams(skip_input=True)
+
+
+def test_the_network_input_keeps_the_images_channels_last_layout():
+    """A channels-last network handed a contiguous input would run every later layer in that
+    layout (slower on the CPU)."""
+    process = _spectral_process(skip_input=True)
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    sigma = torch.tensor([1.0])
+    skipped, _, c_in, _ = process.precondition(x, sigma)
+    joined = process.network_input(x, skipped, c_in)
+    assert joined.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(joined[:, 3:], skipped)
+    plain = process.network_input(x.contiguous(), skipped, c_in)
+    assert plain.is_contiguous() and torch.equal(plain, joined)
