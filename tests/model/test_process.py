@@ -394,6 +394,102 @@ def test_skip_input_is_recorded_builds_a_network_of_twice_the_input_and_needs_ed
         DiffusionParams(skip_input=True)
 
 
+class _Constant(torch.nn.Module):
+    """Returns 0.25 everywhere and keeps every input it was given."""
+    channels = 3
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def forward(self, x, t):
+        self.inputs.append((x.clone(), torch.is_grad_enabled()))
+        return torch.full_like(x[:, :3], 0.25)
+
+
+def test_self_conditioning_trains_on_the_networks_own_first_estimate():
+    process = _spectral_process(skip_input=True, self_condition=0.5)
+    x0 = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    sigma = torch.tensor([0.3, 2.0, 20.0])
+    skipped, c_out, _, _ = process.precondition(x0 + sigma.reshape(-1, 1, 1, 1) * noise, sigma)
+    net = _Constant()
+    with torch.enable_grad():
+        process.loss(net, x0, sigma, noise, self_conditioned=True)
+    (first, first_grad), (second, second_grad) = net.inputs
+    assert torch.equal(first[:, 3:], skipped) and not first_grad  # the first pass: no gradient
+    assert torch.equal(second[:, 3:], skipped + c_out * 0.25) and second_grad
+    assert torch.equal(first[:, :3], second[:, :3])
+    net.inputs.clear()
+    process.loss(net, x0, sigma, noise)  # a step not drawn for it: one pass, the skip's
+    ((only, _),) = net.inputs
+    assert torch.equal(only[:, 3:], skipped)
+
+
+def test_a_self_conditioned_denoiser_reads_the_estimate_it_is_handed():
+    process = _spectral_process(skip_input=True, self_condition=1.0)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    sigma = torch.tensor([1.5])
+    skipped, c_out, _, _ = process.precondition(x, sigma)
+    handed = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    net = _Constant()
+    assert torch.equal(process.denoise(net, x, sigma, estimate=handed), skipped + c_out * 0.25)
+    assert torch.equal(net.inputs[-1][0][:, 3:], handed)
+    process.denoise(net, x, sigma)  # the first call of sampling: the skip's
+    assert torch.equal(net.inputs[-1][0][:, 3:], skipped)
+    not_trained_for_it = _spectral_process(skip_input=True)
+    not_trained_for_it.denoise(net, x, sigma, estimate=handed)
+    assert torch.equal(net.inputs[-1][0][:, 3:], skipped)
+
+
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16], ids=["fp32-one-by-one", "bf16-batch"])
+def test_sampling_hands_each_call_the_previous_calls_estimate_image_by_image(amp_dtype):
+    process = _spectral_process(skip_input=True, self_condition=0.5)
+
+    class Recorded(torch.nn.Module):
+        """The denoiser, keeping (the estimate it was handed, its output) per image and call."""
+        channels = 3
+
+        def __init__(self):
+            super().__init__()
+            self.denoiser = process.denoiser(_Constant())
+            self.calls = []
+
+        def forward(self, x, t, estimate=None):
+            out = self.denoiser(x, t, estimate=estimate)
+            self.calls.append((estimate, out.float()))
+            return out
+
+    net = Recorded()
+    scheduler = make_scheduler("dpmpp2m", process, steps=4, eta=0.0, spacing="karras")
+    sample_images(net, scheduler, [0, 1], (3, 8, 8), torch.device("cpu"), amp_dtype)
+    per_image = [net.calls] if amp_dtype is not None else [net.calls[0::2], net.calls[1::2]]
+    for calls in per_image:
+        assert len(calls) == 4 and calls[0][0] is None  # the first call: the skip's
+        for (_, before), (handed, _) in zip(calls, calls[1:]):
+            assert torch.equal(handed, before)
+
+
+def test_self_condition_is_recorded_and_needs_the_skips_channels():
+    from canopy.model.params import DiffusionParams
+
+    edm = {"process": "edm", "standardize": True, "timestep_sampling": "lognormal",
+           "skip_input": True}
+    assert "self_condition" not in DiffusionParams(**edm).config()  # older exports keep theirs
+    assert DiffusionParams(**edm, self_condition=0.5).config()["self_condition"] == 0.5
+    config = process_config({**edm, "self_condition": 0.5}, "linear",
+                            {"mean": [0.0] * 3, "std": [1.0] * 3})
+    assert build_process(config).self_condition == 0.5
+    with pytest.raises(ValueError, match="self_condition needs skip_input: true"):
+        DiffusionParams(**{**edm, "skip_input": False}, self_condition=0.5)
+    with pytest.raises(ValueError, match="self_condition needs process edm"):
+        DiffusionParams(self_condition=0.5)
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        DiffusionParams(**edm, self_condition=1.5)
+    with pytest.raises(ValueError, match="self_condition needs skip_input"):
+        _spectral_process(self_condition=0.5)
+
+
 def test_the_network_input_keeps_the_images_channels_last_layout():
     """A channels-last network handed a contiguous input would run every later layer in that
     layout (slower on the CPU)."""
