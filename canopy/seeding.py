@@ -24,7 +24,6 @@ class Stream(IntEnum):
     TRAIN_CROP = 4        # train: crop training's crop size and positions of batch `index`
     TRAIN_CONDITION = 5   # train: the conditions dropped (classifier-free guidance) at step `index`
     TRAIN_SKIP_MIXTURE = 6  # train: the skip mixture's first cluster centres
-    TRAIN_SELF_CONDITION = 7  # train: whether step `index` self-conditions (a coin)
     TRAIN_NOISE = 11      # train: timesteps and noise of step `index`
     PREVIEW_NOISE = 12    # train: the starting noise of the preview grids
     SAMPLE_NOISE = 20     # sample: the starting noise (and DDPM noise) of image `index`

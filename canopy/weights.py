@@ -48,11 +48,8 @@ MIXTURE_FORMAT = "canopy.model/6"
 # (diffusion.skip_input), whose first convolution an older canopy would build for the image
 # alone and fail to load.
 SKIP_INPUT_FORMAT = "canopy.model/7"
-# canopy.model/8: a self-conditioned network (diffusion.self_condition), trained to read its own
-# previous estimate, which an older canopy would hand the skip's at every step instead.
-SELF_CONDITION_FORMAT = "canopy.model/8"
 READ_FORMATS = ("canopy.model/1", EXPORT_FORMAT, CONDITIONED_FORMAT, ATTENTION_FORMAT,
-                DENOISER_FORMAT, MIXTURE_FORMAT, SKIP_INPUT_FORMAT, SELF_CONDITION_FORMAT)
+                DENOISER_FORMAT, MIXTURE_FORMAT, SKIP_INPUT_FORMAT)
 EXPORT_FILE = "ema.safetensors"
 STATE_DIR = "state"
 STEP_DIR_PREFIX = "step-"
@@ -99,8 +96,6 @@ def export_format(config: dict[str, Any]) -> str:
     """The oldest format whose readers build this config's network and process rightly."""
     model = config.get("model", {})
     diffusion = config.get("diffusion", {})
-    if diffusion.get("self_condition", 0) > 0:
-        return SELF_CONDITION_FORMAT
     if diffusion.get("skip_input"):
         return SKIP_INPUT_FORMAT
     if diffusion.get("skip_components", 1) > 1:

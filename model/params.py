@@ -155,12 +155,6 @@ class DiffusionParams(StrictModel):
     # image: what the skip keeps (a tile's colour, layout and kind) is handed to the network
     # instead of being read again from the noise by each network call (edm only)
     skip_input: bool = False
-    # with skip_input: the share of training steps on which those channels hold the
-    # network's own estimate of x_0 (a first pass, without gradient) instead of the skip's;
-    # sampling then hands each step the estimate of the step before, so the network refines
-    # the tile it has drawn so far instead of drawing it again (self-conditioning: Chen et
-    # al. 2022, "Analog Bits", sec. 3). 0: off; each step it is on costs one more forward pass
-    self_condition: float = Field(0.0, ge=0.0, le=1.0)
 
     @field_validator("sigma_data")
     @classmethod
@@ -233,9 +227,6 @@ class DiffusionParams(StrictModel):
                                              or self.spectral_border != "periodic"):
                 raise ValueError("skip_components above 1 needs preconditioning spectral with "
                                  "spectral_border periodic")
-            if self.self_condition > 0 and not self.skip_input:
-                raise ValueError("self_condition needs skip_input: true (the network reads its "
-                                 "own estimate through the skip's channels)")
             if self.preconditioning == "spectral" and not self.standardize:
                 raise ValueError("preconditioning spectral needs standardize: true (the spectrum "
                                  "is measured on the standardised tiles)")
@@ -249,8 +240,6 @@ class DiffusionParams(StrictModel):
             raise ValueError("skip_components needs process edm")
         elif self.skip_input:
             raise ValueError("skip_input needs process edm")
-        elif self.self_condition > 0:
-            raise ValueError("self_condition needs process edm")
         return self
 
     def config(self) -> dict[str, Any]:
@@ -268,5 +257,4 @@ class DiffusionParams(StrictModel):
 # defaults hold (canopy/weights.py fills them on read).
 ADDED_KEYS = ("process", "standardize", "sigma_data", "sigma_min", "sigma_max",
               "loss_weighting", "lognormal_weights", "preconditioning", "spectral_border",
-              "mean_prior", "network_sigma_max", "skip_components", "skip_input",
-              "self_condition")
+              "mean_prior", "network_sigma_max", "skip_components", "skip_input")

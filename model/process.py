@@ -130,16 +130,12 @@ class EDMProcess(nn.Module):
         spectral: SpectralSkip | ClassSpectralSkip | None = None,
         network_sigma_max: float | None = None,
         skip_input: bool = False,
-        self_condition: float = 0.0,
     ) -> None:
         super().__init__()
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive, got {sigma_data}")
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        if self_condition > 0 and not skip_input:
-            raise ValueError("self_condition needs skip_input: the network reads its own "
-                             "estimate through the skip's channels")
         self.noise_levels = LogNormalMixture(lognormal_mean, lognormal_std, lognormal_weights)
         self.sigma_data = float(sigma_data)
         self.sigma_min = sigma_min
@@ -151,9 +147,6 @@ class EDMProcess(nn.Module):
         self.network_sigma_max = network_sigma_max
         # diffusion.skip_input: the network reads the skip's estimate of x_0 beside c_in x
         self.skip_input = skip_input
-        # diffusion.self_condition: the share of training steps on which those channels hold
-        # the network's own estimate; sampling hands each call the previous call's estimate
-        self.self_condition = float(self_condition)
 
     # --- the process: x_t = alpha(t) x_0 + sigma(t) eps ---------------------------------
     def alpha(self, t: float | torch.Tensor) -> float | torch.Tensor:
@@ -194,35 +187,29 @@ class EDMProcess(nn.Module):
         return skipped, c_out.reshape(shape), c_in.reshape(shape), c_noise
 
     def denoise(self, net: nn.Module, x: torch.Tensor, sigma: torch.Tensor,
-                cond: torch.Tensor | None = None, estimate: torch.Tensor | None = None
-                ) -> torch.Tensor:
+                cond: torch.Tensor | None = None) -> torch.Tensor:
         """D(x; sigma): the network's estimate of x_0. `sigma` is one level per image (B,) or
         one for the whole batch ((), (1,)), which the network embeds once and broadcasts;
         `cond` the condition rows of a conditioned network (model/condition.py). Above
         `network_sigma_max` D is the skip alone (and the network is not run at all when the
-        whole batch is above it, as the first steps of sampling are). `estimate`: with
-        self_condition, the sampler's previous estimate of x_0, which the network reads in
-        place of the skip's (None: the skip's, as at the first step)."""
+        whole batch is above it, as the first steps of sampling are)."""
         skipped, c_out, c_in, c_noise = self.precondition(x, sigma, cond)
         asked = self._network_levels(sigma)
         if asked is not None and not bool(asked.any()):
             return skipped
-        if estimate is None or not self.self_condition:
-            estimate = skipped
-        f = call_network(net, self.network_input(x, estimate, c_in), c_noise, cond).float()
+        f = call_network(net, self.network_input(x, skipped, c_in), c_noise, cond).float()
         return skipped + c_out * (f if asked is None else f * asked)
 
-    def network_input(self, x: torch.Tensor, estimate: torch.Tensor, c_in: torch.Tensor
+    def network_input(self, x: torch.Tensor, skipped: torch.Tensor, c_in: torch.Tensor
                       ) -> torch.Tensor:
-        """What the network reads, in x's dtype: c_in x, and with skip_input an estimate of
-        x_0 after it as more channels: the skip's, or under self_condition the network's
-        own. The skip keeps what the noise leaves readable (a tile's colour, its layout, its
-        kind) at every level; handed to the network it need not rebuild that from the noisy
-        image before correcting it."""
+        """What the network reads, in x's dtype: c_in x, and with skip_input the skip's
+        estimate of x_0 after it as more channels. The skip keeps what the noise leaves
+        readable (a tile's colour, its layout, its kind) at every level; handed to the
+        network it need not rebuild that from the noisy image before correcting it."""
         scaled = c_in * x
         if not self.skip_input:
             return scaled.to(x.dtype)
-        joined = torch.cat((scaled, estimate), dim=1).to(x.dtype)
+        joined = torch.cat((scaled, skipped), dim=1).to(x.dtype)
         if scaled.is_contiguous(memory_format=torch.channels_last) and not scaled.is_contiguous():
             # in the image's layout: a channels-last network handed a contiguous input runs
             # every layer after it in that layout, 8% slower a training step on the CPU
@@ -249,26 +236,17 @@ class EDMProcess(nn.Module):
         return self.noise_levels.draw_log_sigma(batch, generator, device).exp()
 
     def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-             cond: torch.Tensor | None = None, uncertainty: nn.Module | None = None,
-             self_conditioned: bool = False) -> torch.Tensor:
+             cond: torch.Tensor | None = None, uncertainty: nn.Module | None = None
+             ) -> torch.Tensor:
         """EDMLoss: lambda(sigma) ||D(x_0 + sigma n) - x_0||^2 with lambda = 1 / c_out^2,
         computed as ||F - (x_0 - c_skip x) / c_out||^2 (the same, better conditioned); the
         mean over pixels, then over the batch. With `uncertainty` (model/uncertainty.py,
-        diffusion.loss_weighting: learned) each image's loss is L / exp(u) + u.
-        `self_conditioned` (a step drawn for self_condition): the network first estimates
-        x_0 without gradient, and the trained pass reads that estimate in place of the
-        skip's, as sampling hands it the previous step's."""
+        diffusion.loss_weighting: learned) each image's loss is L / exp(u) + u."""
         x = x0 + t.reshape(-1, 1, 1, 1).to(x0.dtype) * noise
         skipped, c_out, c_in, c_noise = self.precondition(x, t, cond)
-        asked = self._network_levels(t)
-        estimate = skipped
-        if self_conditioned:
-            with torch.no_grad():
-                first = call_network(model, self.network_input(x, skipped, c_in),
-                                     c_noise.reshape(-1), cond).float()
-                estimate = skipped + c_out * (first if asked is None else first * asked)
-        prediction = call_network(model, self.network_input(x, estimate, c_in), c_noise.reshape(-1),
+        prediction = call_network(model, self.network_input(x, skipped, c_in), c_noise.reshape(-1),
                                   cond).float()
+        asked = self._network_levels(t)
         if asked is not None:  # D is the skip there: its error is no loss the network can lower
             prediction = prediction * asked
         target = (x0.float() - skipped) / c_out
@@ -344,9 +322,9 @@ class EDMDenoiser(nn.Module):
         self.process = process
         self.channels = getattr(net, "channels", None)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
-                estimate: torch.Tensor | None = None) -> torch.Tensor:
-        return self.process.denoise(self.net, x, t, cond, estimate)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        return self.process.denoise(self.net, x, t, cond)
 
 
 def call_network(net: nn.Module, x: torch.Tensor, t: torch.Tensor,
@@ -378,7 +356,6 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
     "sigma_max": 80.0, "loss_weighting": "fixed", "lognormal_weights": None,
     "preconditioning": "scalar", "spectral_border": "periodic", "mean_prior": "gaussian",
     "network_sigma_max": None, "skip_components": 1, "skip_input": False,
-    "self_condition": 0.0,
 }
 
 
@@ -480,8 +457,7 @@ def build_process(config: Mapping[str, Any]) -> GaussianDiffusion | EDMProcess:
             spectral = spectral_skip(config["data_stats"], mirror=d["spectral_border"] == "mirror")
         return EDMProcess(sigma_data, d["lognormal_mean"], d["lognormal_std"],
                           d["sigma_min"], d["sigma_max"], data_space, d["lognormal_weights"],
-                          spectral, d["network_sigma_max"], d["skip_input"],
-                          d["self_condition"])
+                          spectral, d["network_sigma_max"], d["skip_input"])
     raise ValueError(f"unknown process {process!r}: use one of {', '.join(PROCESSES)}")
 
 

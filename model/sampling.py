@@ -59,9 +59,7 @@ def sample_images(
     > 1 guided). `guide` (with `autoguidance` w != 1): a worse version of `net` (the same
     network earlier in its training), and each step whose noise level sigma (noise over
     signal, in the process's data units) lies in `guide_sigmas` takes guide + w (net - guide)
-    (guidance in a limited interval: Kynkaanniemi et al. 2024); the others the net alone.
-    Under a self-conditioned process (diffusion.self_condition) each call is handed the
-    previous call's output, its estimate of x_0, image by image."""
+    (guidance in a limited interval: Kynkaanniemi et al. 2024); the others the net alone."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
 
@@ -82,8 +80,6 @@ def sample_images(
         if autoguided is not None:
             autoguided = _guided_forward(autoguided, conditions.to(device), guidance)
     lo, hi = guide_sigmas
-    self_conditioned = getattr(scheduler.diffusion, "self_condition", 0.0) > 0
-    extra: dict[str, torch.Tensor | None] = {"estimate": None} if self_conditioned else {}
     with torch.inference_mode(), _batch_invariant_kernels(device):
         for t, t_prev in scheduler.pairs():
             t_row = torch.tensor([t], device=device)  # one row: embedded once, broadcast
@@ -92,9 +88,7 @@ def sample_images(
                 forward = autoguided
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                 enabled=amp_dtype is not None):
-                out = forward(x.contiguous(memory_format=layout), t_row, **extra)
-            if self_conditioned:
-                extra["estimate"] = out.float().contiguous(memory_format=layout)
+                out = forward(x.contiguous(memory_format=layout), t_row)
             step_noise = noise() if scheduler.needs_noise(t, t_prev) else None
             x = scheduler.step(out.float(), t, t_prev, x, step_noise)
             if on_step is not None:
@@ -112,16 +106,8 @@ def _batch_invariant_forward(net: torch.nn.Module, device: torch.device,
     """The network as sampling calls it: in fp32 on CPU one image per call (oneDNN's bits depend
     on the batch size, not on which image), elsewhere the whole batch."""
     if device.type == "cpu" and amp_dtype is None:
-        return lambda x, t, *cond, **extra: torch.cat(
-            [net(image[None], t, *cond, **_rows(extra, slice(i, i + 1)))
-             for i, image in enumerate(x)])
+        return lambda x, t, *cond: torch.cat([net(image[None], t, *cond) for image in x])
     return net
-
-
-def _rows(extra: dict[str, torch.Tensor | None], rows) -> dict[str, torch.Tensor | None]:
-    """The per-image inputs beside x (a self-conditioned denoiser's `estimate`) for the
-    images `rows` of the batch, as x[rows] takes them."""
-    return {key: None if value is None else value[rows] for key, value in extra.items()}
 
 
 def noise_to_signal(diffusion, t: int | float) -> float:
@@ -138,9 +124,8 @@ def _autoguided_forward(forward: Callable, guide: Callable, weight: float) -> Ca
     """Autoguidance (Karras et al. 2024): D = D_guide + w (D - D_guide). Both networks see
     the same input, timestep and condition; under classifier-free guidance each of its two
     branches is autoguided."""
-    def autoguided(x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor, **extra) -> torch.Tensor:
-        return guided(guide(x, t, *cond, **extra).float(), forward(x, t, *cond, **extra).float(),
-                      weight)
+    def autoguided(x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        return guided(guide(x, t, *cond).float(), forward(x, t, *cond).float(), weight)
 
     return autoguided
 
@@ -152,17 +137,16 @@ def _guided_forward(forward: Callable, conditions: torch.Tensor, guidance: float
     conditions share its batch. w = 0 and w = 1 need one call, other w two."""
     absent = torch.full_like(conditions[:1], float("nan"))
     if guidance == 0:
-        return lambda x, t, **extra: forward(x, t, absent, **extra)
+        return lambda x, t: forward(x, t, absent)
     groups = _condition_groups(conditions)
 
-    def guided_forward(x: torch.Tensor, t: torch.Tensor, **extra) -> torch.Tensor:
+    def guided_forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = None
         for rows, cond in groups:
-            part, part_extra = x[rows], _rows(extra, rows)
-            result = forward(part, t, cond, **part_extra)
+            part = x[rows]
+            result = forward(part, t, cond)
             if guidance != 1:
-                result = guided(forward(part, t, absent, **part_extra).float(), result.float(),
-                                guidance)
+                result = guided(forward(part, t, absent).float(), result.float(), guidance)
             if out is None:
                 out = torch.empty((x.shape[0], *result.shape[1:]), dtype=result.dtype,
                                   device=result.device)

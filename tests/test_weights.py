@@ -33,7 +33,6 @@ def test_the_reader_gets_back_what_the_writer_wrote(tmp_path):
     ({"dim": 8}, {"network_sigma_max": 80.0}, "canopy.model/5"),
     ({"dim": 8}, {"skip_components": 16, "mean_prior": "tiles"}, "canopy.model/6"),
     ({"dim": 8}, {"skip_components": 16, "skip_input": True}, "canopy.model/7"),
-    ({"dim": 8}, {"skip_input": True, "self_condition": 0.5}, "canopy.model/8"),
 ])
 def test_an_export_takes_the_oldest_format_that_builds_it_rightly(tmp_path, model, diffusion,
                                                                  expected):

@@ -140,13 +140,11 @@ class Trainer:
             cond = self._drop_conditions(conditions, step).to(rt.device)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
-        options: dict[str, Any] = {}
-        if self.uncertainty is not None:
-            options["uncertainty"] = self.uncertainty
-        if self._self_conditions(step):
-            options["self_conditioned"] = True
         with rt.autocast():
-            loss = self.diffusion.loss(self.forward, x0, t, noise, cond, **options)
+            if self.uncertainty is None:
+                loss = self.diffusion.loss(self.forward, x0, t, noise, cond)
+            else:
+                loss = self.diffusion.loss(self.forward, x0, t, noise, cond, self.uncertainty)
         self.scaler.scale(loss).backward()
         if self.uncertainty is not None and self.dist.enabled:
             self._average_uncertainty_gradients()
@@ -181,18 +179,6 @@ class Trainer:
         lo, hi = self.dist.shard(total) if self.dist.enabled else (0, total)
         dropped = (torch.rand(total, generator=gen) < rate)[lo:hi]
         return torch.where(dropped[:, None], float("nan"), conditions.float())
-
-    def _self_conditions(self, step: int) -> bool:
-        """Whether step `step` trains self-conditioned (diffusion.self_condition, the share of
-        steps): a coin of its own stream per step, the same on every rank, so resuming draws
-        it again as it was and no other draw moves. A whole step, not some of its images:
-        every network call of a step has the batch's shape."""
-        rate = getattr(self.diffusion, "self_condition", 0.0)
-        if rate <= 0:
-            return False
-        gen = torch.Generator().manual_seed(
-            torch_seed(self.params.seed, Stream.TRAIN_SELF_CONDITION, step))
-        return bool(torch.rand((), generator=gen) < rate)
 
     def _draw_t_and_noise(self, x0: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The timesteps and noise of step `step` for this rank's images. Every rank draws

@@ -318,7 +318,7 @@ TILE_MEANS = [[-0.7 + 0.01 * (i % 5), -0.5 + 0.01 * (i % 3), -0.8] for i in rang
 
 
 def _edm_workspace(tmp_path, preconditioning="scalar", mean_prior="gaussian", mixture=False,
-                   skip_input=False, self_condition=0.0, **sample):
+                   skip_input=False, **sample):
     """A tiny export of the continuous process on standardised data, and its params;
     `mixture`: a skip of two kinds of tile (diffusion.skip_components); `skip_input`: a
     network that reads the skip's estimate too."""
@@ -339,8 +339,6 @@ def _edm_workspace(tmp_path, preconditioning="scalar", mean_prior="gaussian", mi
             {"mean": [0.2, 0.3, 0.1], "std": [0.1, 0.1, 0.1], "spectrum": SPECTRUM}]}
     if skip_input:
         diffusion["skip_input"] = True
-    if self_condition:
-        diffusion["self_condition"] = self_condition
     write_checkpoint(tmp_path / "models", diffusion=diffusion, data_stats=stats)
     write_params(tmp_path, diffusion=diffusion, spacing="karras", **sample)
     return tmp_path
@@ -414,21 +412,6 @@ def test_a_network_that_reads_the_skip_samples_reproducibly_whatever_the_batch(t
     with safe_open(str(workspace / "models" / "ema.safetensors"), "pt") as handle:
         assert handle.metadata()["format"] == "canopy.model/7"
         assert handle.get_tensor("init_conv.weight").shape[1] == 6
-
-
-def test_a_self_conditioned_network_samples_reproducibly_whatever_the_batch(tmp_path):
-    from safetensors import safe_open
-
-    workspace = _edm_workspace(tmp_path, "spectral", "tiles", mixture=True, skip_input=True,
-                               self_condition=0.5, sampler="dpmpp2m", precision="fp32")
-    runs = _four_images_at_batch_3_and_1(workspace)
-    assert runs[0] == runs[1] and len(set(runs[0].values())) == 4
-    with safe_open(str(workspace / "models" / "ema.safetensors"), "pt") as handle:
-        assert handle.metadata()["format"] == "canopy.model/8"
-    skip_only = _edm_workspace(tmp_path / "skip", "spectral", "tiles", mixture=True,
-                               skip_input=True, sampler="dpmpp2m", precision="fp32")
-    assert sample(skip_only, "--n", "4", "--samples", str(skip_only / "s")).exit_code == 0
-    assert images(skip_only / "s") != runs[0]  # the same weights, handed other estimates
 
 
 @pytest.mark.parametrize("changes", [

@@ -292,12 +292,9 @@ MIXTURE = {"lognormal_mean": [-0.5, 2.5], "lognormal_std": [1.6, 1.0], "lognorma
 @pytest.mark.parametrize("diffusion", [{"standardize": True}, EDM, {**EDM, "loss_weighting": "learned"},
                                        {**EDM, **MIXTURE}, {**EDM, "preconditioning": "spectral"},
                                        {**EDM, "preconditioning": "spectral", "mean_prior": "tiles"},
-                                       {**EDM, "preconditioning": "spectral", "skip_input": True},
-                                       {**EDM, "preconditioning": "spectral", "skip_input": True,
-                                        "self_condition": 0.5}],
+                                       {**EDM, "preconditioning": "spectral", "skip_input": True}],
                          ids=["vp-std", "edm-std", "edm-learned-weighting", "edm-mixture",
-                              "edm-spectral", "edm-spectral-tile-means", "edm-skip-input",
-                              "edm-self-condition"])
+                              "edm-spectral", "edm-spectral-tile-means", "edm-skip-input"])
 def test_resume_is_exact_for_the_new_processes(tiles, tmp_path, diffusion):
     straight = tiny_params(tiles, tmp_path / "straight", diffusion, {"spacing": "karras"}
                            if "process" in diffusion else None, steps=6, checkpoint_every=3)
@@ -470,24 +467,3 @@ def test_a_network_that_reads_the_skip_is_exported_with_what_rebuilds_it(tiles, 
     net, process = build(config)
     net.load_state_dict(state)  # the export alone rebuilds the network it holds
     assert process.skip_input
-
-
-def test_self_conditioned_steps_are_a_seeded_coin_per_step(tiles, tmp_path):
-    """Which steps take the extra pass depends on (seed, step) alone, so a resumed run draws
-    them as the straight one did (test_resume_is_exact_for_the_new_processes), at the share
-    asked for; off, no step takes it."""
-    from canopy.train.engine import Trainer
-    from canopy.train.runtime import resolve_runtime
-
-    def coins(self_condition, seed=0):
-        diffusion = {**EDM, "standardize": False, "skip_input": True,
-                     "self_condition": self_condition}
-        params = tiny_params(tiles, tmp_path / "m", diffusion, {"spacing": "karras"}
-                             ).model_copy(update={"seed": seed})
-        trainer = Trainer(params, resolve_runtime(params.train))
-        return [trainer._self_conditions(step) for step in range(400)]
-
-    half = coins(0.5)
-    assert half == coins(0.5) and half != coins(0.5, seed=1)
-    assert 160 < sum(half) < 240
-    assert not any(coins(0.0)) and all(coins(1.0))
