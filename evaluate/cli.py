@@ -37,8 +37,9 @@ def evaluate(
     METRICS/evaluate.json: swd, fid, kid, and on the same Inception features (only with local
     weights) c2st_features_accuracy, precision and recall; c2st_accuracy (a pixel classifier's
     held-out accuracy, 0.5 = indistinguishable), tile_spread (how much the samples differ from
-    each other in overall colour, over the val tiles' spread: 1 = as varied), memorised_fraction,
-    the counts n_samples and
+    each other in overall colour, over the val tiles' spread: 1 = as varied), memorised_fraction
+    (samples near a train tile), memorised_structured_fraction (those that are not plain tiles,
+    which match any plain train tile of their colour), plain_fraction, the counts n_samples and
     n_real, each again with a _floor suffix for train tiles against the same val tiles, and
     95% bootstrap intervals (_lo, _hi). Read a metric against its floor; `trusted` is 0 (and a
     line says so) when too few images were compared.
@@ -75,7 +76,11 @@ def evaluate(
         if "tile_spread" in m:
             parts.append(f"tile spread {m['tile_spread']:.3g} (floor {m['tile_spread_floor']:.3g})")
         parts.append(f"memorised {m['memorised_fraction']:.1%} "
-                     f"(floor {m['memorised_fraction_floor']:.1%})")
+                     f"(floor {m['memorised_fraction_floor']:.1%}), with structure "
+                     f"{m['memorised_structured_fraction']:.1%} "
+                     f"(floor {m['memorised_structured_fraction_floor']:.1%})")
+        parts.append(f"plain tiles {m['plain_fraction']:.1%} "
+                     f"(floor {m['plain_fraction_floor']:.1%})")
         print(f"evaluate: {', '.join(parts)}; {m['n_samples']} samples vs {m['n_real']} val "
               f"tiles (floor: {m['n_samples_floor']} train tiles) -> {result.out}")
 

@@ -29,6 +29,13 @@ The floor does the same for the held-out val tiles, which are never copies: it s
 distinct real tiles come to each other (texture-poor tiles, e.g. uniform canopy, can be close
 without being copies; if the floor is not ~0, lower memorisation_threshold).
 
+Plain tiles: an image whose downscaled pixels lie within the threshold (RMS) of its own mean
+colour is within the threshold of any flat tile of that colour, so for it the check cannot
+tell a copy from a coincidence: a plain patch of bare ground "matches" every plain train tile
+of its colour. Such near-copies are counted apart (the ones left carry structure, and are the
+copies worth looking at), and the share of plain tiles among the samples, against the val
+tiles' share, shows a model that draws plain tiles more often than the real tiles have them.
+
 The search is exact: squared distances come from |x|^2 + |y|^2 - 2 x.y in float32 blocks, and
 the distance to the winner is recomputed exactly in float64.
 """
@@ -136,3 +143,11 @@ def nearest_distances(queries: np.ndarray, reference_blocks: Iterable[np.ndarray
 def memorised_fraction(distances: np.ndarray, threshold: float) -> float:
     """Fraction of images closer than `threshold` to some training tile."""
     return float(np.mean(distances < threshold))
+
+
+def structure(images: np.ndarray, size: int) -> np.ndarray:
+    """Each image's RMS deviation from its own mean colour, box-downscaled to `size` as the
+    search compares them (0..1 of the 0..255 range): its distance to the flat tile of its mean
+    colour. Below the threshold an image is plain (module docstring)."""
+    small = downscale(images, size).reshape(len(images), -1, images.shape[-1]).astype(np.float64)
+    return np.sqrt(((small - small.mean(axis=1, keepdims=True)) ** 2).mean(axis=(1, 2)))

@@ -18,6 +18,9 @@ What is compared with what (docs/contract.md, metrics/):
   - memorisation: each sample's distance to its nearest train tile (all train tiles are
     searched, `n_train`); `memorised_fraction` is the fraction of samples that are near-copies,
     and `memorised_fraction_floor` the same for the val tiles (which are never copies).
+    `memorised_structured_fraction` counts only the near-copies that are not plain tiles (a
+    plain tile is near every plain train tile of its colour: evaluate/memorisation.py), and
+    `plain_fraction` is the share of plain tiles, each with the val tiles' as its floor.
 
 Every random choice comes from `seed`, so the same inputs give byte-identical JSON files (the
 values are rounded to 6 significant digits, well above the float noise).
@@ -268,6 +271,17 @@ def _memorisation(params: CanopyParams, inputs: _Inputs, search: _TrainSearch,
                                                                ev.memorisation_threshold))
     metrics["memorised_fraction_floor"] = sig(mem.memorised_fraction(search.val_dist,
                                                                      ev.memorisation_threshold))
+    # near-copies that carry structure, and plain tiles, which match any plain train tile of
+    # their colour (evaluate/memorisation.py)
+    threshold = ev.memorisation_threshold
+    sample_plain = mem.structure(inputs.samples, search.size) < threshold
+    val_plain = mem.structure(inputs.val, search.size) < threshold
+    metrics["memorised_structured_fraction"] = sig(float(np.mean(
+        (search.sample_dist < threshold) & ~sample_plain)))
+    metrics["memorised_structured_fraction_floor"] = sig(float(np.mean(
+        (search.val_dist < threshold) & ~val_plain)))
+    metrics["plain_fraction"] = sig(float(np.mean(sample_plain)))
+    metrics["plain_fraction_floor"] = sig(float(np.mean(val_plain)))
     return {
         "definition": f"RMS difference (0..1 of the 0..255 range) of {search.size}x{search.size}"
                       " px box-downscaled images to the nearest train tile"
@@ -275,7 +289,7 @@ def _memorisation(params: CanopyParams, inputs: _Inputs, search: _TrainSearch,
         "threshold": ev.memorisation_threshold,
         "samples_nearest_distance": _quantiles(search.sample_dist),
         "val_nearest_distance_floor": _quantiles(search.val_dist),
-        "near_copies": _near_copies(search.sample_dist, search.sample_nearest,
+        "near_copies": _near_copies(search.sample_dist, search.sample_nearest, sample_plain,
                                     inputs.used_samples, inputs.train_refs,
                                     ev.memorisation_threshold),
         "n_samples": len(inputs.samples), "n_real_floor_queries": len(inputs.val),
@@ -678,8 +692,9 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
     return {"min": sig(q[0]), "p05": sig(q[1]), "median": sig(q[2])}
 
 
-def _near_copies(dist: np.ndarray, index: np.ndarray, samples: list[Path],
+def _near_copies(dist: np.ndarray, index: np.ndarray, plain: np.ndarray, samples: list[Path],
                  train_refs: list[tiles.TileLocation], threshold: float) -> list[dict[str, Any]]:
     hits = [i for i in np.argsort(dist, kind="stable") if dist[i] < threshold]
     return [{"sample": samples[i].name, "train_tile": train_refs[index[i]].key,
-             "distance": sig(dist[i])} for i in hits[:_NEAR_COPIES_LISTED]]
+             "distance": sig(dist[i]), "plain": bool(plain[i])}
+            for i in hits[:_NEAR_COPIES_LISTED]]

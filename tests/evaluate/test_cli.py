@@ -67,6 +67,30 @@ def test_writes_flat_spec_metrics_with_counts_and_floor(workspace):
     assert "evaluate: swd" in result.stdout and "10 samples vs 9 val tiles" in result.stdout
 
 
+def test_near_copies_of_plain_tiles_are_told_apart_from_copies_with_structure(tmp_path):
+    """A plain sample matches any plain train tile of its colour: it counts as memorised, not
+    as a copy with structure, and as a plain tile against the val tiles' share."""
+    train = forest_images(30, 32, seed=21)
+    train[6] = (95, 110, 70)  # a plain train tile of bare ground
+    samples = degrade(forest_images(10, 32, seed=23), blur=1.0)
+    samples[2] = train[4]  # a copy with structure
+    grain = np.random.default_rng(1).integers(-2, 3, size=samples[5].shape)
+    samples[5] = (np.array((96, 111, 69)) + grain).astype(np.uint8)
+    write_tiles(tmp_path / "tiles", train, forest_images(9, 32, seed=22), shard_size=16)
+    write_samples(tmp_path / "samples", samples)
+    result = invoke(tmp_path)
+    assert result.exit_code == 0, result.output
+    metrics = read_metrics(tmp_path)
+    assert metrics["memorised_fraction"] == pytest.approx(0.2)
+    assert metrics["memorised_structured_fraction"] == pytest.approx(0.1)
+    assert metrics["plain_fraction"] == pytest.approx(0.1)
+    assert metrics["plain_fraction_floor"] == metrics["memorised_structured_fraction_floor"] == 0
+    details = read_metrics(tmp_path, "metrics/evaluate_details.json")
+    assert {c["sample"]: c["plain"] for c in details["memorisation"]["near_copies"]} == {
+        "000002.png": False, "000005.png": True}
+    assert "with structure 10.0% (floor 0.0%), plain tiles 10.0% (floor 0.0%)" in result.stdout
+
+
 def test_same_inputs_give_byte_identical_metrics(workspace):
     assert invoke(workspace, out="a").exit_code == 0
     assert invoke(workspace, out="b").exit_code == 0

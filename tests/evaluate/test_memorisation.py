@@ -68,3 +68,17 @@ def test_the_search_does_not_depend_on_the_block_size(train):
     second = search(queries, train, block=40)
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_structure_is_the_distance_to_the_flat_tile_of_the_images_own_colour(train):
+    flat = np.full((1, 32, 32, 3), (90, 120, 60), dtype=np.uint8)
+    assert M.structure(flat, 8)[0] == 0.0
+    noise = np.random.default_rng(0).integers(-3, 4, size=flat.shape)
+    grainy = (flat.astype(int) + noise).astype(np.uint8)  # plain ground with grain
+    assert 0 < M.structure(grainy, 8)[0] < 0.03
+    # a forest tile's structure is far above the default threshold, and it is exactly its
+    # nearest-neighbour distance to the flat tile of its own mean colour
+    forest = train[:1]
+    colour = M.downscale(forest, 8).reshape(-1, 3).mean(axis=0)
+    distance = np.sqrt(((M.downscale(forest, 8).reshape(-1, 3) - colour) ** 2).mean())
+    assert M.structure(forest, 8)[0] == pytest.approx(distance) and distance > 0.03
