@@ -267,13 +267,11 @@ def _swd(params: CanopyParams, inputs: _Inputs, search: _TrainSearch, progress: 
 def _memorisation(params: CanopyParams, inputs: _Inputs, search: _TrainSearch,
                   metrics: dict[str, float | int]) -> dict[str, Any]:
     ev = params.evaluate
-    metrics["memorised_fraction"] = sig(mem.memorised_fraction(search.sample_dist,
-                                                               ev.memorisation_threshold))
-    metrics["memorised_fraction_floor"] = sig(mem.memorised_fraction(search.val_dist,
-                                                                     ev.memorisation_threshold))
+    threshold = ev.memorisation_threshold
+    metrics["memorised_fraction"] = sig(mem.memorised_fraction(search.sample_dist, threshold))
+    metrics["memorised_fraction_floor"] = sig(mem.memorised_fraction(search.val_dist, threshold))
     # near-copies that carry structure, and plain tiles, which match any plain train tile of
     # their colour (evaluate/memorisation.py)
-    threshold = ev.memorisation_threshold
     sample_plain = mem.structure(inputs.samples, search.size) < threshold
     val_plain = mem.structure(inputs.val, search.size) < threshold
     metrics["memorised_structured_fraction"] = sig(float(np.mean(
@@ -286,12 +284,11 @@ def _memorisation(params: CanopyParams, inputs: _Inputs, search: _TrainSearch,
         "definition": f"RMS difference (0..1 of the 0..255 range) of {search.size}x{search.size}"
                       " px box-downscaled images to the nearest train tile"
                       + (" over the 8 flips/rotations" if ev.memorisation_dihedral else ""),
-        "threshold": ev.memorisation_threshold,
+        "threshold": threshold,
         "samples_nearest_distance": _quantiles(search.sample_dist),
         "val_nearest_distance_floor": _quantiles(search.val_dist),
         "near_copies": _near_copies(search.sample_dist, search.sample_nearest, sample_plain,
-                                    inputs.used_samples, inputs.train_refs,
-                                    ev.memorisation_threshold),
+                                    inputs.used_samples, inputs.train_refs, threshold),
         "n_samples": len(inputs.samples), "n_real_floor_queries": len(inputs.val),
         "n_train": len(inputs.train_refs),
     }
