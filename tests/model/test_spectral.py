@@ -587,6 +587,33 @@ def test_a_one_component_mixture_is_its_wiener_filter_and_the_bits_are_the_batch
     assert torch.equal(mixture.c_out(level, SIZE, SIZE), skip.c_out(level, SIZE, SIZE))
 
 
+def test_the_mixture_skip_gives_the_same_bits_whatever_the_components_per_pass():
+    """The components are taken a few at a time (one kernel launch per operation on a GPU is
+    what costs there); each pass computes the same elementwise terms, and the estimates are
+    added one component after another, so any split gives the same bits, also where only
+    some of a pass's components are likely enough to count (low noise)."""
+    _, means, filters, _ = _mixture()
+    components = [((means[k % 2] + 0.3 * k).tolist(), filters[k % 2]) for k in range(5)]
+    mixture = MixtureSpectralSkip(filters[0], [0.3, 0.2, 0.2, 0.2, 0.1], components)
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(6, 3, SIZE, SIZE, generator=g) * 2
+    level = torch.tensor([0.02, 0.1, 0.5, 2.0, 10.0, 90.0])
+    results = []
+    for images in (1, 6, 12, 18, 30):  # 1, 1, 2, 3 and all 5 components a pass for 6 images
+        mixture.CPU_COMPONENT_IMAGES = images
+        results.append(mixture.skip(x, level))
+    assert all(torch.equal(r, results[0]) for r in results[1:])
+    mixture.CPU_COMPONENT_IMAGES = 30
+    for i in range(6):  # the batch's bits are each image's own
+        assert torch.equal(mixture.skip(x[i:i + 1], level[i:i + 1]), results[0][i:i + 1])
+    # on an accelerator, as many components a pass as COMPONENT_ELEMENTS allows, at least one
+    spectrum = torch.empty((6, 3, SIZE, SIZE // 2 + 1), dtype=torch.complex64, device="meta")
+    assert mixture._components_at_once(spectrum) == max(1, mixture.COMPONENT_ELEMENTS
+                                                        // spectrum.numel())
+    mixture.COMPONENT_ELEMENTS = 10
+    assert mixture._components_at_once(spectrum) == 1
+
+
 def test_the_mixture_comes_from_the_config_in_the_standardised_units():
     """data_stats.skip_mixture holds each component as etl's stats of its tiles, in [-1, 1]
     units and its own std; spectral_skip reads them as the per-class stats."""
