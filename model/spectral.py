@@ -396,11 +396,12 @@ class MixtureSpectralSkip:
 
     def _components_at_once(self, spectrum: torch.Tensor) -> int:
         """How many components one pass of `skip` takes, each a slice of the same
-        elementwise operations, so the bits do not depend on it. On the CPU one: its tensors
-        stay in the cache (all 64 at once took 1.3-2.4x as long at 8-16 images). On an
-        accelerator each operation is a kernel launch, about 120 of them a component (7,800
-        a call at 64 components, against 270 for the demo network's forward pass): as many
-        as COMPONENT_ELEMENTS allows."""
+        elementwise operations, so the bits do not depend on it. On the CPU about
+        CPU_COMPONENT_IMAGES images x components, at least one: larger passes leave the cache
+        (all 64 at once took 1.5-3x as long at 8-64 images). On an accelerator each operation
+        is a kernel launch, about 120 of them a component (7,600-14,100 a call at 64
+        components, against 270 for the demo network's forward pass): as many as
+        COMPONENT_ELEMENTS allows."""
         if spectrum.device.type == "cpu":
             return max(1, self.CPU_COMPONENT_IMAGES // spectrum.shape[0])
         return max(1, self.COMPONENT_ELEMENTS // spectrum.numel())
