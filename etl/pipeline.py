@@ -101,10 +101,20 @@ def check_scene_sizes(scenes: list[SceneSpec], etl: EtlParams) -> None:
         with rasterio.open(scene.rgb[0].path) as dataset:
             width, height = dataset.width, dataset.height
         if width < tile_size or height < tile_size:
-            raise UserError(
-                f"{scene.rgb[0].path} is {width}x{height} pixels, smaller than one "
-                f"{tile_size}x{tile_size} tile; remove it or lower etl.tile_size"
-            )
+            raise UserError(_too_small_message(scene, width, height, tile_size))
+
+
+def _too_small_message(scene: SceneSpec, width: int, height: int, tile_size: int) -> str:
+    """Name the user's own file: a resampled scene is read through a VRT in the staging
+    folder, which is gone by the time the message is read."""
+    name = scene.provenance[0]
+    target = scene.extra.get("target_gsd")
+    if target is None:
+        return (f"{name} is {width}x{height} pixels, smaller than one {tile_size}x{tile_size} "
+                "tile; remove it or lower etl.tile_size")
+    return (f"{name} is {width}x{height} pixels at etl.local.target_gsd {target:g} m, smaller "
+            f"than one {tile_size}x{tile_size} tile; leave it out of etl.local.paths, lower "
+            "etl.tile_size or lower etl.local.target_gsd")
 
 
 def write_tiles(scenes: list[SceneSpec], params: CanopyParams, root: Path,

@@ -41,6 +41,12 @@ def tiny_raster(tmp_path):
     return local([str(write_raster(tmp_path / "tiny.tif", forest_rgb(8, 40)))])
 
 
+def small_once_resampled(tmp_path):
+    """24 px at 10 m is 12 px at 20 m: smaller than a tile only after resampling."""
+    path = write_raster(tmp_path / "plot.tif", forest_rgb(24, 24))
+    return local([str(path)], target_gsd=20.0)
+
+
 def single_band(tmp_path):
     return local([str(write_raster(tmp_path / "pan.tif", forest_rgb(16, 16)[:1]))])
 
@@ -80,6 +86,8 @@ CASES = {
     "not a raster": (not_a_raster, "not a readable raster"),
     "truncated tiff": (truncated_tiff, "truncated or corrupt"),
     "raster smaller than a tile": (tiny_raster, "smaller than one 16x16 tile"),
+    "raster smaller than a tile once resampled": (
+        small_once_resampled, "plot.tif is 12x12 pixels at etl.local.target_gsd 20 m"),
     "single band for rgb": (single_band, "has a single band"),
     "band out of range": (band_out_of_range, "band 5 is out of range"),
     "no vegetation survives": (no_vegetation, "min_vegetation_fraction"),
