@@ -46,7 +46,17 @@ def etl(
             f"valid fraction, {f.dropped_vegetation} for vegetation fraction"
             + (f", {f.dropped_tree_cover} for tree cover" if loaded.etl.min_tree_cover else ""),
         )
+        if result.skipped:
+            print(_skipped_warning(result.skipped), file=sys.stderr)
         if result.counts["val"] == 0 and loaded.etl.val_fraction > 0:
             print("etl: warning: no tile fell into val; evaluate needs val tiles "
                   "(add imagery or raise etl.val_fraction)", file=sys.stderr)
 
+
+def _skipped_warning(skipped: list[dict], shown: int = 3) -> str:
+    """One line naming the rasters left out for being smaller than a tile (the first few)."""
+    names = [f"{Path(entry['files'][0]).name} ({entry['width']}x{entry['height']})"
+             for entry in skipped[:shown]]
+    more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return (f"etl: warning: left out {len(skipped)} raster(s) {skipped[0]['reason']}: "
+            f"{', '.join(names)}{more} (listed in the manifest's filters.skipped_scenes)")

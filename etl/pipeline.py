@@ -66,6 +66,7 @@ class EtlResult:
     scenes: int
     synthetic: bool
     shards: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # scenes left out: smaller than a tile
 
 
 def run_etl(params: CanopyParams, out: Path, *, progress: bool = True) -> EtlResult:
@@ -82,17 +83,20 @@ def run_etl(params: CanopyParams, out: Path, *, progress: bool = True) -> EtlRes
             from canopy.etl.worldcover import with_tree_cover
 
             scenes = with_tree_cover(scenes, params.etl, progress=progress)
-        check_scene_sizes(scenes, params.etl)
-        result = write_tiles(scenes, params, staging, progress)
+        scenes, skipped = check_scene_sizes(scenes, params.etl)
+        result = write_tiles(scenes, params, staging, progress, skipped)
         result.out = out
         shutil.rmtree(work)  # not part of the output
     return result
 
 
-def check_scene_sizes(scenes: list[SceneSpec], etl: EtlParams) -> None:
-    """Refuse, before any tile is cut, a raster smaller than a tile or one whose claimed size
-    would take unreasonable time or memory to read (scene.check_raster_cost)."""
+def check_scene_sizes(scenes: list[SceneSpec], etl: EtlParams) -> tuple[list[SceneSpec], list[dict]]:
+    """The scenes to tile, and a report of each one left out for being smaller than a tile
+    (a partial plot among whole ones: it has no tile to give, like a scene all nodata). Refuse,
+    before any tile is cut, a raster whose claimed size would take unreasonable time or memory
+    to read (scene.check_raster_cost), and input where every raster is smaller than a tile."""
     tile_size = etl.tile_size
+    usable, too_small = [], []
     for scene in scenes:
         for path in scene.files:
             with open_raster(path) as dataset:
@@ -101,7 +105,15 @@ def check_scene_sizes(scenes: list[SceneSpec], etl: EtlParams) -> None:
         with rasterio.open(scene.rgb[0].path) as dataset:
             width, height = dataset.width, dataset.height
         if width < tile_size or height < tile_size:
-            raise UserError(_too_small_message(scene, width, height, tile_size))
+            too_small.append((scene, width, height))
+        else:
+            usable.append(scene)
+    if not usable and too_small:
+        raise UserError(_too_small_message(*too_small[0], tile_size))
+    skipped = [{"files": scene.provenance, "width": width, "height": height,
+                "gsd": scene.gsd, "reason": f"smaller than one {tile_size}x{tile_size} tile"}
+               for scene, width, height in too_small]
+    return usable, skipped
 
 
 def _too_small_message(scene: SceneSpec, width: int, height: int, tile_size: int) -> str:
@@ -118,7 +130,9 @@ def _too_small_message(scene: SceneSpec, width: int, height: int, tile_size: int
 
 
 def write_tiles(scenes: list[SceneSpec], params: CanopyParams, root: Path,
-                progress: bool) -> EtlResult:
+                progress: bool, skipped: list[dict] | None = None) -> EtlResult:
+    """Tile `scenes` into shards under `root` with a manifest; `skipped` reports the scenes
+    left out before tiling (check_scene_sizes), recorded in the manifest's filters."""
     etl = params.etl
     writers = {split: ShardWriter(root, split, etl.shard_size) for split in SPLITS}
     filters = FilterCounts()
@@ -141,11 +155,11 @@ def write_tiles(scenes: list[SceneSpec], params: CanopyParams, root: Path,
         root, tile_size=etl.tile_size, stride=etl.stride, shards=shards, synthetic=synthetic,
         filters={**vars(filters), "min_valid_fraction": etl.min_valid_fraction,
                  "min_vegetation_fraction": etl.min_vegetation_fraction,
-                 "min_tree_cover": etl.min_tree_cover},
+                 "min_tree_cover": etl.min_tree_cover, "skipped_scenes": skipped or []},
         sources=scene_reports, params_hash=output_params_hash(params),
         train_stats=stats.to_json(),
     )
-    return EtlResult(root, counts, filters, len(scenes), synthetic, shard_entries)
+    return EtlResult(root, counts, filters, len(scenes), synthetic, shard_entries, skipped or [])
 
 
 def output_params_hash(params: CanopyParams) -> str:

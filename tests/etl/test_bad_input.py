@@ -239,3 +239,21 @@ def test_a_fifo_among_the_inputs_is_refused_not_waited_on(tmp_path, stacked):
                                    "file; check etl.local.paths") if stacked else \
         done.stderr.strip() == (f"canopy etl: error: etl.local.paths: {fifo}: a FIFO (named "
                                 "pipe), not a file")
+
+
+def test_a_raster_smaller_than_a_tile_among_others_is_left_out_and_named(tmp_path):
+    """A partial plot among whole ones has no tile to give, like a scene all nodata: the
+    others are tiled, and the left-out raster is named on stderr and in the manifest."""
+    import json
+
+    whole = write_raster(tmp_path / "whole.tif", forest_rgb(64, 64))
+    partial = write_raster(tmp_path / "partial.tif", forest_rgb(24, 40))  # 12 px tall at 20 m
+    result = run_etl_cli(tmp_path, local([str(whole), str(partial)], target_gsd=20.0))
+    assert result.exit_code == 0, result.output
+    assert ("left out 1 raster(s) smaller than one 16x16 tile: partial.tif (20x12)"
+            in result.stderr)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["train"] + manifest["counts"]["val"] == 4  # whole.tif: 32 px at 20 m
+    [skipped] = manifest["filters"]["skipped_scenes"]
+    assert skipped["files"] == [str(partial)] and (skipped["width"], skipped["height"]) == (20, 12)
+    assert [source["files"] for source in manifest["sources"]] == [[str(whole)]]
