@@ -103,7 +103,14 @@ def test_example_params_are_valid(path):
         assert params.diffusion.model_dump(exclude=unmeasured) == demo.diffusion.model_dump(
             exclude=unmeasured)
         return
-    # Real runs: a network of at least the 64 px NEON recipe's size, 4 levels deep
+    if path.stem.endswith("-cpu"):
+        # Real imagery on one CPU: params.yaml's network and recipe, as measured on NEON
+        demo = load_params(REPO_ROOT / "params.yaml")
+        assert params.model.unet_kwargs() == demo.model.unet_kwargs()
+        assert params.diffusion == demo.diffusion
+        assert params.train.steps >= demo.train.steps
+        return
+    # Real runs on a GPU: a network of at least the 64 px NEON recipe's size, 4 levels deep
     assert params.model.dim >= 32 and params.model.dim_mults == [1, 2, 4, 8]
 
 
