@@ -90,7 +90,8 @@ def run_etl(params: CanopyParams, out: Path, *, progress: bool = True) -> EtlRes
     return result
 
 
-def check_scene_sizes(scenes: list[SceneSpec], etl: EtlParams) -> tuple[list[SceneSpec], list[dict]]:
+def check_scene_sizes(scenes: list[SceneSpec],
+                      etl: EtlParams) -> tuple[list[SceneSpec], list[dict]]:
     """The scenes to tile, and a report of each one left out for being smaller than a tile
     (a partial plot among whole ones: it has no tile to give, like a scene all nodata). Refuse,
     before any tile is cut, a raster whose claimed size would take unreasonable time or memory
