@@ -134,6 +134,7 @@ def write_tiles(scenes: list[SceneSpec], params: CanopyParams, root: Path,
                 progress: bool, skipped: list[dict] | None = None) -> EtlResult:
     """Tile `scenes` into shards under `root` with a manifest; `skipped` reports the scenes
     left out before tiling (check_scene_sizes), recorded in the manifest's filters."""
+    skipped = skipped or []
     etl = params.etl
     writers = {split: ShardWriter(root, split, etl.shard_size) for split in SPLITS}
     filters = FilterCounts()
@@ -156,11 +157,11 @@ def write_tiles(scenes: list[SceneSpec], params: CanopyParams, root: Path,
         root, tile_size=etl.tile_size, stride=etl.stride, shards=shards, synthetic=synthetic,
         filters={**vars(filters), "min_valid_fraction": etl.min_valid_fraction,
                  "min_vegetation_fraction": etl.min_vegetation_fraction,
-                 "min_tree_cover": etl.min_tree_cover, "skipped_scenes": skipped or []},
+                 "min_tree_cover": etl.min_tree_cover, "skipped_scenes": skipped},
         sources=scene_reports, params_hash=output_params_hash(params),
         train_stats=stats.to_json(),
     )
-    return EtlResult(root, counts, filters, len(scenes), synthetic, shard_entries, skipped or [])
+    return EtlResult(root, counts, filters, len(scenes), synthetic, shard_entries, skipped)
 
 
 def output_params_hash(params: CanopyParams) -> str:

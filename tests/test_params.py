@@ -89,9 +89,9 @@ def test_missing_and_malformed_files(tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_example_params_are_valid(path):
     params = load_params(path)
+    demo = load_params(REPO_ROOT / "params.yaml")
     if params.etl.source == "synthetic":
         # A variant of the offline demo (params-conditioned.yaml): params.yaml's budget
-        demo = load_params(REPO_ROOT / "params.yaml")
         assert params.model.unet_kwargs() == demo.model.unet_kwargs()
         assert params.train.steps == demo.train.steps
         # ... and its recipe (the spectral skip: one filter per region for a model
@@ -105,7 +105,6 @@ def test_example_params_are_valid(path):
         return
     if path.stem.endswith("-cpu"):
         # Real imagery on one CPU: params.yaml's network and recipe, as measured on NEON
-        demo = load_params(REPO_ROOT / "params.yaml")
         assert params.model.unet_kwargs() == demo.model.unet_kwargs()
         assert params.diffusion == demo.diffusion
         assert params.train.steps >= demo.train.steps
